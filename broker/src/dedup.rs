@@ -1,0 +1,279 @@
+//! The dedup index of a topic: idempotency key to the partition and offset of
+//! the record that first carried it.
+//!
+//! Two layers. Keys of recent records live in memory; a checkpoint moves the
+//! keys of durable records into the metadata store (sled), fsyncs it, and then
+//! records in `dedup.checkpoint` (a file of the broker's own, written through the
+//! VFS) the per-partition offsets below which every key is in the store. At open
+//! the memory layer is rebuilt by scanning the log from those offsets, so a key
+//! acknowledged just before a crash is still a duplicate after it.
+//!
+//! Invariants:
+//! - The log is the source of truth; the store only ever holds keys of records
+//!   that were durable in the log when they were written to it, so it can never
+//!   point past the log's end.
+//! - The checkpoint moves only after the store's files are truly synced.
+//! - Memory is bounded: at `DEDUP_MEMORY_KEYS_MAX` keys a checkpoint is due, and
+//!   appends with keys wait while a topic holds twice that many.
+//! - The window is measured on record timestamps: a key expires when the topic's
+//!   newest appended record is more than `dedup_window_ms` younger than the key's
+//!   record, not by the wall clock at lookup, so a clock that jumps forward
+//!   expires nothing until records are appended at the new time.
+//!
+//! Lock order: the dedup memory lock is taken before any partition lock.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use bytes::Bytes;
+
+use crate::error::{Error, IoContext, Result};
+use crate::limits::DEDUP_MEMORY_KEYS_MAX;
+use crate::meta::{DedupEntry, MetaStore};
+use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
+use crate::storage::partition::Partition;
+
+const CHECKPOINT_MAGIC: &[u8; 4] = b"PBXD";
+const CHECKPOINT_VERSION: u32 = 1;
+/// Name of the checkpoint file in a topic directory.
+pub const CHECKPOINT_FILE: &str = "dedup.checkpoint";
+
+/// The in-memory layer.
+#[derive(Debug, Default)]
+pub struct Memory {
+    recent: HashMap<Bytes, DedupEntry>,
+    /// Bumped whenever keys move from memory to the store, so that a lookup in
+    /// the store made before taking the lock can tell it may be stale.
+    generation: u64,
+    /// Newest append time of a record with a key: the clock of the window.
+    log_time_ms: i64,
+}
+
+impl Memory {
+    pub fn get(&self, key: &[u8]) -> Option<DedupEntry> {
+        self.recent.get(key).copied()
+    }
+
+    pub fn insert(&mut self, key: Bytes, entry: DedupEntry) {
+        self.log_time_ms = self.log_time_ms.max(entry.timestamp_ms);
+        self.recent.entry(key).or_insert(entry);
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub fn len(&self) -> usize {
+        self.recent.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.recent.is_empty()
+    }
+}
+
+/// A topic's dedup index.
+#[derive(Debug)]
+pub struct Dedup {
+    topic: Arc<str>,
+    meta: Arc<dyn MetaStore>,
+    vfs: Arc<dyn Vfs>,
+    checkpoint_path: PathBuf,
+    window_ms: u64,
+    keys_max: u64,
+    memory: Mutex<Memory>,
+    /// Wakes appenders waiting for memory room after a checkpoint.
+    room: Condvar,
+    /// Serialises checkpoints.
+    checkpointing: Mutex<()>,
+}
+
+impl Dedup {
+    pub fn new(topic: Arc<str>, meta: Arc<dyn MetaStore>, vfs: Arc<dyn Vfs>, dir: PathBuf, window_ms: u64, keys_max: u64) -> Self {
+        Dedup {
+            topic,
+            meta,
+            vfs,
+            checkpoint_path: dir.join(CHECKPOINT_FILE),
+            window_ms,
+            keys_max,
+            memory: Mutex::new(Memory::default()),
+            room: Condvar::new(),
+            checkpointing: Mutex::new(()),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.lock().generation
+    }
+
+    pub fn memory_keys(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Locks the memory layer, first waiting while it is over its hard bound.
+    pub fn lock_with_room(&self) -> MutexGuard<'_, Memory> {
+        let mut memory = self.lock();
+        while memory.len() >= 2 * DEDUP_MEMORY_KEYS_MAX {
+            memory = self.room.wait(memory).unwrap_or_else(|e| e.into_inner());
+        }
+        memory
+    }
+
+    /// Looks keys up in the store (without the memory lock).
+    pub fn lookup_stored(&self, keys: &[&Bytes]) -> Result<Vec<Option<DedupEntry>>> {
+        keys.iter().map(|k| self.meta.dedup_get(&self.topic, k)).collect()
+    }
+
+    /// Whether a remembered entry still counts, given the window.
+    pub fn live(&self, memory: &Memory, entry: DedupEntry) -> bool {
+        entry.timestamp_ms.saturating_add(self.window_ms as i64) >= memory.log_time_ms
+    }
+
+    /// Moves the keys of durable records into the store and advances the
+    /// checkpoint. `partitions` are the topic's, in order.
+    pub fn checkpoint(&self, partitions: &[Arc<Partition>]) -> Result<()> {
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
+        // Durable ends are read before the memory lock: every key of a record
+        // below them was inserted under that lock before the record was written.
+        let durable: Vec<u64> = partitions.iter().map(|p| p.durable_end()).collect();
+        let (entries, log_time_ms) = {
+            let memory = self.lock();
+            let entries: Vec<(Bytes, DedupEntry)> = memory
+                .recent
+                .iter()
+                .filter(|(_, e)| e.offset < durable[e.partition as usize])
+                .map(|(k, e)| (k.clone(), *e))
+                .collect();
+            (entries, memory.log_time_ms)
+        };
+        let expire_before_ms = log_time_ms.saturating_sub(self.window_ms as i64);
+        self.meta.dedup_insert(&self.topic, &entries, expire_before_ms, self.keys_max)?;
+        self.meta.sync()?;
+        self.write_checkpoint(&durable)?;
+        let mut memory = self.lock();
+        for (key, entry) in &entries {
+            if memory.recent.get(key) == Some(entry) {
+                memory.recent.remove(key);
+            }
+        }
+        memory.generation += 1;
+        drop(memory);
+        self.room.notify_all();
+        tracing::debug!(topic = %self.topic, keys = entries.len(), "dedup checkpoint");
+        Ok(())
+    }
+
+    fn write_checkpoint(&self, offsets: &[u64]) -> Result<()> {
+        let mut bytes = Vec::with_capacity(32 + offsets.len() * 8);
+        bytes.extend_from_slice(CHECKPOINT_MAGIC);
+        bytes.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
+        bytes.extend_from_slice(&self.meta.store_id());
+        bytes.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
+        for offset in offsets {
+            bytes.extend_from_slice(&offset.to_le_bytes());
+        }
+        let crc = crc32fast::hash(&bytes);
+        bytes.extend_from_slice(&crc.to_le_bytes());
+        write_file_atomic(self.vfs.as_ref(), &self.checkpoint_path, &bytes)
+            .context(|| format!("writing {}", self.checkpoint_path.display()))
+    }
+
+    /// The checkpointed offsets, if the file is whole and belongs to this store.
+    fn read_checkpoint(&self, partitions: usize) -> Option<Vec<u64>> {
+        let bytes = read_small_file(self.vfs.as_ref(), &self.checkpoint_path, 64 * 1024).ok()?;
+        let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
+        if crc32fast::hash(body).to_le_bytes() != crc
+            || &body[0..4] != CHECKPOINT_MAGIC
+            || body[4..8] != CHECKPOINT_VERSION.to_le_bytes()
+            || body[8..24] != self.meta.store_id()
+        {
+            return None;
+        }
+        let count = u32::from_le_bytes(body[24..28].try_into().ok()?) as usize;
+        if count != partitions || body.len() != 28 + 8 * count {
+            return None;
+        }
+        Some(
+            body[28..]
+                .chunks_exact(8)
+                .filter_map(|c| c.try_into().ok().map(u64::from_le_bytes))
+                .collect(),
+        )
+    }
+
+    /// Rebuilds the memory layer from the log past the checkpoint (or, with no
+    /// valid checkpoint, from the start of the window).
+    pub fn rebuild(&self, partitions: &[Arc<Partition>]) -> Result<()> {
+        let last_timestamp = partitions.iter().map(|p| p.last_timestamp_ms()).max().unwrap_or(0);
+        self.lock().log_time_ms = last_timestamp;
+        let checkpoint = self.read_checkpoint(partitions.len());
+        if checkpoint.is_none() {
+            tracing::info!(topic = %self.topic, "no valid dedup checkpoint; rebuilding dedup keys from the window's start");
+        }
+        let window_start = last_timestamp.saturating_sub(self.window_ms as i64);
+        let mut scanned = 0u64;
+        for (id, partition) in partitions.iter().enumerate() {
+            let from = match &checkpoint {
+                Some(offsets) => offsets[id],
+                None => partition.offset_for_timestamp(window_start)?,
+            };
+            scanned += self.scan_partition(partition, id as u32, from, partitions)?;
+        }
+        if scanned > 0 {
+            tracing::info!(topic = %self.topic, records = scanned, "rebuilt dedup keys from the log");
+        }
+        Ok(())
+    }
+
+    fn scan_partition(&self, partition: &Partition, id: u32, from: u64, partitions: &[Arc<Partition>]) -> Result<u64> {
+        let end = partition.end_offset();
+        let mut offset = from.clamp(partition.earliest_offset(), end);
+        let mut scanned = 0;
+        while offset < end {
+            let records = match partition.read(offset, crate::limits::READ_BYTES_MAX) {
+                Ok(records) => records,
+                Err(error @ Error::DataLoss { .. }) => {
+                    tracing::error!(topic = %self.topic, partition = id, %error, "dedup keys of damaged records are lost");
+                    match partition.next_readable_after(offset) {
+                        Some(next) => {
+                            offset = next;
+                            continue;
+                        }
+                        None => break,
+                    }
+                }
+                Err(error) => return Err(error),
+            };
+            let Some(last) = records.last() else { break };
+            offset = last.offset + 1;
+            let mut memory = self.lock();
+            for record in records {
+                if let Some(key) = record.idempotency_key {
+                    scanned += 1;
+                    memory.insert(
+                        key,
+                        DedupEntry {
+                            partition: id,
+                            offset: record.offset,
+                            timestamp_ms: record.timestamp_ms,
+                        },
+                    );
+                }
+            }
+            let full = memory.len() >= DEDUP_MEMORY_KEYS_MAX;
+            drop(memory);
+            if full {
+                // Everything recovered is durable: keep memory bounded while
+                // rebuilding a long tail.
+                self.checkpoint(partitions)?;
+            }
+        }
+        Ok(scanned)
+    }
+}

@@ -1,0 +1,362 @@
+//! The engine: the data directory, the topics in it, the metadata store, and
+//! the maintenance thread (async flushes, dedup checkpoints, retention).
+//!
+//! This is the storage engine's whole public face; the gRPC service (a later
+//! layer) calls only this. Blocking: callers in async code use
+//! `spawn_blocking` for appends and reads.
+//!
+//! Layout of the data directory:
+//!
+//! ```text
+//! <data-dir>/meta/                       sled: consumer offsets, dedup keys
+//! <data-dir>/topics/<topic>/topic.json   the topic's settings (source of truth)
+//! <data-dir>/topics/<topic>/dedup.checkpoint
+//! <data-dir>/topics/<topic>/<partition>/<base:020>.log|.index
+//! ```
+//!
+//! Invariants:
+//! - Topic names are validated before they touch a path.
+//! - A committed offset is clamped to the partition's log when read, so it never
+//!   points past the end or before the earliest offset.
+//! - Dropping the engine stops its thread and syncs nothing (like a crash);
+//!   [`Engine::close`] flushes everything first.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::config::{Durability, EngineConfig, TopicConfig};
+use crate::error::{Error, IoContext, Result};
+use crate::limits::{DEDUP_MEMORY_KEYS_MAX, READ_BYTES_MAX};
+use crate::meta::{MetaStore, SledMeta};
+use crate::names::{validate_group, validate_topic};
+use crate::storage::batch::{Record, RecordInput};
+use crate::storage::group_commit::now_ms;
+use crate::storage::io::{RealFs, Vfs};
+use crate::topic::{PublishResult, Topic, TopicInfo};
+
+/// The storage engine.
+#[derive(Debug)]
+pub struct Engine {
+    inner: Arc<Inner>,
+    maintenance: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    config: EngineConfig,
+    vfs: Arc<dyn Vfs>,
+    meta: Arc<dyn MetaStore>,
+    topics_dir: PathBuf,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serialises topic creation and deletion.
+    admin: Mutex<()>,
+    /// Tells the maintenance thread to stop.
+    stopping: AtomicBool,
+}
+
+/// A group's committed offset for one partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub partition: u32,
+    /// Where the group's next read starts (clamped to the log).
+    pub offset: u64,
+}
+
+impl Engine {
+    /// Opens (or creates) the data directory on the real file system.
+    pub fn open(config: EngineConfig) -> Result<Engine> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).context(|| format!("creating {}", config.data_dir.display()))?;
+        let meta = SledMeta::open(&config.data_dir.join("meta"), config.meta_cache_bytes)?;
+        Self::open_with(config, Arc::new(RealFs), Arc::new(meta))
+    }
+
+    /// Opens with a given file system and metadata store (tests use a simulated disk).
+    pub fn open_with(config: EngineConfig, vfs: Arc<dyn Vfs>, meta: Arc<dyn MetaStore>) -> Result<Engine> {
+        config.validate()?;
+        let topics_dir = config.data_dir.join("topics");
+        if !vfs.exists(&topics_dir) {
+            vfs.create_dir_all(&topics_dir).context(|| format!("creating {}", topics_dir.display()))?;
+            vfs.sync_dir(&config.data_dir).context(|| format!("syncing {}", config.data_dir.display()))?;
+        }
+        let inner = Arc::new(Inner {
+            config,
+            vfs,
+            meta,
+            topics_dir,
+            topics: RwLock::new(BTreeMap::new()),
+            admin: Mutex::new(()),
+            stopping: AtomicBool::new(false),
+        });
+        inner.open_topics()?;
+        let thread_inner = inner.clone();
+        let maintenance = std::thread::Builder::new()
+            .name("postbox-maintenance".into())
+            .spawn(move || thread_inner.maintenance_loop())
+            .context(|| "starting the maintenance thread".into())?;
+        Ok(Engine {
+            inner,
+            maintenance: Some(maintenance),
+        })
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Creates a topic. Fails if it exists or the settings are invalid.
+    pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
+        validate_topic(name)?;
+        config.validate()?;
+        let inner = &self.inner;
+        let _admin = inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        if read(&inner.topics).contains_key(name) {
+            return Err(Error::TopicExists(name.to_string()));
+        }
+        let dir = inner.topics_dir.join(name);
+        if inner.vfs.exists(&dir) {
+            // Left over from an interrupted creation or deletion.
+            inner.vfs.remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
+        }
+        Topic::create(&inner.vfs, &dir, &config)?;
+        inner.vfs.sync_dir(&inner.topics_dir).context(|| format!("syncing {}", inner.topics_dir.display()))?;
+        let topic = Arc::new(Topic::open(inner.vfs.clone(), inner.meta.clone(), &inner.config, name, dir, config)?);
+        let info = topic.info();
+        write(&inner.topics).insert(name.to_string(), topic);
+        tracing::info!(topic = name, partitions = info.config.partitions, "created topic");
+        Ok(info)
+    }
+
+    /// Deletes a topic, its files and its metadata.
+    pub fn delete_topic(&self, name: &str) -> Result<()> {
+        validate_topic(name)?;
+        let inner = &self.inner;
+        let _admin = inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let topic = write(&inner.topics)
+            .remove(name)
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        let settings = topic.dir().join(crate::topic::TOPIC_FILE);
+        inner.vfs.remove_file(&settings).context(|| format!("removing {}", settings.display()))?;
+        inner.vfs.sync_dir(topic.dir()).context(|| format!("syncing {}", topic.dir().display()))?;
+        inner.meta.delete_topic(name)?;
+        inner.vfs.remove_dir_all(topic.dir()).context(|| format!("removing {}", topic.dir().display()))?;
+        inner.vfs.sync_dir(&inner.topics_dir).context(|| format!("syncing {}", inner.topics_dir.display()))?;
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// An open topic.
+    pub fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        self.inner.topic(name)
+    }
+
+    pub fn list_topics(&self) -> Vec<TopicInfo> {
+        read(&self.inner.topics).values().map(|t| t.info()).collect()
+    }
+
+    pub fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
+        Ok(self.topic(name)?.info())
+    }
+
+    /// Appends records and waits for their acknowledgment; see [`Topic::publish`].
+    pub fn publish(&self, topic: &str, records: &[RecordInput]) -> Result<Vec<PublishResult>> {
+        self.topic(topic)?.publish(records)
+    }
+
+    /// Reads records of one partition from `from` on, about `max_bytes` of them.
+    pub fn read(&self, topic: &str, partition: u32, from: u64, max_bytes: u32) -> Result<Vec<Record>> {
+        let topic = self.topic(topic)?;
+        topic.partition(partition)?.read(from, max_bytes.min(READ_BYTES_MAX))
+    }
+
+    /// The first offset of a partition appended at or after `timestamp_ms`.
+    pub fn offset_for_timestamp(&self, topic: &str, partition: u32, timestamp_ms: i64) -> Result<u64> {
+        self.topic(topic)?.partition(partition)?.offset_for_timestamp(timestamp_ms)
+    }
+
+    /// A receiver of a partition's end offset, to wait for new records.
+    pub fn watch_end(&self, topic: &str, partition: u32) -> Result<watch::Receiver<u64>> {
+        Ok(self.topic(topic)?.partition(partition)?.watch_end())
+    }
+
+    /// Commits a group's offset (the next offset it will read) for a partition.
+    pub fn commit_offset(&self, group: &str, topic: &str, partition: u32, offset: u64) -> Result<()> {
+        validate_group(group)?;
+        let t = self.topic(topic)?;
+        let end = t.partition(partition)?.end_offset();
+        if offset > end {
+            return Err(Error::InvalidArgument(format!(
+                "offset {offset} is past the end of {topic}/{partition} ({end}); a committed offset is the next offset to read"
+            )));
+        }
+        self.inner.meta.commit_offset(topic, group, partition, offset)
+    }
+
+    /// A group's committed offsets in a topic, clamped to each partition's log.
+    pub fn committed_offsets(&self, group: &str, topic: &str) -> Result<Vec<CommittedOffset>> {
+        validate_group(group)?;
+        let t = self.topic(topic)?;
+        let mut out = Vec::new();
+        for (partition, offset) in self.inner.meta.committed_offsets(topic, group)? {
+            let Ok(p) = t.partition(partition) else { continue };
+            out.push(CommittedOffset {
+                partition,
+                offset: offset.clamp(p.earliest_offset(), p.end_offset()),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Applies retention to every topic now.
+    pub fn enforce_retention(&self) -> Result<usize> {
+        self.inner.enforce_retention(now_ms())
+    }
+
+    /// Checkpoints every topic's dedup keys now.
+    pub fn checkpoint_dedup(&self) -> Result<()> {
+        for topic in self.inner.all_topics() {
+            topic.dedup().checkpoint(topic.partitions())?;
+        }
+        Ok(())
+    }
+
+    /// Flushes everything (async partitions, dedup, metadata) and stops.
+    pub fn close(mut self) -> Result<()> {
+        self.stop();
+        for topic in self.inner.all_topics() {
+            for partition in topic.partitions() {
+                partition.flush()?;
+            }
+            topic.dedup().checkpoint(topic.partitions())?;
+        }
+        self.inner.meta.sync()
+    }
+
+    fn stop(&mut self) {
+        self.inner.stopping.store(true, Ordering::SeqCst);
+        if let Some(thread) = self.maintenance.take() {
+            thread.thread().unpark();
+            if thread.join().is_err() {
+                tracing::error!("the maintenance thread panicked");
+            }
+        }
+    }
+}
+
+impl Drop for Engine {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Inner {
+    fn topic(&self, name: &str) -> Result<Arc<Topic>> {
+        validate_topic(name)?;
+        read(&self.topics)
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::TopicNotFound(name.to_string()))
+    }
+
+    fn all_topics(&self) -> Vec<Arc<Topic>> {
+        read(&self.topics).values().cloned().collect()
+    }
+
+    /// Opens every topic directory; removes unfinished creations and deletions.
+    fn open_topics(&self) -> Result<()> {
+        let names = self.vfs.list_dir(&self.topics_dir).context(|| format!("listing {}", self.topics_dir.display()))?;
+        for name in names {
+            let dir = self.topics_dir.join(&name);
+            if validate_topic(&name).is_err() {
+                tracing::warn!(dir = %dir.display(), "ignoring a directory that is not a topic name");
+                continue;
+            }
+            let Some(config) = Topic::read_config(self.vfs.as_ref(), &dir)? else {
+                tracing::warn!(topic = %name, "removing a topic directory left by an interrupted creation or deletion");
+                self.vfs.remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
+                continue;
+            };
+            let started = Instant::now();
+            let topic = Topic::open(self.vfs.clone(), self.meta.clone(), &self.config, &name, dir, config)?;
+            tracing::info!(topic = %name, elapsed_ms = started.elapsed().as_millis() as u64, "opened topic");
+            write(&self.topics).insert(name, Arc::new(topic));
+        }
+        Ok(())
+    }
+
+    fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
+        let mut deleted = 0;
+        for topic in self.all_topics() {
+            let config = topic.config();
+            if config.retention_ms.is_none() && config.retention_bytes.is_none() {
+                continue;
+            }
+            for partition in topic.partitions() {
+                deleted += partition.enforce_retention(now_ms, config.retention_ms, config.retention_bytes)?;
+            }
+        }
+        Ok(deleted)
+    }
+
+    /// Runs until the engine stops: flushes async partitions on their interval,
+    /// checkpoints dedup keys when many are in memory or on an interval, and
+    /// applies retention on its interval. Failures are logged, not fatal.
+    fn maintenance_loop(&self) {
+        let tick = self.config.maintenance_interval();
+        let checkpoint_every = Duration::from_millis(self.config.dedup_checkpoint_interval_ms);
+        let retention_every = Duration::from_millis(self.config.retention_check_interval_ms);
+        let mut last_flush: BTreeMap<String, Instant> = BTreeMap::new();
+        let mut last_checkpoint = Instant::now();
+        let mut last_retention = Instant::now();
+        while !self.stopping.load(Ordering::SeqCst) {
+            std::thread::park_timeout(tick);
+            let topics = self.all_topics();
+            for topic in &topics {
+                let config = topic.config();
+                let due = last_flush
+                    .get(topic.name())
+                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(config.fsync_interval_ms));
+                if config.durability == Durability::Async && due {
+                    for partition in topic.partitions() {
+                        if let Err(error) = partition.flush() {
+                            tracing::error!(topic = topic.name(), %error, "async flush failed");
+                        }
+                    }
+                    last_flush.insert(topic.name().to_string(), Instant::now());
+                }
+            }
+            let checkpoint_due = last_checkpoint.elapsed() >= checkpoint_every;
+            for topic in &topics {
+                let keys = topic.dedup().memory_keys();
+                if keys >= DEDUP_MEMORY_KEYS_MAX || (checkpoint_due && keys > 0) {
+                    if let Err(error) = topic.dedup().checkpoint(topic.partitions()) {
+                        tracing::error!(topic = topic.name(), %error, "dedup checkpoint failed");
+                    }
+                }
+            }
+            if checkpoint_due {
+                last_checkpoint = Instant::now();
+            }
+            if last_retention.elapsed() >= retention_every {
+                if let Err(error) = self.enforce_retention(now_ms()) {
+                    tracing::error!(%error, "retention failed");
+                }
+                last_retention = Instant::now();
+            }
+        }
+    }
+}

@@ -1,0 +1,92 @@
+//! Every limit of the storage engine, in one place.
+//!
+//! Each limit is checked before anything it guards is allocated: a length read
+//! from disk or received from a caller is compared with its limit first. The
+//! relationships between limits are checked at compile time below, so that a
+//! change to one cannot silently break another.
+
+/// Largest encoded record (key, idempotency key, headers and payload, with their
+/// length fields). 1 MiB, Kafka's default `max.message.bytes`: larger payloads
+/// belong in object storage with a reference in the record.
+pub const RECORD_BYTES_MAX: u32 = 1024 * 1024;
+
+/// Largest record key. Keys choose partitions and are compared often; a key is an
+/// identifier, not a payload.
+pub const KEY_BYTES_MAX: u32 = 4 * 1024;
+
+/// Largest idempotency key. A UUID is 16 bytes (36 as text); 128 leaves room for
+/// composite keys such as `order-42/charge/3`.
+pub const IDEMPOTENCY_KEY_BYTES_MAX: u32 = 128;
+
+/// Most headers on one record.
+pub const HEADERS_PER_RECORD_MAX: u32 = 64;
+
+/// Largest header name. Header names are short tags (`content-type`, `trace-id`).
+pub const HEADER_NAME_BYTES_MAX: u32 = 256;
+
+/// Most records in one batch. A 1000-record batch of 1 KiB records (the batching
+/// producers use on the wire) fits ten times over.
+pub const BATCH_RECORDS_MAX: u32 = 10_000;
+
+/// Largest batch frame on disk, header included. Bounds what one append writes and
+/// what a reader allocates for one frame.
+pub const BATCH_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+/// Smallest segment size a topic may configure: small enough for tests that roll
+/// segments often, large enough to hold a few frames.
+pub const SEGMENT_BYTES_MIN: u64 = 4 * 1024;
+
+/// Largest segment size a topic may configure. File positions inside a segment
+/// are stored as `u32`, and a segment may exceed its size by one frame.
+pub const SEGMENT_BYTES_MAX: u64 = 1024 * 1024 * 1024;
+
+/// Default segment size: large enough that rolls are rare, small enough that
+/// retention frees space in useful steps.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 128 * 1024 * 1024;
+
+/// Topic names: 1 to this many bytes of `[A-Za-z0-9._-]` (Kafka's rule).
+pub const TOPIC_NAME_BYTES_MAX: usize = 249;
+
+/// Consumer group names follow the topic name rule and length.
+pub const GROUP_NAME_BYTES_MAX: usize = TOPIC_NAME_BYTES_MAX;
+
+/// Most partitions in one topic. Each partition holds open files and a writer;
+/// more partitions than this is a design problem, not a scaling one.
+pub const PARTITIONS_PER_TOPIC_MAX: u32 = 1024;
+
+/// Default bytes enqueued but not yet durable per partition, beyond which appends
+/// wait: bounds the broker's memory when the disk is slower than the producers.
+pub const IN_FLIGHT_BYTES_PER_PARTITION_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Default distance in bytes between sparse index entries: a read from any offset
+/// scans at most this much before reaching it.
+pub const INDEX_INTERVAL_BYTES_DEFAULT: u32 = 64 * 1024;
+
+/// Default interval between flushes of a topic with `async` durability.
+pub const FSYNC_INTERVAL_MS_DEFAULT: u64 = 1000;
+
+/// Default dedup window: a relay may be down for hours, a week covers a long
+/// weekend and then some.
+pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
+
+/// Default bound on the idempotency keys a topic remembers; past it the oldest are
+/// forgotten first, whatever the window says.
+pub const DEDUP_KEYS_MAX_DEFAULT: u64 = 10_000_000;
+
+/// Idempotency keys kept in memory (those not yet checkpointed to the metadata
+/// store) per topic before a checkpoint is started. Appends wait when a topic
+/// holds twice this many, so dedup memory stays bounded whatever the key count.
+pub const DEDUP_MEMORY_KEYS_MAX: usize = 200_000;
+
+/// Most bytes one read returns (beyond the first frame, which is always whole).
+pub const READ_BYTES_MAX: u32 = 16 * 1024 * 1024;
+
+const _: () = assert!(RECORD_BYTES_MAX < BATCH_BYTES_MAX);
+const _: () = assert!(KEY_BYTES_MAX < RECORD_BYTES_MAX);
+const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX < KEY_BYTES_MAX);
+const _: () = assert!((BATCH_BYTES_MAX as u64) <= IN_FLIGHT_BYTES_PER_PARTITION_DEFAULT);
+// A segment may exceed its limit by one frame; positions must still fit in u32.
+const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= u32::MAX as u64);
+const _: () = assert!(SEGMENT_BYTES_MIN <= SEGMENT_BYTES_DEFAULT);
+const _: () = assert!(SEGMENT_BYTES_DEFAULT <= SEGMENT_BYTES_MAX);
+const _: () = assert!(READ_BYTES_MAX >= BATCH_BYTES_MAX);

@@ -1,0 +1,333 @@
+//! The metadata store: consumer-group offsets and the checkpointed dedup index,
+//! behind [`MetaStore`], kept in sled.
+//!
+//! sled 0.34 makes nothing durable before `flush()`, and its flush ends in
+//! `sync_file_range`, which persists neither the drive cache nor the file size.
+//! So this store holds only what may safely go back or be rebuilt:
+//! - committed offsets: after a crash an offset may regress (redelivery), and
+//!   readers clamp it to the log, so it never points past the end;
+//! - dedup keys: only those whose records are durable in the log are written
+//!   here, and [`MetaStore::sync`] fsyncs sled's files itself before the dedup
+//!   checkpoint (a file of the broker's own) moves past them.
+//!
+//! A store that will not open is moved aside and a new one is created, with a
+//! warning: everything in it can be rebuilt or may regress.
+
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// Where a remembered idempotency key's record lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DedupEntry {
+    pub partition: u32,
+    pub offset: u64,
+    pub timestamp_ms: i64,
+}
+
+impl DedupEntry {
+    fn encode(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[0..4].copy_from_slice(&self.partition.to_be_bytes());
+        out[4..12].copy_from_slice(&self.offset.to_be_bytes());
+        out[12..20].copy_from_slice(&self.timestamp_ms.to_be_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        let bytes: &[u8; 20] = bytes.try_into().ok()?;
+        Some(DedupEntry {
+            partition: u32::from_be_bytes(bytes[0..4].try_into().ok()?),
+            offset: u64::from_be_bytes(bytes[4..12].try_into().ok()?),
+            timestamp_ms: i64::from_be_bytes(bytes[12..20].try_into().ok()?),
+        })
+    }
+}
+
+/// What the broker keeps outside the log.
+pub trait MetaStore: Send + Sync + std::fmt::Debug {
+    /// Identifies this store instance; a dedup checkpoint is only valid for the
+    /// store it was taken against.
+    fn store_id(&self) -> [u8; 16];
+    fn commit_offset(&self, topic: &str, group: &str, partition: u32, offset: u64) -> Result<()>;
+    /// Committed offsets of a group in a topic, by partition.
+    fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<(u32, u64)>>;
+    fn dedup_get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>>;
+    /// Inserts keys, then forgets keys older than `expire_before_ms` and the
+    /// oldest beyond `keys_max`.
+    fn dedup_insert(&self, topic: &str, entries: &[(bytes::Bytes, DedupEntry)], expire_before_ms: i64, keys_max: u64) -> Result<()>;
+    /// Removes everything about a topic.
+    fn delete_topic(&self, topic: &str) -> Result<()>;
+    /// Makes everything written so far durable (flush, then a real fsync).
+    fn sync(&self) -> Result<()>;
+}
+
+/// The sled implementation.
+#[derive(Debug)]
+pub struct SledMeta {
+    db: sled::Db,
+    path: PathBuf,
+    offsets: sled::Tree,
+    store_id: [u8; 16],
+}
+
+const STORE_ID_KEY: &[u8] = b"store_id";
+const COUNT_KEY: &[u8] = b"n";
+/// Dedup tree key prefixes: by idempotency key, and by (timestamp, key) to expire.
+const BY_KEY: u8 = b'k';
+const BY_TIME: u8 = b't';
+
+fn dedup_tree_name(topic: &str) -> String {
+    format!("dedup/{topic}")
+}
+
+impl SledMeta {
+    /// Opens the store at `path`, moving a store that will not open aside.
+    pub fn open(path: &Path, cache_bytes: u64) -> Result<SledMeta> {
+        match Self::try_open(path, cache_bytes) {
+            Ok(meta) => Ok(meta),
+            Err(error) => {
+                let aside = path.with_file_name(format!(
+                    "meta.broken-{}",
+                    crate::storage::group_commit::now_ms()
+                ));
+                tracing::warn!(path = %path.display(), aside = %aside.display(), %error,
+                    "the metadata store will not open; moving it aside and starting a new one \
+                     (dedup keys are rebuilt from the log, committed offsets restart from the log's start)");
+                fs::rename(path, &aside).map_err(|e| Error::io(format!("moving {} aside", path.display()), e))?;
+                Self::try_open(path, cache_bytes)
+            }
+        }
+    }
+
+    fn try_open(path: &Path, cache_bytes: u64) -> Result<SledMeta> {
+        let db = sled::Config::new()
+            .path(path)
+            .cache_capacity(cache_bytes)
+            .open()
+            .map_err(|e| Error::meta(format!("opening {}", path.display()), e))?;
+        let store_id = match db.get(STORE_ID_KEY).map_err(|e| Error::meta("reading the store id", e))? {
+            Some(id) if id.len() == 16 => {
+                let mut out = [0u8; 16];
+                out.copy_from_slice(&id);
+                out
+            }
+            _ => {
+                let id = *uuid::Uuid::new_v4().as_bytes();
+                db.insert(STORE_ID_KEY, &id[..]).map_err(|e| Error::meta("writing the store id", e))?;
+                id
+            }
+        };
+        let offsets = db.open_tree("offsets").map_err(|e| Error::meta("opening offsets", e))?;
+        let meta = SledMeta {
+            db,
+            path: path.to_path_buf(),
+            offsets,
+            store_id,
+        };
+        meta.sync()?;
+        Ok(meta)
+    }
+
+    fn dedup_tree(&self, topic: &str) -> Result<sled::Tree> {
+        self.db
+            .open_tree(dedup_tree_name(topic))
+            .map_err(|e| Error::meta("opening a dedup tree", e))
+    }
+}
+
+fn offset_key(topic: &str, group: &str, partition: Option<u32>) -> Vec<u8> {
+    let mut key = Vec::with_capacity(topic.len() + group.len() + 6);
+    key.extend_from_slice(topic.as_bytes());
+    key.push(0);
+    key.extend_from_slice(group.as_bytes());
+    key.push(0);
+    if let Some(partition) = partition {
+        key.extend_from_slice(&partition.to_be_bytes());
+    }
+    key
+}
+
+fn fsync_tree(path: &Path) -> std::io::Result<()> {
+    for entry in fs::read_dir(path)? {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            fsync_tree(&entry.path())?;
+        } else {
+            File::open(entry.path())?.sync_all()?;
+        }
+    }
+    File::open(path)?.sync_all()
+}
+
+impl MetaStore for SledMeta {
+    fn store_id(&self) -> [u8; 16] {
+        self.store_id
+    }
+
+    fn commit_offset(&self, topic: &str, group: &str, partition: u32, offset: u64) -> Result<()> {
+        self.offsets
+            .insert(offset_key(topic, group, Some(partition)), &offset.to_be_bytes())
+            .map_err(|e| Error::meta("committing an offset", e))?;
+        Ok(())
+    }
+
+    fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<(u32, u64)>> {
+        let prefix = offset_key(topic, group, None);
+        let mut out = Vec::new();
+        for item in self.offsets.scan_prefix(&prefix) {
+            let (key, value) = item.map_err(|e| Error::meta("reading offsets", e))?;
+            let partition = key[prefix.len()..].try_into().ok().map(u32::from_be_bytes);
+            let offset = value.as_ref().try_into().ok().map(u64::from_be_bytes);
+            if let (Some(partition), Some(offset)) = (partition, offset) {
+                out.push((partition, offset));
+            }
+        }
+        Ok(out)
+    }
+
+    fn dedup_get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>> {
+        let tree = self.dedup_tree(topic)?;
+        let mut k = Vec::with_capacity(key.len() + 1);
+        k.push(BY_KEY);
+        k.extend_from_slice(key);
+        let value = tree.get(k).map_err(|e| Error::meta("reading a dedup key", e))?;
+        Ok(value.and_then(|v| DedupEntry::decode(&v)))
+    }
+
+    fn dedup_insert(&self, topic: &str, entries: &[(bytes::Bytes, DedupEntry)], expire_before_ms: i64, keys_max: u64) -> Result<()> {
+        let tree = self.dedup_tree(topic)?;
+        let err = |e| Error::meta("writing dedup keys", e);
+        let mut count = tree
+            .get(COUNT_KEY)
+            .map_err(err)?
+            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
+            .unwrap_or(0);
+        let mut batch = sled::Batch::default();
+        for (key, entry) in entries {
+            let mut by_key = Vec::with_capacity(key.len() + 1);
+            by_key.push(BY_KEY);
+            by_key.extend_from_slice(key);
+            if let Some(old) = tree.get(&by_key).map_err(err)?.and_then(|v| DedupEntry::decode(&v)) {
+                batch.remove(time_key(old.timestamp_ms, key));
+                count -= 1;
+            }
+            batch.insert(by_key, &entry.encode()[..]);
+            batch.insert(time_key(entry.timestamp_ms, key), &[][..]);
+            count += 1;
+        }
+        tree.apply_batch(batch).map_err(err)?;
+        // Forget the oldest: expired ones, then any beyond the count bound.
+        let mut batch = sled::Batch::default();
+        for item in tree.scan_prefix([BY_TIME]) {
+            let (time_key, _) = item.map_err(err)?;
+            let timestamp_ms = time_key
+                .get(1..9)
+                .and_then(|b| b.try_into().ok())
+                .map_or(i64::MIN, |b| (u64::from_be_bytes(b) ^ (1 << 63)) as i64);
+            if timestamp_ms >= expire_before_ms && count <= keys_max {
+                break;
+            }
+            let mut by_key = vec![BY_KEY];
+            by_key.extend_from_slice(&time_key[9..]);
+            batch.remove(by_key);
+            batch.remove(time_key);
+            count -= 1;
+        }
+        batch.insert(COUNT_KEY, &count.to_be_bytes()[..]);
+        tree.apply_batch(batch).map_err(err)?;
+        Ok(())
+    }
+
+    fn delete_topic(&self, topic: &str) -> Result<()> {
+        self.db
+            .drop_tree(dedup_tree_name(topic))
+            .map_err(|e| Error::meta("dropping a dedup tree", e))?;
+        let mut prefix = topic.as_bytes().to_vec();
+        prefix.push(0);
+        for item in self.offsets.scan_prefix(&prefix) {
+            let (key, _) = item.map_err(|e| Error::meta("reading offsets", e))?;
+            self.offsets.remove(key).map_err(|e| Error::meta("removing offsets", e))?;
+        }
+        Ok(())
+    }
+
+    fn sync(&self) -> Result<()> {
+        self.db.flush().map_err(|e| Error::meta("flushing", e))?;
+        fsync_tree(&self.path).map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
+    }
+}
+
+/// Time index key: prefix, timestamp (sign-flipped big-endian so that bytes sort
+/// like numbers), idempotency key.
+fn time_key(timestamp_ms: i64, key: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(9 + key.len());
+    out.push(BY_TIME);
+    out.extend_from_slice(&((timestamp_ms as u64) ^ (1 << 63)).to_be_bytes());
+    out.extend_from_slice(key);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn entry(offset: u64, timestamp_ms: i64) -> DedupEntry {
+        DedupEntry {
+            partition: 0,
+            offset,
+            timestamp_ms,
+        }
+    }
+
+    #[test]
+    fn offsets_and_dedup_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta");
+        let id = {
+            let meta = SledMeta::open(&path, 1 << 20).expect("open");
+            meta.commit_offset("t", "g", 3, 42).expect("commit");
+            meta.commit_offset("t", "g2", 3, 7).expect("commit");
+            meta.dedup_insert("t", &[(Bytes::from_static(b"a"), entry(1, 10))], 0, 10).expect("insert");
+            meta.sync().expect("sync");
+            meta.store_id()
+        };
+        let meta = SledMeta::open(&path, 1 << 20).expect("reopen");
+        assert_eq!(meta.store_id(), id);
+        assert_eq!(meta.committed_offsets("t", "g").expect("read"), vec![(3, 42)]);
+        assert_eq!(meta.dedup_get("t", b"a").expect("get"), Some(entry(1, 10)));
+        meta.delete_topic("t").expect("delete");
+        assert!(meta.committed_offsets("t", "g").expect("read").is_empty());
+        assert_eq!(meta.dedup_get("t", b"a").expect("get"), None);
+    }
+
+    #[test]
+    fn dedup_forgets_expired_then_oldest_beyond_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let meta = SledMeta::open(&dir.path().join("meta"), 1 << 20).expect("open");
+        let keys: Vec<(Bytes, DedupEntry)> = (0..10).map(|i| (Bytes::from(format!("k{i}")), entry(i, i as i64 * 100))).collect();
+        meta.dedup_insert("t", &keys, 300, 100).expect("insert");
+        assert_eq!(meta.dedup_get("t", b"k2").expect("get"), None, "expired");
+        assert!(meta.dedup_get("t", b"k3").expect("get").is_some());
+        meta.dedup_insert("t", &[], 0, 5).expect("trim");
+        assert_eq!(meta.dedup_get("t", b"k4").expect("get"), None, "beyond the bound");
+        assert!(meta.dedup_get("t", b"k5").expect("get").is_some());
+        assert!(meta.dedup_get("t", b"k9").expect("get").is_some());
+    }
+
+    #[test]
+    fn a_store_that_will_not_open_is_moved_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta");
+        fs::create_dir_all(&path).expect("mkdir");
+        fs::write(path.join("conf"), b"\xff\xff garbage").expect("write");
+        fs::write(path.join("db"), vec![0xAB; 4096]).expect("write");
+        let meta = SledMeta::open(&path, 1 << 20).expect("opens anyway");
+        meta.commit_offset("t", "g", 0, 1).expect("usable");
+        let aside = fs::read_dir(dir.path()).expect("ls").filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().starts_with("meta.broken-"));
+        assert!(aside, "the broken store is kept aside for inspection");
+    }
+}

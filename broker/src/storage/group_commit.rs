@@ -1,0 +1,377 @@
+//! Group commit: one writer per partition, many appenders, one write and one
+//! fdatasync for everything enqueued while the previous write was in progress.
+//!
+//! An appender enqueues a sealed frame (offsets are assigned in enqueue order,
+//! under the writer lock) and then waits. The first waiter that finds no write in
+//! progress becomes the leader: it takes the whole queue, writes it with the I/O
+//! lock held and the writer lock released (so others keep enqueueing), syncs it
+//! for `sync` topics, publishes the new visible end and wakes everyone. A waiter
+//! whose frame is not yet durable becomes the next leader.
+//!
+//! Invariants:
+//! - An append to a `sync` topic returns only after its frame and every frame
+//!   before it are fdatasync'ed; a new segment file and its directory entry are
+//!   synced before any frame in it is acknowledged.
+//! - After a failed write or fsync the partition is latched failed: every later
+//!   append fails until the partition is reopened (recovery decides what the disk
+//!   holds). An fsync is never retried.
+//! - Bytes enqueued but not yet durable stay under `in_flight_bytes_max`; an
+//!   appender waits for room instead of growing the queue.
+//! - Lock order: `io` before `writer`, `writer` before `log`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use super::batch::UnsealedBatch;
+use super::index::{self, entry_position, IndexEntry, SparseIndex};
+use super::io::{VFile, Vfs};
+use super::partition::{lock, write, Partition};
+use super::segment::{self, Segment};
+use crate::config::Durability;
+use crate::error::{Error, IoContext, Result};
+
+/// A frame waiting for the writer.
+#[derive(Debug)]
+pub(super) struct Queued {
+    frame: Bytes,
+    base_offset: u64,
+    end_offset: u64,
+    timestamp_ms: i64,
+}
+
+/// The append queue and the offsets, under the partition's writer lock.
+#[derive(Debug)]
+pub(super) struct WriterState {
+    /// Offset the next enqueued record gets.
+    next_offset: u64,
+    /// Append time of the newest frame; append times never go backwards.
+    last_timestamp_ms: i64,
+    /// Frames sealed but not yet written, in offset order.
+    queue: Vec<Queued>,
+    /// Bytes enqueued and not yet durable (or written, for `async`).
+    in_flight_bytes: u64,
+    /// Offsets below this are written to the file.
+    written_end: u64,
+    /// Offsets below this are fdatasync'ed.
+    durable_end: u64,
+    /// Whether a leader is writing now.
+    flushing: bool,
+    /// Why the partition refuses appends, after a failed write or fsync.
+    failed: Option<String>,
+}
+
+impl WriterState {
+    pub(super) fn new(end_offset: u64, last_timestamp_ms: i64) -> Self {
+        WriterState {
+            next_offset: end_offset,
+            last_timestamp_ms,
+            queue: Vec::new(),
+            in_flight_bytes: 0,
+            written_end: end_offset,
+            durable_end: end_offset,
+            flushing: false,
+            failed: None,
+        }
+    }
+}
+
+/// The active segment's files and write position, held by the leader.
+#[derive(Debug)]
+pub(super) struct WriterIo {
+    log: Arc<dyn VFile>,
+    log_path: PathBuf,
+    /// The active segment's base offset (index entries are relative to it).
+    base_offset: u64,
+    index_file: Arc<dyn VFile>,
+    /// Entries in the index file.
+    index_entries: usize,
+    /// Bytes written since the last index entry.
+    since_index_bytes: u64,
+    index_interval_bytes: u32,
+    /// Bytes of whole frames in the active log.
+    position: u64,
+    /// One past the last offset written.
+    end_offset: u64,
+    /// Whether writes since the last fdatasync exist (`async` topics).
+    unsynced: bool,
+}
+
+impl WriterIo {
+    pub(super) fn new(active: &Segment, index_file: Arc<dyn VFile>, index_interval_bytes: u32) -> Self {
+        let since_index_bytes = active
+            .index
+            .last()
+            .map_or(u64::MAX, |e| active.size_bytes - e.position as u64);
+        WriterIo {
+            log: active.log.clone(),
+            log_path: active.log_path.clone(),
+            base_offset: active.base_offset,
+            index_file,
+            index_entries: active.index.len(),
+            since_index_bytes,
+            index_interval_bytes,
+            position: active.size_bytes,
+            end_offset: active.end_offset,
+            unsynced: false,
+        }
+    }
+}
+
+/// What an appender holds while its frame is being committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    pub base_offset: u64,
+    pub end_offset: u64,
+    pub timestamp_ms: i64,
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Creates a segment's files and makes their names durable.
+pub(super) fn create_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<(Arc<dyn VFile>, PathBuf, Arc<dyn VFile>)> {
+    let (log_path, index_path) = segment::segment_paths(dir, base);
+    let log = vfs.open(&log_path, true).context(|| format!("creating {}", log_path.display()))?;
+    log.sync_data().context(|| format!("syncing {}", log_path.display()))?;
+    let index = vfs.open(&index_path, true).context(|| format!("creating {}", index_path.display()))?;
+    index
+        .write_all_at(&[&index::file_header()], 0)
+        .context(|| format!("writing {}", index_path.display()))?;
+    vfs.sync_dir(dir).context(|| format!("syncing {}", dir.display()))?;
+    Ok((log, log_path, index))
+}
+
+impl Partition {
+    fn failed_error(&self, cause: &str) -> Error {
+        Error::PartitionFailed {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            cause: cause.to_string(),
+        }
+    }
+
+    /// Assigns offsets to a batch and queues it. Waits while the partition has
+    /// more than its in-flight limit queued. Follow with [`Partition::wait`].
+    pub fn enqueue(&self, batch: UnsealedBatch) -> Result<Ticket> {
+        let bytes = batch.frame_bytes() as u64;
+        let mut w = lock(&self.writer);
+        while w.failed.is_none() && w.in_flight_bytes > 0 && w.in_flight_bytes + bytes > self.settings.in_flight_bytes_max {
+            w = self.writer_cv.wait(w).unwrap_or_else(|e| e.into_inner());
+        }
+        if let Some(cause) = &w.failed {
+            return Err(self.failed_error(cause));
+        }
+        let base_offset = w.next_offset;
+        let timestamp_ms = now_ms().max(w.last_timestamp_ms);
+        let end_offset = base_offset + batch.record_count() as u64;
+        let frame = batch.seal(base_offset, timestamp_ms, w.durable_end);
+        w.next_offset = end_offset;
+        w.last_timestamp_ms = timestamp_ms;
+        w.in_flight_bytes += bytes;
+        w.queue.push(Queued {
+            frame,
+            base_offset,
+            end_offset,
+            timestamp_ms,
+        });
+        Ok(Ticket {
+            base_offset,
+            end_offset,
+            timestamp_ms,
+        })
+    }
+
+    /// Waits until every offset below `end_offset` is acknowledged: durable for
+    /// `sync` topics, written for `async` ones. May do the write itself.
+    pub fn wait(&self, end_offset: u64) -> Result<()> {
+        let sync = self.settings.durability == Durability::Sync;
+        let mut w = lock(&self.writer);
+        loop {
+            let acked = if sync { w.durable_end } else { w.written_end };
+            if acked >= end_offset {
+                return Ok(());
+            }
+            if let Some(cause) = &w.failed {
+                return Err(self.failed_error(cause));
+            }
+            if w.flushing || w.queue.is_empty() {
+                w = self.writer_cv.wait(w).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
+            w.flushing = true;
+            let group = std::mem::take(&mut w.queue);
+            let group_bytes: u64 = group.iter().map(|q| q.frame.len() as u64).sum();
+            drop(w);
+            let result = self.write_group(group, sync);
+            w = lock(&self.writer);
+            w.flushing = false;
+            w.in_flight_bytes -= group_bytes;
+            match result {
+                Ok(end) => {
+                    w.written_end = end;
+                    if sync {
+                        w.durable_end = end;
+                    }
+                    self.publish_visible(if sync { w.durable_end } else { w.written_end });
+                }
+                Err(error) => {
+                    tracing::error!(topic = %self.topic, partition = self.id, %error,
+                        "write failed; the partition refuses appends until it is reopened");
+                    w.failed = Some(error.to_string());
+                }
+            }
+            self.writer_cv.notify_all();
+        }
+    }
+
+    fn publish_visible(&self, end: u64) {
+        write(&self.log).visible_end = end;
+        self.visible_tx.send_replace(end);
+    }
+
+    /// Writes a group of frames (rolling segments as needed) and, for `sync`
+    /// topics, fdatasyncs them. Returns the new written end.
+    fn write_group(&self, group: Vec<Queued>, sync: bool) -> Result<u64> {
+        let mut io = lock(&self.io);
+        let mut frames: Vec<Bytes> = Vec::with_capacity(group.len());
+        let mut entries: Vec<IndexEntry> = Vec::new();
+        let mut start = io.position;
+        let mut last_timestamp_ms = 0;
+        for queued in group {
+            let len = queued.frame.len() as u64;
+            if io.position > 0 && io.position + len > self.settings.segment_bytes {
+                self.write_frames(&mut io, start, &frames, &entries, last_timestamp_ms)?;
+                frames.clear();
+                entries.clear();
+                self.roll(&mut io)?;
+                start = 0;
+            }
+            if io.since_index_bytes >= io.index_interval_bytes as u64 {
+                entries.push(IndexEntry {
+                    offset: queued.base_offset,
+                    position: io.position as u32,
+                    timestamp_ms: queued.timestamp_ms,
+                });
+                io.since_index_bytes = 0;
+            }
+            io.since_index_bytes += len;
+            io.position += len;
+            io.end_offset = queued.end_offset;
+            last_timestamp_ms = queued.timestamp_ms;
+            frames.push(queued.frame);
+        }
+        self.write_frames(&mut io, start, &frames, &entries, last_timestamp_ms)?;
+        if sync {
+            io.log.sync_data().context(|| format!("syncing {}", io.log_path.display()))?;
+        } else {
+            io.unsynced = true;
+        }
+        Ok(io.end_offset)
+    }
+
+    /// Writes frames at `start` in the active log and their index entries, then
+    /// shows them to readers (still bounded by the visible end).
+    fn write_frames(
+        &self,
+        io: &mut WriterIo,
+        start: u64,
+        frames: &[Bytes],
+        entries: &[IndexEntry],
+        last_timestamp_ms: i64,
+    ) -> Result<()> {
+        if frames.is_empty() {
+            return Ok(());
+        }
+        let slices: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
+        io.log
+            .write_all_at(&slices, start)
+            .context(|| format!("writing {}", io.log_path.display()))?;
+        if !entries.is_empty() {
+            let base = io.base_offset;
+            let mut bytes = Vec::with_capacity(entries.len() * index::INDEX_ENTRY_BYTES as usize);
+            for entry in entries {
+                bytes.extend_from_slice(&index::encode_entry(entry, base));
+            }
+            // The index is a cache of the log: a failed index write only costs a
+            // rebuild at the next open, so it does not fail the append.
+            if let Err(error) = io.index_file.write_all_at(&[&bytes], entry_position(io.index_entries)) {
+                tracing::warn!(topic = %self.topic, partition = self.id, %error, "index write failed; it is rebuilt at the next open");
+            }
+            io.index_entries += entries.len();
+        }
+        let mut log = write(&self.log);
+        let active = log.segments.last_mut().ok_or_else(|| self.failed_error("no active segment"))?;
+        for entry in entries {
+            active.index.push(*entry);
+        }
+        active.size_bytes = io.position;
+        active.end_offset = io.end_offset;
+        active.last_timestamp_ms = active.last_timestamp_ms.max(last_timestamp_ms);
+        Ok(())
+    }
+
+    /// Seals the active segment (log and index synced) and starts a new one whose
+    /// file and directory entry are durable before anything is written to it.
+    fn roll(&self, io: &mut WriterIo) -> Result<()> {
+        io.log.sync_data().context(|| format!("syncing {}", io.log_path.display()))?;
+        if let Err(error) = io.index_file.sync_data() {
+            tracing::warn!(topic = %self.topic, partition = self.id, %error, "index sync failed; it is rebuilt at the next open");
+        }
+        let base = io.end_offset;
+        let (log, log_path, index_file) = create_segment(self.vfs.as_ref(), &self.dir, base)?;
+        *io = WriterIo {
+            log: log.clone(),
+            log_path: log_path.clone(),
+            base_offset: base,
+            index_file,
+            index_entries: 0,
+            since_index_bytes: u64::MAX,
+            index_interval_bytes: io.index_interval_bytes,
+            position: 0,
+            end_offset: base,
+            unsynced: false,
+        };
+        write(&self.log).segments.push(Segment {
+            base_offset: base,
+            log,
+            log_path,
+            index: SparseIndex::default(),
+            end_offset: base,
+            size_bytes: 0,
+            last_timestamp_ms: 0,
+        });
+        tracing::debug!(topic = %self.topic, partition = self.id, base, "rolled a new segment");
+        Ok(())
+    }
+
+    /// Fdatasyncs what `async` appends wrote. A failure latches the partition.
+    pub fn flush(&self) -> Result<()> {
+        let mut io = lock(&self.io);
+        if !io.unsynced {
+            return Ok(());
+        }
+        let end = io.end_offset;
+        if let Err(error) = io.log.sync_data() {
+            let error = Error::io(format!("syncing {}", io.log_path.display()), error);
+            lock(&self.writer).failed = Some(error.to_string());
+            self.writer_cv.notify_all();
+            return Err(error);
+        }
+        io.unsynced = false;
+        let mut w = lock(&self.writer);
+        w.durable_end = w.durable_end.max(end);
+        Ok(())
+    }
+
+    /// Offsets below this are on disk (fdatasync'ed).
+    pub fn durable_end(&self) -> u64 {
+        lock(&self.writer).durable_end
+    }
+}

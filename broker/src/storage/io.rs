@@ -1,0 +1,168 @@
+//! File I/O behind a small trait, so that tests can replace the disk.
+//!
+//! The storage engine touches files only through [`Vfs`] and [`VFile`]. The real
+//! implementation, [`RealFs`], is a thin layer over `std::fs` with positional
+//! reads and writes; the test-only `sim` module simulates power loss with it.
+//!
+//! Invariant: nothing here retries. A failed write or `sync_data` is reported to
+//! the caller, which must treat the file's contents past the last successful sync
+//! as unknown (an fsync that failed once may "succeed" the second time after the
+//! kernel dropped the dirty pages).
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// An open file with positional I/O. Shared between one writer and many readers.
+pub trait VFile: Send + Sync + fmt::Debug {
+    /// Reads up to `buf.len()` bytes at `position`; fewer only at end of file.
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize>;
+    /// Writes all of `bufs`, one after the other, starting at `position`.
+    fn write_all_at(&self, bufs: &[&[u8]], position: u64) -> io::Result<()>;
+    /// Makes the file's data (and its size) durable: `fdatasync`.
+    fn sync_data(&self) -> io::Result<()>;
+    /// Truncates or extends the file.
+    fn set_len(&self, len: u64) -> io::Result<()>;
+    /// The file's current size in bytes.
+    fn len(&self) -> io::Result<u64>;
+}
+
+/// A file system: opens files and manages directory entries.
+pub trait Vfs: Send + Sync + fmt::Debug {
+    /// Opens a file for reading and writing, creating it when `create` is set.
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VFile>>;
+    fn create_dir_all(&self, path: &Path) -> io::Result<()>;
+    /// Names of the entries of a directory, in no particular order.
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>>;
+    fn remove_file(&self, path: &Path) -> io::Result<()>;
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()>;
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()>;
+    /// Makes a directory's entries durable (new, removed and renamed names).
+    fn sync_dir(&self, path: &Path) -> io::Result<()>;
+    fn exists(&self, path: &Path) -> bool;
+}
+
+/// Reads exactly `buf.len()` bytes at `position`, or fails with `UnexpectedEof`.
+pub fn read_exact_at(file: &dyn VFile, mut buf: &mut [u8], mut position: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.read_at(buf, position)? {
+            0 => return Err(io::ErrorKind::UnexpectedEof.into()),
+            n => {
+                buf = &mut buf[n..];
+                position += n as u64;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Writes a small file durably: to a temporary name, fsynced, renamed over the
+/// target, and the directory fsynced. Readers see the old or the new content.
+pub fn write_file_atomic(vfs: &dyn Vfs, path: &Path, content: &[u8]) -> io::Result<()> {
+    let dir = path.parent().ok_or(io::ErrorKind::InvalidInput)?;
+    let mut tmp_name = path.file_name().ok_or(io::ErrorKind::InvalidInput)?.to_os_string();
+    tmp_name.push(".tmp");
+    let tmp = dir.join(tmp_name);
+    let file = vfs.open(&tmp, true)?;
+    file.set_len(0)?;
+    file.write_all_at(&[content], 0)?;
+    file.sync_data()?;
+    drop(file);
+    vfs.rename(&tmp, path)?;
+    vfs.sync_dir(dir)
+}
+
+/// Reads a whole small file, refusing one larger than `max_bytes`.
+pub fn read_small_file(vfs: &dyn Vfs, path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
+    let file = vfs.open(path, false)?;
+    let len = file.len()?;
+    if len > max_bytes {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("file is {len} bytes, over the limit of {max_bytes}"),
+        ));
+    }
+    let mut buf = vec![0; len as usize];
+    read_exact_at(file.as_ref(), &mut buf, 0)?;
+    Ok(buf)
+}
+
+/// The real file system.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RealFs;
+
+#[derive(Debug)]
+struct RealFile(File);
+
+impl VFile for RealFile {
+    fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
+        self.0.read_at(buf, position)
+    }
+
+    fn write_all_at(&self, bufs: &[&[u8]], mut position: u64) -> io::Result<()> {
+        for buf in bufs {
+            self.0.write_all_at(buf, position)?;
+            position += buf.len() as u64;
+        }
+        Ok(())
+    }
+
+    fn sync_data(&self) -> io::Result<()> {
+        self.0.sync_data()
+    }
+
+    fn set_len(&self, len: u64) -> io::Result<()> {
+        self.0.set_len(len)
+    }
+
+    fn len(&self) -> io::Result<u64> {
+        Ok(self.0.metadata()?.len())
+    }
+}
+
+impl Vfs for RealFs {
+    fn open(&self, path: &Path, create: bool) -> io::Result<Arc<dyn VFile>> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(create)
+            .truncate(false)
+            .open(path)?;
+        Ok(Arc::new(RealFile(file)))
+    }
+
+    fn create_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::create_dir_all(path)
+    }
+
+    fn list_dir(&self, path: &Path) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for entry in fs::read_dir(path)? {
+            names.push(entry?.file_name().to_string_lossy().into_owned());
+        }
+        Ok(names)
+    }
+
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        fs::remove_file(path)
+    }
+
+    fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
+        fs::remove_dir_all(path)
+    }
+
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        fs::rename(from, to)
+    }
+
+    fn sync_dir(&self, path: &Path) -> io::Result<()> {
+        File::open(path)?.sync_all()
+    }
+
+    fn exists(&self, path: &Path) -> bool {
+        path.exists()
+    }
+}

@@ -1,0 +1,19 @@
+//! The storage core: a segmented, checksummed, append-only log per partition.
+//!
+//! It knows nothing about gRPC, topics' names or dedup: `topic` and `engine`
+//! build those on top. Files are reached only through [`io::Vfs`].
+//!
+//! Modules, bottom up: `io` (file I/O trait), `batch` (the frame format),
+//! `index` (sparse offset/timestamp index), `segment` (files and frame reader),
+//! `recovery` (torn tail versus damage), `group_commit` (the writer),
+//! `partition` (open, read, retention).
+
+pub mod batch;
+pub mod group_commit;
+pub mod index;
+pub mod io;
+pub mod partition;
+pub mod recovery;
+pub mod segment;
+#[cfg(test)]
+pub mod sim;

@@ -1,0 +1,467 @@
+//! A partition: a directory of segments, recovered at open, read by offset or
+//! timestamp, trimmed by retention. Appends go through `group_commit`.
+//!
+//! Invariants:
+//! - Offsets are dense and increasing; segment `i + 1` starts where segment `i`
+//!   ends (unless damage was found, which reads report as data loss).
+//! - Readers never see a record past the visible end: the durable end for
+//!   `sync` topics, the written end for `async` ones.
+//! - Only sealed segments are deleted by retention; the active segment stays,
+//!   so the earliest offset is always a segment base that exists.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::watch;
+
+use super::batch::{decode_records, Record};
+use super::group_commit::{create_segment, WriterIo, WriterState};
+use super::index::{self, entry_position, IndexEntry, SparseIndex};
+use super::io::{VFile, Vfs};
+use super::recovery::{self, ScanStart};
+use super::segment::{self, Frame, FrameReader, Segment};
+use crate::config::Durability;
+use crate::error::{Error, IoContext, Result};
+
+/// The settings a partition needs from its topic and the engine.
+#[derive(Debug, Clone)]
+pub struct PartitionSettings {
+    pub durability: Durability,
+    pub segment_bytes: u64,
+    pub index_interval_bytes: u32,
+    pub in_flight_bytes_max: u64,
+}
+
+/// The segments as readers see them.
+#[derive(Debug)]
+pub(super) struct LogState {
+    /// Sorted by base offset; the last one is active (appended to).
+    pub(super) segments: Vec<Segment>,
+    /// Readers stop before this offset.
+    pub(super) visible_end: u64,
+}
+
+/// One partition of a topic.
+#[derive(Debug)]
+pub struct Partition {
+    pub(super) topic: Arc<str>,
+    pub(super) id: u32,
+    pub(super) dir: PathBuf,
+    pub(super) vfs: Arc<dyn Vfs>,
+    pub(super) settings: PartitionSettings,
+    /// Segments and the visible end, shared with readers.
+    pub(super) log: RwLock<LogState>,
+    /// The append queue and offsets; see `group_commit`.
+    pub(super) writer: Mutex<WriterState>,
+    /// Wakes appenders waiting for their group commit or for in-flight room.
+    pub(super) writer_cv: Condvar,
+    /// The active segment's files, held by the one thread writing at a time.
+    pub(super) io: Mutex<WriterIo>,
+    /// The visible end offset, for readers that wait for new records.
+    pub(super) visible_tx: watch::Sender<u64>,
+}
+
+/// A summary of a partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionInfo {
+    pub partition: u32,
+    pub earliest_offset: u64,
+    pub end_offset: u64,
+    pub size_bytes: u64,
+    pub segments: u32,
+}
+
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(super) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Partition {
+    /// Creates an empty partition directory with its first segment, durably.
+    pub fn create(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<()> {
+        vfs.create_dir_all(dir)
+            .context(|| format!("creating {}", dir.display()))?;
+        create_segment(vfs.as_ref(), dir, 0).map(drop)
+    }
+
+    /// Opens and recovers a partition directory.
+    pub fn open(vfs: Arc<dyn Vfs>, topic: Arc<str>, id: u32, dir: PathBuf, settings: PartitionSettings) -> Result<Partition> {
+        let bases = list_segments(vfs.as_ref(), &dir)?;
+        let mut segments = Vec::with_capacity(bases.len());
+        let mut active_index = None;
+        for (i, base) in bases.iter().enumerate() {
+            let active = i + 1 == bases.len();
+            let (segment, index_file) = open_segment(&vfs, &dir, *base, active, settings.index_interval_bytes)?;
+            if active {
+                active_index = Some(index_file);
+            }
+            segments.push(segment);
+        }
+        let active_index = active_index.ok_or_else(|| Error::Corrupt {
+            what: "partition",
+            path: dir.clone(),
+            reason: "no segment files".into(),
+        })?;
+        check_continuity(&dir, &segments);
+        let active = segments.last().ok_or_else(|| Error::Corrupt {
+            what: "partition",
+            path: dir.clone(),
+            reason: "no segment files".into(),
+        })?;
+        // Whatever the page cache holds now is made durable, so that the durable
+        // end below is true even after a process crash that skipped an fsync.
+        active
+            .log
+            .sync_data()
+            .context(|| format!("syncing {}", active.log_path.display()))?;
+        let end = active.end_offset;
+        let last_timestamp_ms = segments.iter().map(|s| s.last_timestamp_ms).max().unwrap_or(0);
+        let io = WriterIo::new(active, active_index, settings.index_interval_bytes);
+        let writer = WriterState::new(end, last_timestamp_ms);
+        let (visible_tx, _) = watch::channel(end);
+        Ok(Partition {
+            topic,
+            id,
+            dir,
+            vfs,
+            settings,
+            log: RwLock::new(LogState {
+                segments,
+                visible_end: end,
+            }),
+            writer: Mutex::new(writer),
+            writer_cv: Condvar::new(),
+            io: Mutex::new(io),
+            visible_tx,
+        })
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    /// Offsets below this are readable.
+    pub fn end_offset(&self) -> u64 {
+        read(&self.log).visible_end
+    }
+
+    /// The first offset still stored.
+    pub fn earliest_offset(&self) -> u64 {
+        read(&self.log).segments.first().map_or(0, |s| s.base_offset)
+    }
+
+    /// Append time of the newest stored record (0 when empty).
+    pub fn last_timestamp_ms(&self) -> i64 {
+        read(&self.log).segments.iter().map(|s| s.last_timestamp_ms).max().unwrap_or(0)
+    }
+
+    /// A receiver of the visible end offset: it changes when new records become
+    /// readable, so a subscriber can wait instead of polling.
+    pub fn watch_end(&self) -> watch::Receiver<u64> {
+        self.visible_tx.subscribe()
+    }
+
+    pub fn info(&self) -> PartitionInfo {
+        let log = read(&self.log);
+        PartitionInfo {
+            partition: self.id,
+            earliest_offset: log.segments.first().map_or(0, |s| s.base_offset),
+            end_offset: log.visible_end,
+            size_bytes: log.segments.iter().map(|s| s.size_bytes).sum(),
+            segments: log.segments.len() as u32,
+        }
+    }
+
+    fn data_loss(&self, offset: u64, file: &Path, position: u64, reason: String) -> Error {
+        Error::DataLoss {
+            topic: self.topic.to_string(),
+            partition: self.id,
+            offset,
+            file: file.to_path_buf(),
+            position,
+            reason,
+        }
+    }
+
+    /// Reads records from `from` on, about `max_bytes` of frames (at least one
+    /// whole frame), never past the visible end. Returns no records when `from`
+    /// is the end. Records before damage are returned; a read that starts at
+    /// damage fails with [`Error::DataLoss`].
+    pub fn read(&self, from: u64, max_bytes: u32) -> Result<Vec<Record>> {
+        let (segments, visible_end) = {
+            let log = read(&self.log);
+            let earliest = log.segments.first().map_or(0, |s| s.base_offset);
+            if from < earliest || from > log.visible_end {
+                return Err(Error::OffsetOutOfRange {
+                    topic: self.topic.to_string(),
+                    partition: self.id,
+                    offset: from,
+                    earliest,
+                    end: log.visible_end,
+                });
+            }
+            if from == log.visible_end {
+                return Ok(Vec::new());
+            }
+            let first = log.segments.partition_point(|s| s.base_offset <= from) - 1;
+            let plan: Vec<(Arc<dyn VFile>, PathBuf, u64, u64, Option<IndexEntry>)> = log.segments[first..]
+                .iter()
+                .map(|s| (s.log.clone(), s.log_path.clone(), s.base_offset, s.size_bytes, s.index.floor(from).copied()))
+                .collect();
+            (plan, log.visible_end)
+        };
+        let mut records = Vec::new();
+        let mut bytes_read: u64 = 0;
+        let mut expected = None;
+        for (file, path, base, size, entry) in segments {
+            let (start_position, start_offset) = entry.map_or((0, base), |e| (e.position as u64, e.offset));
+            if expected.is_some_and(|e| e != base) {
+                let reason = format!("segment starts at offset {base}, expected {}", expected.unwrap_or(base));
+                return self.finish_read(records, self.data_loss(expected.unwrap_or(base), &path, 0, reason));
+            }
+            let mut expected_offset = start_offset;
+            let mut reader = FrameReader::new(file, start_position, size);
+            loop {
+                let frame = reader.next_frame().context(|| format!("reading {}", path.display()))?;
+                match frame {
+                    Frame::End => break,
+                    Frame::Bad { position, reason } => {
+                        return self.finish_read(records, self.data_loss(expected_offset, &path, position, reason));
+                    }
+                    Frame::Whole { position, header, bytes } => {
+                        if header.base_offset != expected_offset {
+                            let reason = format!("frame has base offset {}, expected {expected_offset}", header.base_offset);
+                            return self.finish_read(records, self.data_loss(expected_offset, &path, position, reason));
+                        }
+                        expected_offset = header.end_offset();
+                        if header.base_offset >= visible_end {
+                            return Ok(records);
+                        }
+                        if header.end_offset() <= from {
+                            continue;
+                        }
+                        let decoded = decode_records(&bytes, &header)
+                            .map_err(|reason| self.data_loss(header.base_offset, &path, position, reason))?;
+                        records.extend(decoded.into_iter().filter(|r| r.offset >= from && r.offset < visible_end));
+                        bytes_read += bytes.len() as u64;
+                        if bytes_read >= max_bytes as u64 {
+                            return Ok(records);
+                        }
+                    }
+                }
+            }
+            expected = Some(expected_offset);
+        }
+        Ok(records)
+    }
+
+    fn finish_read(&self, records: Vec<Record>, error: Error) -> Result<Vec<Record>> {
+        if records.is_empty() {
+            Err(error)
+        } else {
+            Ok(records)
+        }
+    }
+
+    /// The first offset whose append time is at or after `timestamp_ms`, or the
+    /// end offset when every record is older.
+    pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64> {
+        let (file, path, base, size, entry, visible_end) = {
+            let log = read(&self.log);
+            let Some(segment) = log.segments.iter().find(|s| s.last_timestamp_ms >= timestamp_ms && s.size_bytes > 0) else {
+                return Ok(log.visible_end);
+            };
+            (
+                segment.log.clone(),
+                segment.log_path.clone(),
+                segment.base_offset,
+                segment.size_bytes,
+                segment.index.floor_before_timestamp(timestamp_ms).copied(),
+                log.visible_end,
+            )
+        };
+        let start = entry.map_or(0, |e| e.position as u64);
+        let mut reader = FrameReader::new(file, start, size);
+        loop {
+            match reader.next_frame().context(|| format!("reading {}", path.display()))? {
+                Frame::Whole { header, .. } if header.timestamp_ms >= timestamp_ms => {
+                    return Ok(header.base_offset.min(visible_end));
+                }
+                Frame::Whole { .. } => {}
+                Frame::End => return Ok(visible_end),
+                Frame::Bad { position, reason } => {
+                    let offset = entry.map_or(base, |e| e.offset);
+                    return Err(self.data_loss(offset, &path, position, reason));
+                }
+            }
+        }
+    }
+
+    /// The next offset at or after `offset` that starts a readable frame: used
+    /// to continue past damage when rebuilding derived state (never by readers).
+    pub fn next_readable_after(&self, offset: u64) -> Option<u64> {
+        let log = read(&self.log);
+        log.segments.iter().find_map(|s| {
+            if s.base_offset > offset {
+                return Some(s.base_offset);
+            }
+            s.index.entries().iter().find(|e| e.offset > offset).map(|e| e.offset)
+        })
+    }
+
+    /// Deletes sealed segments that retention no longer keeps: those whose newest
+    /// record is older than `retention_ms`, then the oldest while the partition
+    /// holds more than `retention_bytes`. Returns how many were deleted.
+    pub fn enforce_retention(&self, now_ms: i64, retention_ms: Option<u64>, retention_bytes: Option<u64>) -> Result<usize> {
+        let removed: Vec<Segment> = {
+            let mut log = write(&self.log);
+            let mut total: u64 = log.segments.iter().map(|s| s.size_bytes).sum();
+            let mut count = 0;
+            for segment in &log.segments[..log.segments.len() - 1] {
+                let too_old = retention_ms.is_some_and(|ms| segment.last_timestamp_ms.saturating_add(ms as i64) < now_ms);
+                let too_big = retention_bytes.is_some_and(|max| total > max);
+                if !(too_old || too_big) {
+                    break;
+                }
+                total -= segment.size_bytes;
+                count += 1;
+            }
+            log.segments.drain(..count).collect()
+        };
+        for segment in &removed {
+            // The log goes first: an index without its log is ignored at open.
+            let (log_path, index_path) = segment::segment_paths(&self.dir, segment.base_offset);
+            self.vfs.remove_file(&log_path).context(|| format!("deleting {}", log_path.display()))?;
+            if let Err(error) = self.vfs.remove_file(&index_path) {
+                tracing::warn!(path = %index_path.display(), %error, "could not delete an index file");
+            }
+            tracing::info!(topic = %self.topic, partition = self.id, base_offset = segment.base_offset, "retention deleted a segment");
+        }
+        if !removed.is_empty() {
+            self.vfs.sync_dir(&self.dir).context(|| format!("syncing {}", self.dir.display()))?;
+        }
+        Ok(removed.len())
+    }
+}
+
+/// Base offsets of the segments in `dir`, sorted; removes leftover files that
+/// belong to no segment (an index whose log is gone, temporary files).
+fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
+    let names = vfs.list_dir(dir).context(|| format!("listing {}", dir.display()))?;
+    let mut logs = BTreeSet::new();
+    let mut indexes = Vec::new();
+    for name in &names {
+        match segment::parse_file_name(name) {
+            Some((base, true)) => {
+                logs.insert(base);
+            }
+            Some((base, false)) => indexes.push(base),
+            None => tracing::warn!(dir = %dir.display(), name, "ignoring an unknown file in a partition directory"),
+        }
+    }
+    for base in indexes.into_iter().filter(|b| !logs.contains(b)) {
+        let path = dir.join(segment::index_file_name(base));
+        vfs.remove_file(&path).context(|| format!("deleting {}", path.display()))?;
+    }
+    Ok(logs.into_iter().collect())
+}
+
+/// Opens one segment, checks its index against its log and scans what the index
+/// does not cover. The active segment loses a torn tail; see `recovery`.
+fn open_segment(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    base: u64,
+    active: bool,
+    index_interval_bytes: u32,
+) -> Result<(Segment, Arc<dyn VFile>)> {
+    let (log_path, index_path) = segment::segment_paths(dir, base);
+    let log = vfs.open(&log_path, false).context(|| format!("opening {}", log_path.display()))?;
+    let index_file = vfs.open(&index_path, true).context(|| format!("opening {}", index_path.display()))?;
+    let log_bytes = log.len().context(|| format!("reading {}", log_path.display()))?;
+    let mut index = index::load(&index_file, &index_path, base, log_bytes)
+        .context(|| format!("reading {}", index_path.display()))?;
+    let loaded = index.len();
+    let trusted = recovery::trusted_prefix(&log, &index).context(|| format!("reading {}", log_path.display()))?;
+    index.truncate(trusted);
+    let start = match index.last() {
+        Some(e) => ScanStart {
+            position: e.position as u64,
+            offset: e.offset,
+            timestamp_ms: e.timestamp_ms,
+            index_interval_bytes,
+            indexed: true,
+        },
+        None => recovery::start_of_segment(base, index_interval_bytes),
+    };
+    let outcome = recovery::scan(&log, &log_path, start, active).context(|| format!("scanning {}", log_path.display()))?;
+    if let Some((position, reason)) = &outcome.torn_tail {
+        tracing::warn!(path = %log_path.display(), position, cut_bytes = log_bytes - outcome.end_position, reason = %reason,
+            "truncating a torn tail (records never acknowledged)");
+        log.set_len(outcome.end_position).context(|| format!("truncating {}", log_path.display()))?;
+        log.sync_data().context(|| format!("syncing {}", log_path.display()))?;
+    }
+    let index_damaged = trusted < loaded || (loaded == 0 && index_file.len().unwrap_or(0) != index::INDEX_HEADER_BYTES);
+    if index_damaged || !outcome.new_entries.is_empty() {
+        rewrite_index_tail(&index_file, &index_path, base, &mut index, &outcome.new_entries, index_damaged)?;
+    }
+    let size_bytes = if active { outcome.end_position } else { log_bytes };
+    let segment = Segment {
+        base_offset: base,
+        log,
+        log_path,
+        index,
+        end_offset: outcome.end_offset,
+        size_bytes,
+        last_timestamp_ms: outcome.last_timestamp_ms,
+    };
+    Ok((segment, index_file))
+}
+
+/// Cuts the index file after its trusted entries and appends the rebuilt ones.
+/// A cut is synced, so that stale entries cannot come back after another crash.
+fn rewrite_index_tail(
+    file: &Arc<dyn VFile>,
+    path: &Path,
+    base: u64,
+    index: &mut SparseIndex,
+    new_entries: &[IndexEntry],
+    cut: bool,
+) -> Result<()> {
+    let ctx = || format!("rebuilding {}", path.display());
+    if cut {
+        file.set_len(entry_position(index.len())).context(ctx)?;
+        file.write_all_at(&[&index::file_header()], 0).context(ctx)?;
+    }
+    let mut bytes = Vec::with_capacity(new_entries.len() * index::INDEX_ENTRY_BYTES as usize);
+    for entry in new_entries {
+        bytes.extend_from_slice(&index::encode_entry(entry, base));
+    }
+    file.write_all_at(&[&bytes], entry_position(index.len())).context(ctx)?;
+    if cut {
+        file.sync_data().context(ctx)?;
+    }
+    for entry in new_entries {
+        index.push(*entry);
+    }
+    Ok(())
+}
+
+/// Logs gaps between segments: a segment that does not start where the previous
+/// one ended means lost records, which reads report as data loss.
+fn check_continuity(dir: &Path, segments: &[Segment]) {
+    for pair in segments.windows(2) {
+        if pair[0].end_offset != pair[1].base_offset {
+            tracing::error!(dir = %dir.display(), end = pair[0].end_offset, next_base = pair[1].base_offset,
+                "segments are not contiguous; reads of the gap report data loss");
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! A topic: its settings file, its partitions, the partitioner and the dedup
+//! index, and the publish path that ties them together.
+//!
+//! On disk a topic is `topics/<name>/` holding `topic.json` (its settings, the
+//! source of truth, written atomically and fsynced), `dedup.checkpoint`, and one
+//! directory per partition. `topic.json` is written last at creation and removed
+//! first at deletion: a directory without it is an unfinished creation or
+//! deletion and is removed at open.
+//!
+//! Invariants:
+//! - The same key always goes to the same partition: `crc32(key) % partitions`;
+//!   a record with no key but an idempotency key is placed by that key, so a
+//!   retry lands where the original did.
+//! - A record whose idempotency key is live in the dedup index is not appended;
+//!   the caller gets the original partition and offset with `duplicate = true`,
+//!   and only once that original is durable.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::config::{EngineConfig, TopicConfig};
+use crate::dedup::{Dedup, Memory};
+use crate::error::{Error, IoContext, Result};
+use crate::meta::{DedupEntry, MetaStore};
+use crate::storage::batch::{validate_batch, RecordInput, UnsealedBatch};
+use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
+use crate::storage::partition::{Partition, PartitionInfo, PartitionSettings};
+
+/// Name of the settings file in a topic directory.
+pub const TOPIC_FILE: &str = "topic.json";
+const TOPIC_FILE_VERSION: u32 = 1;
+const TOPIC_FILE_BYTES_MAX: u64 = 64 * 1024;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TopicFile {
+    version: u32,
+    config: TopicConfig,
+}
+
+/// The outcome of one published record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishResult {
+    pub partition: u32,
+    pub offset: u64,
+    /// The record was not appended: its idempotency key was seen before, and
+    /// `partition` and `offset` are the original record's.
+    pub duplicate: bool,
+}
+
+/// A topic, open.
+#[derive(Debug)]
+pub struct Topic {
+    name: Arc<str>,
+    dir: PathBuf,
+    config: TopicConfig,
+    partitions: Vec<Arc<Partition>>,
+    dedup: Dedup,
+    /// Spreads records with neither key nor explicit partition.
+    round_robin: AtomicU32,
+}
+
+/// A summary of a topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicInfo {
+    pub name: String,
+    pub config: TopicConfig,
+    pub partitions: Vec<PartitionInfo>,
+}
+
+/// The partition for a key.
+pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
+    crc32fast::hash(key) % partitions
+}
+
+impl Topic {
+    /// Creates a topic's directory, partitions and settings file, durably.
+    pub fn create(vfs: &Arc<dyn Vfs>, dir: &Path, config: &TopicConfig) -> Result<()> {
+        vfs.create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+        for id in 0..config.partitions {
+            Partition::create(vfs, &dir.join(id.to_string()))?;
+        }
+        vfs.sync_dir(dir).context(|| format!("syncing {}", dir.display()))?;
+        let file = TopicFile {
+            version: TOPIC_FILE_VERSION,
+            config: config.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        write_file_atomic(vfs.as_ref(), &dir.join(TOPIC_FILE), &bytes).context(|| format!("writing {}", dir.display()))
+    }
+
+    /// Reads a topic's settings file; `None` when it is missing.
+    pub fn read_config(vfs: &dyn Vfs, dir: &Path) -> Result<Option<TopicConfig>> {
+        let path = dir.join(TOPIC_FILE);
+        if !vfs.exists(&path) {
+            return Ok(None);
+        }
+        let bytes = read_small_file(vfs, &path, TOPIC_FILE_BYTES_MAX).context(|| format!("reading {}", path.display()))?;
+        let file: TopicFile = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+            what: "topic settings",
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        if file.version != TOPIC_FILE_VERSION {
+            return Err(Error::Corrupt {
+                what: "topic settings",
+                path,
+                reason: format!("unknown version {}", file.version),
+            });
+        }
+        file.config.validate()?;
+        Ok(Some(file.config))
+    }
+
+    /// Opens a topic: recovers each partition, then rebuilds the dedup index.
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        meta: Arc<dyn MetaStore>,
+        engine: &EngineConfig,
+        name: &str,
+        dir: PathBuf,
+        config: TopicConfig,
+    ) -> Result<Topic> {
+        let name: Arc<str> = Arc::from(name);
+        let settings = PartitionSettings {
+            durability: config.durability,
+            segment_bytes: config.segment_bytes,
+            index_interval_bytes: engine.index_interval_bytes,
+            in_flight_bytes_max: engine.in_flight_bytes_per_partition,
+        };
+        let partitions = (0..config.partitions)
+            .map(|id| Partition::open(vfs.clone(), name.clone(), id, dir.join(id.to_string()), settings.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        let dedup = Dedup::new(name.clone(), meta, vfs, dir.clone(), config.dedup_window_ms, config.dedup_keys_max);
+        dedup.rebuild(&partitions)?;
+        Ok(Topic {
+            name,
+            dir,
+            config,
+            partitions,
+            dedup,
+            round_robin: AtomicU32::new(0),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn config(&self) -> &TopicConfig {
+        &self.config
+    }
+
+    pub fn partitions(&self) -> &[Arc<Partition>] {
+        &self.partitions
+    }
+
+    pub fn dedup(&self) -> &Dedup {
+        &self.dedup
+    }
+
+    pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
+        self.partitions.get(id as usize).ok_or_else(|| Error::PartitionNotFound {
+            topic: self.name.to_string(),
+            partition: id,
+            partitions: self.config.partitions,
+        })
+    }
+
+    pub fn info(&self) -> TopicInfo {
+        TopicInfo {
+            name: self.name.to_string(),
+            config: self.config.clone(),
+            partitions: self.partitions.iter().map(|p| p.info()).collect(),
+        }
+    }
+
+    fn choose_partition(&self, record: &RecordInput) -> u32 {
+        let n = self.config.partitions;
+        if let Some(p) = record.partition {
+            return p;
+        }
+        match (&record.key, &record.idempotency_key) {
+            (Some(key), _) | (None, Some(key)) => partition_for_key(key, n),
+            (None, None) => self.round_robin.fetch_add(1, Ordering::Relaxed) % n,
+        }
+    }
+
+    fn validate(&self, records: &[RecordInput]) -> Result<()> {
+        for record in records {
+            record.validate()?;
+            if let Some(p) = record.partition {
+                self.partition(p)?;
+            }
+        }
+        validate_batch(records)
+    }
+
+    /// Appends a batch and waits until it is acknowledged (durable, for `sync`
+    /// topics). Returns one result per record, in order. Nothing is appended
+    /// when the batch is invalid.
+    pub fn publish(&self, records: &[RecordInput]) -> Result<Vec<PublishResult>> {
+        self.validate(records)?;
+        let placement: Vec<u32> = records.iter().map(|r| self.choose_partition(r)).collect();
+        let keys: Vec<&Bytes> = records.iter().filter_map(|r| r.idempotency_key.as_ref()).collect();
+        let generation = self.dedup.generation();
+        let mut stored = self.dedup.lookup_stored(&keys)?;
+        // Encode per partition before taking the dedup lock, assuming no duplicates.
+        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, p) in placement.iter().enumerate() {
+            by_partition.entry(*p).or_default().push(i);
+        }
+        let encode = |indexes: &[usize]| UnsealedBatch::encode(&indexes.iter().map(|i| &records[*i]).collect::<Vec<_>>());
+        let mut encoded: BTreeMap<u32, UnsealedBatch> = by_partition.iter().map(|(p, ix)| (*p, encode(ix))).collect();
+
+        let mut results: Vec<Option<PublishResult>> = vec![None; records.len()];
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        let mut tickets = Vec::with_capacity(by_partition.len());
+        {
+            // Keyless batches need no dedup lock: nothing to find, nothing to remember.
+            let mut memory = (!keys.is_empty()).then(|| self.dedup.lock_with_room());
+            if let Some(memory) = &memory {
+                if memory.generation() != generation {
+                    stored = self.dedup.lookup_stored(&keys)?;
+                }
+                self.find_duplicates(memory, records, stored, &mut results, &mut copies);
+            }
+            let skipped: Vec<bool> = (0..records.len())
+                .map(|i| results[i].is_some() || copies.iter().any(|(c, _)| *c == i))
+                .collect();
+            for (p, indexes) in by_partition.iter_mut() {
+                let before = indexes.len();
+                indexes.retain(|i| !skipped[*i]);
+                if indexes.is_empty() {
+                    encoded.remove(p);
+                } else if indexes.len() != before {
+                    encoded.insert(*p, encode(indexes));
+                }
+            }
+            for (p, batch) in encoded {
+                let ticket = self.partitions[p as usize].enqueue(batch)?;
+                for (k, i) in by_partition[&p].iter().enumerate() {
+                    let offset = ticket.base_offset + k as u64;
+                    results[*i] = Some(PublishResult {
+                        partition: p,
+                        offset,
+                        duplicate: false,
+                    });
+                    if let (Some(memory), Some(key)) = (&mut memory, &records[*i].idempotency_key) {
+                        let entry = DedupEntry {
+                            partition: p,
+                            offset,
+                            timestamp_ms: ticket.timestamp_ms,
+                        };
+                        memory.insert(key.clone(), entry);
+                    }
+                }
+                tickets.push((p, ticket.end_offset));
+            }
+        }
+        for (p, end) in tickets {
+            self.partitions[p as usize].wait(end)?;
+        }
+        for (i, first) in copies {
+            results[i] = results[first].map(|r| PublishResult { duplicate: true, ..r });
+        }
+        // A duplicate is answered only once its original is acknowledged.
+        for result in results.iter().flatten().filter(|r| r.duplicate) {
+            self.partitions[result.partition as usize].wait(result.offset + 1)?;
+        }
+        results
+            .into_iter()
+            .map(|r| r.ok_or_else(|| Error::InvalidArgument("a record got no result".into())))
+            .collect()
+    }
+}
+
+impl Topic {
+    /// Marks records whose key is remembered (`results`) or repeats an earlier
+    /// record of the same batch (`copies`: index, index of the first).
+    fn find_duplicates(
+        &self,
+        memory: &Memory,
+        records: &[RecordInput],
+        stored: Vec<Option<DedupEntry>>,
+        results: &mut [Option<PublishResult>],
+        copies: &mut Vec<(usize, usize)>,
+    ) {
+        let mut stored = stored.into_iter();
+        let mut first_in_batch: HashMap<&Bytes, usize> = HashMap::new();
+        for (i, record) in records.iter().enumerate() {
+            let Some(key) = &record.idempotency_key else { continue };
+            let in_store = stored.next().flatten();
+            let remembered = memory.get(key).or(in_store).filter(|e| self.dedup.live(memory, *e));
+            if let Some(entry) = remembered {
+                results[i] = Some(duplicate(entry));
+            } else if let Some(first) = first_in_batch.get(key) {
+                copies.push((i, *first));
+            } else {
+                first_in_batch.insert(key, i);
+            }
+        }
+    }
+}
+
+fn duplicate(entry: DedupEntry) -> PublishResult {
+    PublishResult {
+        partition: entry.partition,
+        offset: entry.offset,
+        duplicate: true,
+    }
+}

@@ -1,0 +1,2 @@
+//! Integration tests across crates live in `tests/tests/`; this library holds
+//! what they share.
