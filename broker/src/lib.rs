@@ -16,6 +16,11 @@ pub mod names;
 pub mod storage;
 pub mod topic;
 
+#[cfg(test)]
+mod power_loss_tests;
+#[cfg(test)]
+mod recovery_tests;
+
 pub use config::{Durability, EngineConfig, TopicConfig};
 pub use engine::{CommittedOffset, Engine};
 pub use error::{Error, Result};

@@ -390,7 +390,7 @@ fn open_segment(
     let mut index = index::load(&index_file, &index_path, base, log_bytes)
         .context(|| format!("reading {}", index_path.display()))?;
     let loaded = index.len();
-    let trusted = recovery::trusted_prefix(&log, &index).context(|| format!("reading {}", log_path.display()))?;
+    let trusted = recovery::trusted_prefix(&log, &index, active).context(|| format!("reading {}", log_path.display()))?;
     index.truncate(trusted);
     let start = match index.last() {
         Some(e) => ScanStart {

@@ -203,10 +203,15 @@ fn decide(path: &Path, start: ScanStart, active: bool, frames: Vec<ScannedFrame>
     }
 }
 
-/// The index entries worth keeping: the loaded prefix, without trailing entries
-/// whose frame does not verify (an index written ahead of a log that lost its
-/// tail). Returns how many entries to keep.
-pub fn trusted_prefix(file: &Arc<dyn VFile>, index: &SparseIndex) -> io::Result<usize> {
+/// How many index entries recovery may trust, from the front.
+///
+/// Trailing entries whose frame does not verify are dropped (an index written
+/// ahead of a log that lost its tail). In the active segment a verified frame is
+/// not enough: bytes before it may be an unsynced write that a power loss
+/// trashed while a later one survived. So only entries below the `durable_offset`
+/// of the last verified frame are kept (their frames were synced before that
+/// frame was enqueued), and the scan checks everything after them.
+pub fn trusted_prefix(file: &Arc<dyn VFile>, index: &SparseIndex, active: bool) -> io::Result<usize> {
     let len = file.len()?;
     let mut keep = index.len();
     while keep > 0 {
@@ -214,6 +219,10 @@ pub fn trusted_prefix(file: &Arc<dyn VFile>, index: &SparseIndex) -> io::Result<
         let mut reader = FrameReader::new(file.clone(), entry.position as u64, len);
         if let Frame::Whole { header, .. } = reader.next_frame()? {
             if header.base_offset == entry.offset {
+                if active {
+                    let durable = header.durable_offset;
+                    keep = index.entries()[..keep].partition_point(|e| e.offset < durable);
+                }
                 break;
             }
         }
