@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use bytes::Bytes;
@@ -46,8 +47,6 @@ pub struct Memory {
     /// Bumped whenever keys move from memory to the store, so that a lookup in
     /// the store made before taking the lock can tell it may be stale.
     generation: u64,
-    /// Newest append time of a record with a key: the clock of the window.
-    log_time_ms: i64,
 }
 
 impl Memory {
@@ -55,9 +54,10 @@ impl Memory {
         self.recent.get(key).copied()
     }
 
+    /// Remembers a key. A later record with the same key (appended after the
+    /// first one's window ended) replaces it.
     pub fn insert(&mut self, key: Bytes, entry: DedupEntry) {
-        self.log_time_ms = self.log_time_ms.max(entry.timestamp_ms);
-        self.recent.entry(key).or_insert(entry);
+        self.recent.insert(key, entry);
     }
 
     pub fn generation(&self) -> u64 {
@@ -87,6 +87,8 @@ pub struct Dedup {
     room: Condvar,
     /// Serialises checkpoints.
     checkpointing: Mutex<()>,
+    /// Newest append time in the topic: the clock the window is measured on.
+    log_time_ms: AtomicI64,
 }
 
 impl Dedup {
@@ -101,6 +103,7 @@ impl Dedup {
             memory: Mutex::new(Memory::default()),
             room: Condvar::new(),
             checkpointing: Mutex::new(()),
+            log_time_ms: AtomicI64::new(0),
         }
     }
 
@@ -130,9 +133,14 @@ impl Dedup {
         keys.iter().map(|k| self.meta.dedup_get(&self.topic, k)).collect()
     }
 
+    /// Advances the window's clock to a record's append time.
+    pub fn observe_append(&self, timestamp_ms: i64) {
+        self.log_time_ms.fetch_max(timestamp_ms, Ordering::Relaxed);
+    }
+
     /// Whether a remembered entry still counts, given the window.
-    pub fn live(&self, memory: &Memory, entry: DedupEntry) -> bool {
-        entry.timestamp_ms.saturating_add(self.window_ms as i64) >= memory.log_time_ms
+    pub fn live(&self, entry: DedupEntry) -> bool {
+        entry.timestamp_ms.saturating_add(self.window_ms as i64) >= self.log_time_ms.load(Ordering::Relaxed)
     }
 
     /// Moves the keys of durable records into the store and advances the
@@ -142,17 +150,14 @@ impl Dedup {
         // Durable ends are read before the memory lock: every key of a record
         // below them was inserted under that lock before the record was written.
         let durable: Vec<u64> = partitions.iter().map(|p| p.durable_end()).collect();
-        let (entries, log_time_ms) = {
-            let memory = self.lock();
-            let entries: Vec<(Bytes, DedupEntry)> = memory
-                .recent
-                .iter()
-                .filter(|(_, e)| e.offset < durable[e.partition as usize])
-                .map(|(k, e)| (k.clone(), *e))
-                .collect();
-            (entries, memory.log_time_ms)
-        };
-        let expire_before_ms = log_time_ms.saturating_sub(self.window_ms as i64);
+        let entries: Vec<(Bytes, DedupEntry)> = self
+            .lock()
+            .recent
+            .iter()
+            .filter(|(_, e)| e.offset < durable[e.partition as usize])
+            .map(|(k, e)| (k.clone(), *e))
+            .collect();
+        let expire_before_ms = self.log_time_ms.load(Ordering::Relaxed).saturating_sub(self.window_ms as i64);
         self.meta.dedup_insert(&self.topic, &entries, expire_before_ms, self.keys_max)?;
         self.meta.sync()?;
         self.write_checkpoint(&durable)?;
@@ -211,7 +216,7 @@ impl Dedup {
     /// valid checkpoint, from the start of the window).
     pub fn rebuild(&self, partitions: &[Arc<Partition>]) -> Result<()> {
         let last_timestamp = partitions.iter().map(|p| p.last_timestamp_ms()).max().unwrap_or(0);
-        self.lock().log_time_ms = last_timestamp;
+        self.observe_append(last_timestamp);
         let checkpoint = self.read_checkpoint(partitions.len());
         if checkpoint.is_none() {
             tracing::info!(topic = %self.topic, "no valid dedup checkpoint; rebuilding dedup keys from the window's start");

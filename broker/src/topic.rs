@@ -248,6 +248,7 @@ impl Topic {
             }
             for (p, batch) in encoded {
                 let ticket = self.partitions[p as usize].enqueue(batch)?;
+                self.dedup.observe_append(ticket.timestamp_ms);
                 for (k, i) in by_partition[&p].iter().enumerate() {
                     let offset = ticket.base_offset + k as u64;
                     results[*i] = Some(PublishResult {
@@ -300,7 +301,7 @@ impl Topic {
         for (i, record) in records.iter().enumerate() {
             let Some(key) = &record.idempotency_key else { continue };
             let in_store = stored.next().flatten();
-            let remembered = memory.get(key).or(in_store).filter(|e| self.dedup.live(memory, *e));
+            let remembered = memory.get(key).or(in_store).filter(|e| self.dedup.live(*e));
             if let Some(entry) = remembered {
                 results[i] = Some(duplicate(entry));
             } else if let Some(first) = first_in_batch.get(key) {
