@@ -106,7 +106,12 @@ impl TopicConfig {
             self.segment_bytes,
         )?;
         check_range("fsync_interval_ms", 1, 3_600_000, self.fsync_interval_ms)?;
-        check_range("dedup_window_ms", 0, 365 * 24 * 3_600_000, self.dedup_window_ms)?;
+        check_range(
+            "dedup_window_ms",
+            0,
+            365 * 24 * 3_600_000,
+            self.dedup_window_ms,
+        )?;
         check_range("dedup_keys_max", 1, 1_000_000_000, self.dedup_keys_max)?;
         if self.retention_ms == Some(0) || self.retention_bytes == Some(0) {
             return Err(Error::InvalidArgument(
@@ -181,7 +186,12 @@ impl EngineConfig {
             SEGMENT_BYTES_MAX,
             self.index_interval_bytes as u64,
         )?;
-        check_range("maintenance_interval_ms", 1, 60_000, self.maintenance_interval_ms)?;
+        check_range(
+            "maintenance_interval_ms",
+            1,
+            60_000,
+            self.maintenance_interval_ms,
+        )?;
         Ok(())
     }
 
@@ -208,8 +218,10 @@ mod tests {
 
     #[test]
     fn segment_bytes_bounds() {
-        let mut config = TopicConfig::default();
-        config.segment_bytes = SEGMENT_BYTES_MIN;
+        let mut config = TopicConfig {
+            segment_bytes: SEGMENT_BYTES_MIN,
+            ..TopicConfig::default()
+        };
         assert!(config.validate().is_ok());
         config.segment_bytes = SEGMENT_BYTES_MIN - 1;
         assert!(config.validate().is_err());

@@ -92,7 +92,14 @@ pub struct Dedup {
 }
 
 impl Dedup {
-    pub fn new(topic: Arc<str>, meta: Arc<dyn MetaStore>, vfs: Arc<dyn Vfs>, dir: PathBuf, window_ms: u64, keys_max: u64) -> Self {
+    pub fn new(
+        topic: Arc<str>,
+        meta: Arc<dyn MetaStore>,
+        vfs: Arc<dyn Vfs>,
+        dir: PathBuf,
+        window_ms: u64,
+        keys_max: u64,
+    ) -> Self {
         Dedup {
             topic,
             meta,
@@ -130,7 +137,9 @@ impl Dedup {
 
     /// Looks keys up in the store (without the memory lock).
     pub fn lookup_stored(&self, keys: &[&Bytes]) -> Result<Vec<Option<DedupEntry>>> {
-        keys.iter().map(|k| self.meta.dedup_get(&self.topic, k)).collect()
+        keys.iter()
+            .map(|k| self.meta.dedup_get(&self.topic, k))
+            .collect()
     }
 
     /// Advances the window's clock to a record's append time.
@@ -140,7 +149,8 @@ impl Dedup {
 
     /// Whether a remembered entry still counts, given the window.
     pub fn live(&self, entry: DedupEntry) -> bool {
-        entry.timestamp_ms.saturating_add(self.window_ms as i64) >= self.log_time_ms.load(Ordering::Relaxed)
+        entry.timestamp_ms.saturating_add(self.window_ms as i64)
+            >= self.log_time_ms.load(Ordering::Relaxed)
     }
 
     /// Moves the keys of durable records into the store and advances the
@@ -157,8 +167,12 @@ impl Dedup {
             .filter(|(_, e)| e.offset < durable[e.partition as usize])
             .map(|(k, e)| (k.clone(), *e))
             .collect();
-        let expire_before_ms = self.log_time_ms.load(Ordering::Relaxed).saturating_sub(self.window_ms as i64);
-        self.meta.dedup_insert(&self.topic, &entries, expire_before_ms, self.keys_max)?;
+        let expire_before_ms = self
+            .log_time_ms
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.window_ms as i64);
+        self.meta
+            .dedup_insert(&self.topic, &entries, expire_before_ms, self.keys_max)?;
         self.meta.sync()?;
         self.write_checkpoint(&durable)?;
         let mut memory = self.lock();
@@ -215,7 +229,11 @@ impl Dedup {
     /// Rebuilds the memory layer from the log past the checkpoint (or, with no
     /// valid checkpoint, from the start of the window).
     pub fn rebuild(&self, partitions: &[Arc<Partition>]) -> Result<()> {
-        let last_timestamp = partitions.iter().map(|p| p.last_timestamp_ms()).max().unwrap_or(0);
+        let last_timestamp = partitions
+            .iter()
+            .map(|p| p.last_timestamp_ms())
+            .max()
+            .unwrap_or(0);
         self.observe_append(last_timestamp);
         let checkpoint = self.read_checkpoint(partitions.len());
         if checkpoint.is_none() {
@@ -236,7 +254,13 @@ impl Dedup {
         Ok(())
     }
 
-    fn scan_partition(&self, partition: &Partition, id: u32, from: u64, partitions: &[Arc<Partition>]) -> Result<u64> {
+    fn scan_partition(
+        &self,
+        partition: &Partition,
+        id: u32,
+        from: u64,
+        partitions: &[Arc<Partition>],
+    ) -> Result<u64> {
         let end = partition.end_offset();
         let mut offset = from.clamp(partition.earliest_offset(), end);
         let mut scanned = 0;

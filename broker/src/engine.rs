@@ -72,18 +72,25 @@ impl Engine {
     /// Opens (or creates) the data directory on the real file system.
     pub fn open(config: EngineConfig) -> Result<Engine> {
         config.validate()?;
-        std::fs::create_dir_all(&config.data_dir).context(|| format!("creating {}", config.data_dir.display()))?;
+        std::fs::create_dir_all(&config.data_dir)
+            .context(|| format!("creating {}", config.data_dir.display()))?;
         let meta = SledMeta::open(&config.data_dir.join("meta"), config.meta_cache_bytes)?;
         Self::open_with(config, Arc::new(RealFs), Arc::new(meta))
     }
 
     /// Opens with a given file system and metadata store (tests use a simulated disk).
-    pub fn open_with(config: EngineConfig, vfs: Arc<dyn Vfs>, meta: Arc<dyn MetaStore>) -> Result<Engine> {
+    pub fn open_with(
+        config: EngineConfig,
+        vfs: Arc<dyn Vfs>,
+        meta: Arc<dyn MetaStore>,
+    ) -> Result<Engine> {
         config.validate()?;
         let topics_dir = config.data_dir.join("topics");
         if !vfs.exists(&topics_dir) {
-            vfs.create_dir_all(&topics_dir).context(|| format!("creating {}", topics_dir.display()))?;
-            vfs.sync_dir(&config.data_dir).context(|| format!("syncing {}", config.data_dir.display()))?;
+            vfs.create_dir_all(&topics_dir)
+                .context(|| format!("creating {}", topics_dir.display()))?;
+            vfs.sync_dir(&config.data_dir)
+                .context(|| format!("syncing {}", config.data_dir.display()))?;
         }
         let inner = Arc::new(Inner {
             config,
@@ -122,14 +129,31 @@ impl Engine {
         let dir = inner.topics_dir.join(name);
         if inner.vfs.exists(&dir) {
             // Left over from an interrupted creation or deletion.
-            inner.vfs.remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
+            inner
+                .vfs
+                .remove_dir_all(&dir)
+                .context(|| format!("removing {}", dir.display()))?;
         }
         Topic::create(&inner.vfs, &dir, &config)?;
-        inner.vfs.sync_dir(&inner.topics_dir).context(|| format!("syncing {}", inner.topics_dir.display()))?;
-        let topic = Arc::new(Topic::open(inner.vfs.clone(), inner.meta.clone(), &inner.config, name, dir, config)?);
+        inner
+            .vfs
+            .sync_dir(&inner.topics_dir)
+            .context(|| format!("syncing {}", inner.topics_dir.display()))?;
+        let topic = Arc::new(Topic::open(
+            inner.vfs.clone(),
+            inner.meta.clone(),
+            &inner.config,
+            name,
+            dir,
+            config,
+        )?);
         let info = topic.info();
         write(&inner.topics).insert(name.to_string(), topic);
-        tracing::info!(topic = name, partitions = info.config.partitions, "created topic");
+        tracing::info!(
+            topic = name,
+            partitions = info.config.partitions,
+            "created topic"
+        );
         Ok(info)
     }
 
@@ -142,11 +166,23 @@ impl Engine {
             .remove(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
         let settings = topic.dir().join(crate::topic::TOPIC_FILE);
-        inner.vfs.remove_file(&settings).context(|| format!("removing {}", settings.display()))?;
-        inner.vfs.sync_dir(topic.dir()).context(|| format!("syncing {}", topic.dir().display()))?;
+        inner
+            .vfs
+            .remove_file(&settings)
+            .context(|| format!("removing {}", settings.display()))?;
+        inner
+            .vfs
+            .sync_dir(topic.dir())
+            .context(|| format!("syncing {}", topic.dir().display()))?;
         inner.meta.delete_topic(name)?;
-        inner.vfs.remove_dir_all(topic.dir()).context(|| format!("removing {}", topic.dir().display()))?;
-        inner.vfs.sync_dir(&inner.topics_dir).context(|| format!("syncing {}", inner.topics_dir.display()))?;
+        inner
+            .vfs
+            .remove_dir_all(topic.dir())
+            .context(|| format!("removing {}", topic.dir().display()))?;
+        inner
+            .vfs
+            .sync_dir(&inner.topics_dir)
+            .context(|| format!("syncing {}", inner.topics_dir.display()))?;
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }
@@ -157,7 +193,10 @@ impl Engine {
     }
 
     pub fn list_topics(&self) -> Vec<TopicInfo> {
-        read(&self.inner.topics).values().map(|t| t.info()).collect()
+        read(&self.inner.topics)
+            .values()
+            .map(|t| t.info())
+            .collect()
     }
 
     pub fn describe_topic(&self, name: &str) -> Result<TopicInfo> {
@@ -170,14 +209,29 @@ impl Engine {
     }
 
     /// Reads records of one partition from `from` on, about `max_bytes` of them.
-    pub fn read(&self, topic: &str, partition: u32, from: u64, max_bytes: u32) -> Result<Vec<Record>> {
+    pub fn read(
+        &self,
+        topic: &str,
+        partition: u32,
+        from: u64,
+        max_bytes: u32,
+    ) -> Result<Vec<Record>> {
         let topic = self.topic(topic)?;
-        topic.partition(partition)?.read(from, max_bytes.min(READ_BYTES_MAX))
+        topic
+            .partition(partition)?
+            .read(from, max_bytes.min(READ_BYTES_MAX))
     }
 
     /// The first offset of a partition appended at or after `timestamp_ms`.
-    pub fn offset_for_timestamp(&self, topic: &str, partition: u32, timestamp_ms: i64) -> Result<u64> {
-        self.topic(topic)?.partition(partition)?.offset_for_timestamp(timestamp_ms)
+    pub fn offset_for_timestamp(
+        &self,
+        topic: &str,
+        partition: u32,
+        timestamp_ms: i64,
+    ) -> Result<u64> {
+        self.topic(topic)?
+            .partition(partition)?
+            .offset_for_timestamp(timestamp_ms)
     }
 
     /// A receiver of a partition's end offset, to wait for new records.
@@ -186,7 +240,13 @@ impl Engine {
     }
 
     /// Commits a group's offset (the next offset it will read) for a partition.
-    pub fn commit_offset(&self, group: &str, topic: &str, partition: u32, offset: u64) -> Result<()> {
+    pub fn commit_offset(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: u32,
+        offset: u64,
+    ) -> Result<()> {
         validate_group(group)?;
         let t = self.topic(topic)?;
         let end = t.partition(partition)?.end_offset();
@@ -195,7 +255,9 @@ impl Engine {
                 "offset {offset} is past the end of {topic}/{partition} ({end}); a committed offset is the next offset to read"
             )));
         }
-        self.inner.meta.commit_offset(topic, group, partition, offset)
+        self.inner
+            .meta
+            .commit_offset(topic, group, partition, offset)
     }
 
     /// A group's committed offsets in a topic, clamped to each partition's log.
@@ -204,7 +266,9 @@ impl Engine {
         let t = self.topic(topic)?;
         let mut out = Vec::new();
         for (partition, offset) in self.inner.meta.committed_offsets(topic, group)? {
-            let Ok(p) = t.partition(partition) else { continue };
+            let Ok(p) = t.partition(partition) else {
+                continue;
+            };
             out.push(CommittedOffset {
                 partition,
                 offset: offset.clamp(p.earliest_offset(), p.end_offset()),
@@ -278,7 +342,10 @@ impl Inner {
 
     /// Opens every topic directory; removes unfinished creations and deletions.
     fn open_topics(&self) -> Result<()> {
-        let names = self.vfs.list_dir(&self.topics_dir).context(|| format!("listing {}", self.topics_dir.display()))?;
+        let names = self
+            .vfs
+            .list_dir(&self.topics_dir)
+            .context(|| format!("listing {}", self.topics_dir.display()))?;
         for name in names {
             let dir = self.topics_dir.join(&name);
             if validate_topic(&name).is_err() {
@@ -287,11 +354,20 @@ impl Inner {
             }
             let Some(config) = Topic::read_config(self.vfs.as_ref(), &dir)? else {
                 tracing::warn!(topic = %name, "removing a topic directory left by an interrupted creation or deletion");
-                self.vfs.remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
+                self.vfs
+                    .remove_dir_all(&dir)
+                    .context(|| format!("removing {}", dir.display()))?;
                 continue;
             };
             let started = Instant::now();
-            let topic = Topic::open(self.vfs.clone(), self.meta.clone(), &self.config, &name, dir, config)?;
+            let topic = Topic::open(
+                self.vfs.clone(),
+                self.meta.clone(),
+                &self.config,
+                &name,
+                dir,
+                config,
+            )?;
             tracing::info!(topic = %name, elapsed_ms = started.elapsed().as_millis() as u64, "opened topic");
             write(&self.topics).insert(name, Arc::new(topic));
         }
@@ -306,7 +382,11 @@ impl Inner {
                 continue;
             }
             for partition in topic.partitions() {
-                deleted += partition.enforce_retention(now_ms, config.retention_ms, config.retention_bytes)?;
+                deleted += partition.enforce_retention(
+                    now_ms,
+                    config.retention_ms,
+                    config.retention_bytes,
+                )?;
             }
         }
         Ok(deleted)

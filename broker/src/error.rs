@@ -45,7 +45,9 @@ pub enum Error {
     },
     /// Stored records failed their checksum or structure check. They are not
     /// skipped: the reader stops here.
-    #[error("data loss in {topic}/{partition} at offset {offset} ({file}, byte {position}): {reason}")]
+    #[error(
+        "data loss in {topic}/{partition} at offset {offset} ({file}, byte {position}): {reason}"
+    )]
     DataLoss {
         topic: String,
         partition: u32,
@@ -56,7 +58,9 @@ pub enum Error {
     },
     /// A write or fsync failed earlier; the partition refuses appends until the
     /// broker reopens it and recovers from what is on disk.
-    #[error("partition {topic}/{partition} is failed and refuses appends until it is reopened: {cause}")]
+    #[error(
+        "partition {topic}/{partition} is failed and refuses appends until it is reopened: {cause}"
+    )]
     PartitionFailed {
         topic: String,
         partition: u32,

@@ -78,6 +78,12 @@ pub const DEDUP_KEYS_MAX_DEFAULT: u64 = 10_000_000;
 /// holds twice this many, so dedup memory stays bounded whatever the key count.
 pub const DEDUP_MEMORY_KEYS_MAX: usize = 200_000;
 
+/// Longest a group-commit leader waits for the appenders of the previous group
+/// before writing a much smaller group: about one fsync on an SSD. It applies
+/// only when the previous group had at least two frames, so a lone appender
+/// never waits.
+pub const GROUP_COMMIT_LINGER_MAX: std::time::Duration = std::time::Duration::from_micros(200);
+
 /// Most bytes one read returns (beyond the first frame, which is always whole).
 pub const READ_BYTES_MAX: u32 = 16 * 1024 * 1024;
 

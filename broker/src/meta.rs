@@ -56,7 +56,13 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     fn dedup_get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>>;
     /// Inserts keys, then forgets keys older than `expire_before_ms` and the
     /// oldest beyond `keys_max`.
-    fn dedup_insert(&self, topic: &str, entries: &[(bytes::Bytes, DedupEntry)], expire_before_ms: i64, keys_max: u64) -> Result<()>;
+    fn dedup_insert(
+        &self,
+        topic: &str,
+        entries: &[(bytes::Bytes, DedupEntry)],
+        expire_before_ms: i64,
+        keys_max: u64,
+    ) -> Result<()>;
     /// Removes everything about a topic.
     fn delete_topic(&self, topic: &str) -> Result<()>;
     /// Makes everything written so far durable (flush, then a real fsync).
@@ -95,7 +101,8 @@ impl SledMeta {
                 tracing::warn!(path = %path.display(), aside = %aside.display(), %error,
                     "the metadata store will not open; moving it aside and starting a new one \
                      (dedup keys are rebuilt from the log, committed offsets restart from the log's start)");
-                fs::rename(path, &aside).map_err(|e| Error::io(format!("moving {} aside", path.display()), e))?;
+                fs::rename(path, &aside)
+                    .map_err(|e| Error::io(format!("moving {} aside", path.display()), e))?;
                 Self::try_open(path, cache_bytes)
             }
         }
@@ -107,7 +114,10 @@ impl SledMeta {
             .cache_capacity(cache_bytes)
             .open()
             .map_err(|e| Error::meta(format!("opening {}", path.display()), e))?;
-        let store_id = match db.get(STORE_ID_KEY).map_err(|e| Error::meta("reading the store id", e))? {
+        let store_id = match db
+            .get(STORE_ID_KEY)
+            .map_err(|e| Error::meta("reading the store id", e))?
+        {
             Some(id) if id.len() == 16 => {
                 let mut out = [0u8; 16];
                 out.copy_from_slice(&id);
@@ -115,11 +125,14 @@ impl SledMeta {
             }
             _ => {
                 let id = *uuid::Uuid::new_v4().as_bytes();
-                db.insert(STORE_ID_KEY, &id[..]).map_err(|e| Error::meta("writing the store id", e))?;
+                db.insert(STORE_ID_KEY, &id[..])
+                    .map_err(|e| Error::meta("writing the store id", e))?;
                 id
             }
         };
-        let offsets = db.open_tree("offsets").map_err(|e| Error::meta("opening offsets", e))?;
+        let offsets = db
+            .open_tree("offsets")
+            .map_err(|e| Error::meta("opening offsets", e))?;
         let meta = SledMeta {
             db,
             path: path.to_path_buf(),
@@ -168,7 +181,10 @@ impl MetaStore for SledMeta {
 
     fn commit_offset(&self, topic: &str, group: &str, partition: u32, offset: u64) -> Result<()> {
         self.offsets
-            .insert(offset_key(topic, group, Some(partition)), &offset.to_be_bytes())
+            .insert(
+                offset_key(topic, group, Some(partition)),
+                &offset.to_be_bytes(),
+            )
             .map_err(|e| Error::meta("committing an offset", e))?;
         Ok(())
     }
@@ -192,11 +208,19 @@ impl MetaStore for SledMeta {
         let mut k = Vec::with_capacity(key.len() + 1);
         k.push(BY_KEY);
         k.extend_from_slice(key);
-        let value = tree.get(k).map_err(|e| Error::meta("reading a dedup key", e))?;
+        let value = tree
+            .get(k)
+            .map_err(|e| Error::meta("reading a dedup key", e))?;
         Ok(value.and_then(|v| DedupEntry::decode(&v)))
     }
 
-    fn dedup_insert(&self, topic: &str, entries: &[(bytes::Bytes, DedupEntry)], expire_before_ms: i64, keys_max: u64) -> Result<()> {
+    fn dedup_insert(
+        &self,
+        topic: &str,
+        entries: &[(bytes::Bytes, DedupEntry)],
+        expire_before_ms: i64,
+        keys_max: u64,
+    ) -> Result<()> {
         let tree = self.dedup_tree(topic)?;
         let err = |e| Error::meta("writing dedup keys", e);
         let mut count = tree
@@ -209,7 +233,11 @@ impl MetaStore for SledMeta {
             let mut by_key = Vec::with_capacity(key.len() + 1);
             by_key.push(BY_KEY);
             by_key.extend_from_slice(key);
-            if let Some(old) = tree.get(&by_key).map_err(err)?.and_then(|v| DedupEntry::decode(&v)) {
+            if let Some(old) = tree
+                .get(&by_key)
+                .map_err(err)?
+                .and_then(|v| DedupEntry::decode(&v))
+            {
                 batch.remove(time_key(old.timestamp_ms, key));
                 count -= 1;
             }
@@ -248,7 +276,9 @@ impl MetaStore for SledMeta {
         prefix.push(0);
         for item in self.offsets.scan_prefix(&prefix) {
             let (key, _) = item.map_err(|e| Error::meta("reading offsets", e))?;
-            self.offsets.remove(key).map_err(|e| Error::meta("removing offsets", e))?;
+            self.offsets
+                .remove(key)
+                .map_err(|e| Error::meta("removing offsets", e))?;
         }
         Ok(())
     }
@@ -290,13 +320,17 @@ mod tests {
             let meta = SledMeta::open(&path, 1 << 20).expect("open");
             meta.commit_offset("t", "g", 3, 42).expect("commit");
             meta.commit_offset("t", "g2", 3, 7).expect("commit");
-            meta.dedup_insert("t", &[(Bytes::from_static(b"a"), entry(1, 10))], 0, 10).expect("insert");
+            meta.dedup_insert("t", &[(Bytes::from_static(b"a"), entry(1, 10))], 0, 10)
+                .expect("insert");
             meta.sync().expect("sync");
             meta.store_id()
         };
         let meta = SledMeta::open(&path, 1 << 20).expect("reopen");
         assert_eq!(meta.store_id(), id);
-        assert_eq!(meta.committed_offsets("t", "g").expect("read"), vec![(3, 42)]);
+        assert_eq!(
+            meta.committed_offsets("t", "g").expect("read"),
+            vec![(3, 42)]
+        );
         assert_eq!(meta.dedup_get("t", b"a").expect("get"), Some(entry(1, 10)));
         meta.delete_topic("t").expect("delete");
         assert!(meta.committed_offsets("t", "g").expect("read").is_empty());
@@ -307,12 +341,18 @@ mod tests {
     fn dedup_forgets_expired_then_oldest_beyond_the_bound() {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = SledMeta::open(&dir.path().join("meta"), 1 << 20).expect("open");
-        let keys: Vec<(Bytes, DedupEntry)> = (0..10).map(|i| (Bytes::from(format!("k{i}")), entry(i, i as i64 * 100))).collect();
+        let keys: Vec<(Bytes, DedupEntry)> = (0..10)
+            .map(|i| (Bytes::from(format!("k{i}")), entry(i, i as i64 * 100)))
+            .collect();
         meta.dedup_insert("t", &keys, 300, 100).expect("insert");
         assert_eq!(meta.dedup_get("t", b"k2").expect("get"), None, "expired");
         assert!(meta.dedup_get("t", b"k3").expect("get").is_some());
         meta.dedup_insert("t", &[], 0, 5).expect("trim");
-        assert_eq!(meta.dedup_get("t", b"k4").expect("get"), None, "beyond the bound");
+        assert_eq!(
+            meta.dedup_get("t", b"k4").expect("get"),
+            None,
+            "beyond the bound"
+        );
         assert!(meta.dedup_get("t", b"k5").expect("get").is_some());
         assert!(meta.dedup_get("t", b"k9").expect("get").is_some());
     }
@@ -326,7 +366,9 @@ mod tests {
         fs::write(path.join("db"), vec![0xAB; 4096]).expect("write");
         let meta = SledMeta::open(&path, 1 << 20).expect("opens anyway");
         meta.commit_offset("t", "g", 0, 1).expect("usable");
-        let aside = fs::read_dir(dir.path()).expect("ls").filter_map(|e| e.ok())
+        let aside = fs::read_dir(dir.path())
+            .expect("ls")
+            .filter_map(|e| e.ok())
             .any(|e| e.file_name().to_string_lossy().starts_with("meta.broken-"));
         assert!(aside, "the broken store is kept aside for inspection");
     }

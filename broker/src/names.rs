@@ -48,7 +48,14 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for name in ["orders", "orders.created", "billing_v2", "a-b", ".hidden", "x"] {
+        for name in [
+            "orders",
+            "orders.created",
+            "billing_v2",
+            "a-b",
+            ".hidden",
+            "x",
+        ] {
             assert!(validate_topic(name).is_ok(), "{name}");
         }
         assert!(validate_topic(&"a".repeat(TOPIC_NAME_BYTES_MAX)).is_ok());
@@ -57,7 +64,9 @@ mod tests {
     #[test]
     fn rejects_names_that_could_escape_or_confuse() {
         let too_long = "a".repeat(TOPIC_NAME_BYTES_MAX + 1);
-        for name in ["", ".", "..", "a/b", "../x", "a\\b", "a b", "é", "a\0b", &too_long] {
+        for name in [
+            "", ".", "..", "a/b", "../x", "a\\b", "a b", "é", "a\0b", &too_long,
+        ] {
             let err = validate_topic(name).expect_err(name);
             assert!(matches!(err, Error::InvalidName { .. }), "{name}: {err}");
         }

@@ -49,7 +49,8 @@ fn topic_config(partitions: u32, durability: Durability) -> TopicConfig {
 }
 
 fn open(fs: &SimFs, meta: &Arc<SimMeta>) -> Engine {
-    Engine::open_with(engine_config(), Arc::new(fs.clone()), meta.clone()).expect("engine opens after any crash")
+    Engine::open_with(engine_config(), Arc::new(fs.clone()), meta.clone())
+        .expect("engine opens after any crash")
 }
 
 #[derive(Debug, Clone)]
@@ -74,8 +75,14 @@ impl Workload {
         let len = self.rng.gen_range(0..700);
         payload.extend((0..len).map(|_| self.rng.gen::<u8>()));
         let record = RecordInput {
-            key: self.rng.gen_bool(0.5).then(|| Bytes::from(format!("key-{}", self.rng.gen_range(0..5)))),
-            idempotency_key: self.rng.gen_bool(0.6).then(|| Bytes::from(format!("id-{}-{}", self.seed, self.next))),
+            key: self
+                .rng
+                .gen_bool(0.5)
+                .then(|| Bytes::from(format!("key-{}", self.rng.gen_range(0..5)))),
+            idempotency_key: self
+                .rng
+                .gen_bool(0.6)
+                .then(|| Bytes::from(format!("id-{}-{}", self.seed, self.next))),
             headers: if self.rng.gen_bool(0.3) {
                 vec![Header {
                     name: Bytes::from_static(b"h"),
@@ -87,7 +94,8 @@ impl Workload {
             payload: payload.into(),
             partition: None,
         };
-        self.attempted.insert(record.payload.clone(), record.clone());
+        self.attempted
+            .insert(record.payload.clone(), record.clone());
         record
     }
 }
@@ -147,8 +155,12 @@ fn run_seed(seed: u64) {
         attempted: HashMap::new(),
     };
     let engine = open(&fs, &meta);
-    engine.create_topic("s", topic_config(2, Durability::Sync)).expect("create");
-    engine.create_topic("a", topic_config(1, Durability::Async)).expect("create");
+    engine
+        .create_topic("s", topic_config(2, Durability::Sync))
+        .expect("create");
+    engine
+        .create_topic("a", topic_config(1, Durability::Async))
+        .expect("create");
 
     let mut durable: Vec<Acked> = Vec::new();
     let mut written: Vec<Acked> = Vec::new();
@@ -158,7 +170,11 @@ fn run_seed(seed: u64) {
                 let n = w.rng.gen_range(1..5);
                 let mut records: Vec<RecordInput> = (0..n).map(|_| w.record()).collect();
                 // Now and then a retry of an acknowledged record rides along.
-                if let Some(old) = durable.iter().filter(|a| a.topic == "s" && a.record.idempotency_key.is_some()).last() {
+                if let Some(old) = durable
+                    .iter()
+                    .filter(|a| a.topic == "s" && a.record.idempotency_key.is_some())
+                    .last()
+                {
                     if w.rng.gen_bool(0.2) {
                         records.push(old.record.clone());
                     }
@@ -182,7 +198,10 @@ fn run_seed(seed: u64) {
         // The last write's fsync fails: nothing of it was acknowledged.
         fs.fail_next(FailOp::Sync);
         let records = (0..w.rng.gen_range(1..4)).map(|_| w.record()).collect();
-        assert!(publish(&engine, "s", records).is_none(), "a failed fsync is not acknowledged");
+        assert!(
+            publish(&engine, "s", records).is_none(),
+            "a failed fsync is not acknowledged"
+        );
         let more = vec![w.record()];
         let partition_failed = publish(&engine, "s", more).is_none();
         let _ = partition_failed; // another partition of "s" may still accept appends
@@ -197,7 +216,12 @@ fn run_seed(seed: u64) {
         for partition in 0..partitions {
             let records = read_all(&engine, topic, partition);
             for record in &records {
-                let input = w.attempted.get(&record.payload).unwrap_or_else(|| panic!("seed {seed}: garbage record at {topic}/{partition}/{}", record.offset));
+                let input = w.attempted.get(&record.payload).unwrap_or_else(|| {
+                    panic!(
+                        "seed {seed}: garbage record at {topic}/{partition}/{}",
+                        record.offset
+                    )
+                });
                 assert!(same(record, input), "seed {seed}: a record changed");
             }
             stored.insert((topic, partition), records);
@@ -214,15 +238,32 @@ fn run_seed(seed: u64) {
             acked.offset
         );
     }
-    for acked in durable.iter().filter(|a| a.record.idempotency_key.is_some()) {
-        let result = engine.publish(acked.topic, std::slice::from_ref(&acked.record)).expect("retry");
-        assert!(result[0].duplicate, "seed {seed}: a retried key was appended again");
-        assert_eq!((result[0].partition, result[0].offset), (acked.partition, acked.offset), "seed {seed}");
+    for acked in durable
+        .iter()
+        .filter(|a| a.record.idempotency_key.is_some())
+    {
+        let result = engine
+            .publish(acked.topic, std::slice::from_ref(&acked.record))
+            .expect("retry");
+        assert!(
+            result[0].duplicate,
+            "seed {seed}: a retried key was appended again"
+        );
+        assert_eq!(
+            (result[0].partition, result[0].offset),
+            (acked.partition, acked.offset),
+            "seed {seed}"
+        );
     }
     let fresh = w.record();
-    let result = engine.publish("s", &[fresh]).expect("appends continue after recovery");
+    let result = engine
+        .publish("s", &[fresh])
+        .expect("appends continue after recovery");
     let end = stored[&("s", result[0].partition)].len() as u64;
-    assert_eq!(result[0].offset, end, "seed {seed}: the next offset follows the recovered end");
+    assert_eq!(
+        result[0].offset, end,
+        "seed {seed}: the next offset follows the recovered end"
+    );
 }
 
 fn run_range(part: u64) {
@@ -258,21 +299,37 @@ fn failed_fsync_latches_the_partition_until_reopened() {
     fs.create_dir_all(Path::new("/data")).expect("mkdir");
     let meta = Arc::new(SimMeta::default());
     let engine = open(&fs, &meta);
-    engine.create_topic("s", topic_config(1, Durability::Sync)).expect("create");
-    engine.publish("s", &[RecordInput::new("first")]).expect("ok");
+    engine
+        .create_topic("s", topic_config(1, Durability::Sync))
+        .expect("create");
+    engine
+        .publish("s", &[RecordInput::new("first")])
+        .expect("ok");
     fs.fail_next(FailOp::Sync);
-    let err = engine.publish("s", &[RecordInput::new("second")]).expect_err("fsync failed");
+    let err = engine
+        .publish("s", &[RecordInput::new("second")])
+        .expect_err("fsync failed");
     assert!(err.to_string().contains("refuses appends"), "{err}");
     // Never retried: the next append fails too, even though the disk works again.
-    let err = engine.publish("s", &[RecordInput::new("third")]).expect_err("latched");
+    let err = engine
+        .publish("s", &[RecordInput::new("third")])
+        .expect_err("latched");
     assert!(matches!(err, crate::Error::PartitionFailed { .. }), "{err}");
     // Reads of what was acknowledged still work.
-    assert_eq!(engine.read("s", 0, 0, 1024).expect("read")[0].payload, Bytes::from_static(b"first"));
+    assert_eq!(
+        engine.read("s", 0, 0, 1024).expect("read")[0].payload,
+        Bytes::from_static(b"first")
+    );
     drop(engine);
     let engine = open(&fs, &meta);
-    let result = engine.publish("s", &[RecordInput::new("fourth")]).expect("reopened");
+    let result = engine
+        .publish("s", &[RecordInput::new("fourth")])
+        .expect("reopened");
     let records = read_all(&engine, "s", 0);
-    assert_eq!(records.last().map(|r| r.payload.clone()), Some(Bytes::from_static(b"fourth")));
+    assert_eq!(
+        records.last().map(|r| r.payload.clone()),
+        Some(Bytes::from_static(b"fourth"))
+    );
     assert_eq!(result[0].offset, records.len() as u64 - 1);
 }
 
@@ -282,7 +339,9 @@ fn failed_write_latches_the_partition() {
     fs.create_dir_all(Path::new("/data")).expect("mkdir");
     let meta = Arc::new(SimMeta::default());
     let engine = open(&fs, &meta);
-    engine.create_topic("s", topic_config(1, Durability::Sync)).expect("create");
+    engine
+        .create_topic("s", topic_config(1, Durability::Sync))
+        .expect("create");
     fs.fail_next(FailOp::Write);
     assert!(engine.publish("s", &[RecordInput::new("x")]).is_err());
     assert!(engine.publish("s", &[RecordInput::new("y")]).is_err());

@@ -41,11 +41,15 @@ impl Fixture {
     }
 
     fn log_path(&self, base: u64) -> PathBuf {
-        self.data_dir.join("topics/t/0").join(crate::storage::segment::log_file_name(base))
+        self.data_dir
+            .join("topics/t/0")
+            .join(crate::storage::segment::log_file_name(base))
     }
 
     fn index_path(&self, base: u64) -> PathBuf {
-        self.data_dir.join("topics/t/0").join(crate::storage::segment::index_file_name(base))
+        self.data_dir
+            .join("topics/t/0")
+            .join(crate::storage::segment::index_file_name(base))
     }
 }
 
@@ -55,15 +59,23 @@ fn payload(i: u64) -> Bytes {
 
 /// Publishes `batches` batches of 3 records, each its own frame and fsync.
 fn fill(engine: &Engine, batches: u64) -> Vec<u64> {
-    engine.create_topic("t", TopicConfig::with_partitions(1)).expect("create");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
     let mut frame_ends = Vec::new();
     for b in 0..batches {
-        let records: Vec<RecordInput> = (0..3).map(|i| RecordInput {
-            idempotency_key: Some(Bytes::from(format!("id-{}", b * 3 + i))),
-            ..RecordInput::new(payload(b * 3 + i))
-        }).collect();
+        let records: Vec<RecordInput> = (0..3)
+            .map(|i| RecordInput {
+                idempotency_key: Some(Bytes::from(format!("id-{}", b * 3 + i))),
+                ..RecordInput::new(payload(b * 3 + i))
+            })
+            .collect();
         engine.publish("t", &records).expect("publish");
-        frame_ends.push(engine.topic("t").expect("t").partitions()[0].info().size_bytes);
+        frame_ends.push(
+            engine.topic("t").expect("t").partitions()[0]
+                .info()
+                .size_bytes,
+        );
     }
     frame_ends
 }
@@ -87,8 +99,13 @@ fn expect_prefix(engine: &Engine, records: u64) {
     for (i, p) in got.iter().enumerate() {
         assert_eq!(p, &payload(i as u64));
     }
-    let next = engine.publish("t", &[RecordInput::new("next")]).expect("append after recovery");
-    assert_eq!(next[0].offset, records, "the next offset follows the last whole batch");
+    let next = engine
+        .publish("t", &[RecordInput::new("next")])
+        .expect("append after recovery");
+    assert_eq!(
+        next[0].offset, records,
+        "the next offset follows the last whole batch"
+    );
 }
 
 #[test]
@@ -104,7 +121,11 @@ fn torn_tail_cut_at_every_byte_of_the_last_two_batches() {
         let engine = fx.open();
         let whole = ends.iter().filter(|e| **e as usize <= cut).count() as u64;
         let len = fs::metadata(fx.log_path(0)).expect("meta").len();
-        assert_eq!(len, ends[whole as usize - 1], "cut at {cut}: truncated to the last whole batch");
+        assert_eq!(
+            len,
+            ends[whole as usize - 1],
+            "cut at {cut}: truncated to the last whole batch"
+        );
         expect_prefix(&engine, whole * 3);
     }
 }
@@ -128,7 +149,8 @@ fn a_tail_of_zeros_or_random_bytes_is_cut_back_to_the_last_whole_batch() {
                 kept_batches = 2;
             }
             _ => {
-                log[ends[1] as usize..ends[1] as usize + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+                log[ends[1] as usize..ends[1] as usize + 4]
+                    .copy_from_slice(&u32::MAX.to_le_bytes());
                 kept_batches = 2;
             }
         }
@@ -141,10 +163,19 @@ fn a_tail_of_zeros_or_random_bytes_is_cut_back_to_the_last_whole_batch() {
 #[test]
 fn a_flipped_bit_in_a_sealed_batch_is_data_loss_and_nothing_after_it_is_lost() {
     // Fields of the middle batch (of five) to damage: byte offsets within it.
-    let fields = [("length", 1usize), ("crc", 5), ("header", 17), ("record", 44), ("payload", 60)];
+    let fields = [
+        ("length", 1usize),
+        ("crc", 5),
+        ("header", 17),
+        ("record", 44),
+        ("payload", 60),
+    ];
     // Every frame indexed, and one index entry for the whole segment: a read past
     // the damage must seek to it either way.
-    for (interval, (field, at)) in [1, 1 << 20].into_iter().flat_map(|i| fields.map(|f| (i, f))) {
+    for (interval, (field, at)) in [1, 1 << 20]
+        .into_iter()
+        .flat_map(|i| fields.map(|f| (i, f)))
+    {
         let mut fx = Fixture::new();
         fx.index_interval_bytes = interval;
         let ends = fill(&fx.open(), 5);
@@ -153,10 +184,22 @@ fn a_flipped_bit_in_a_sealed_batch_is_data_loss_and_nothing_after_it_is_lost() {
         log[ends[1] as usize + at] ^= 0x10;
         fs::write(fx.log_path(0), &log).expect("write");
         let engine = fx.open();
-        assert_eq!(fs::metadata(fx.log_path(0)).expect("meta").len() as usize, len_before, "{field}: nothing truncated");
-        assert_eq!(engine.describe_topic("t").expect("t").partitions[0].end_offset, 15, "{field}");
+        assert_eq!(
+            fs::metadata(fx.log_path(0)).expect("meta").len() as usize,
+            len_before,
+            "{field}: nothing truncated"
+        );
+        assert_eq!(
+            engine.describe_topic("t").expect("t").partitions[0].end_offset,
+            15,
+            "{field}"
+        );
         // Before the damage: readable. At it: data loss, naming offset and file.
-        assert_eq!(engine.read("t", 0, 0, 1 << 20).expect("before").len(), 6, "{field}");
+        assert_eq!(
+            engine.read("t", 0, 0, 1 << 20).expect("before").len(),
+            6,
+            "{field}"
+        );
         let err = engine.read("t", 0, 6, 1 << 20).expect_err("damaged");
         match &err {
             Error::DataLoss { offset, .. } => assert_eq!(*offset, 6, "{field}"),
@@ -165,11 +208,25 @@ fn a_flipped_bit_in_a_sealed_batch_is_data_loss_and_nothing_after_it_is_lost() {
         assert!(err.to_string().contains(".log"), "{err}");
         // After it: every record still there, and appends continue.
         let after = engine.read("t", 0, 9, 1 << 20).expect("after the damage");
-        assert_eq!(after.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(), (9..15).map(payload).collect::<Vec<_>>(), "{field}");
-        let next = engine.publish("t", &[RecordInput::new("next")]).expect("append");
+        assert_eq!(
+            after.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+            (9..15).map(payload).collect::<Vec<_>>(),
+            "{field}"
+        );
+        let next = engine
+            .publish("t", &[RecordInput::new("next")])
+            .expect("append");
         assert_eq!(next[0].offset, 15, "{field}");
         // Keys of the undamaged batches are still remembered after the rebuild.
-        let retry = engine.publish("t", &[RecordInput { idempotency_key: Some(Bytes::from("id-12")), ..RecordInput::new("again") }]).expect("retry");
+        let retry = engine
+            .publish(
+                "t",
+                &[RecordInput {
+                    idempotency_key: Some(Bytes::from("id-12")),
+                    ..RecordInput::new("again")
+                }],
+            )
+            .expect("retry");
         assert!(retry[0].duplicate && retry[0].offset == 12, "{field}");
     }
 }
@@ -200,11 +257,19 @@ fn a_damaged_or_missing_index_is_rebuilt() {
         let records = read_all(&engine).expect("readable");
         if damage != "stale" {
             assert_eq!(records.len(), 18, "{damage}");
-            assert_eq!(fs::read(&index_path).expect("index"), good_index, "{damage}: rebuilt entry for entry");
+            assert_eq!(
+                fs::read(&index_path).expect("index"),
+                good_index,
+                "{damage}: rebuilt entry for entry"
+            );
         }
         let end = records.len() as u64;
         for from in 0..end {
-            assert_eq!(engine.read("t", 0, from, 1).expect("seek")[0].payload, payload(from), "{damage}");
+            assert_eq!(
+                engine.read("t", 0, from, 1).expect("seek")[0].payload,
+                payload(from),
+                "{damage}"
+            );
         }
     }
 }

@@ -81,17 +81,21 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 impl Topic {
     /// Creates a topic's directory, partitions and settings file, durably.
     pub fn create(vfs: &Arc<dyn Vfs>, dir: &Path, config: &TopicConfig) -> Result<()> {
-        vfs.create_dir_all(dir).context(|| format!("creating {}", dir.display()))?;
+        vfs.create_dir_all(dir)
+            .context(|| format!("creating {}", dir.display()))?;
         for id in 0..config.partitions {
             Partition::create(vfs, &dir.join(id.to_string()))?;
         }
-        vfs.sync_dir(dir).context(|| format!("syncing {}", dir.display()))?;
+        vfs.sync_dir(dir)
+            .context(|| format!("syncing {}", dir.display()))?;
         let file = TopicFile {
             version: TOPIC_FILE_VERSION,
             config: config.clone(),
         };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        write_file_atomic(vfs.as_ref(), &dir.join(TOPIC_FILE), &bytes).context(|| format!("writing {}", dir.display()))
+        let bytes =
+            serde_json::to_vec_pretty(&file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+        write_file_atomic(vfs.as_ref(), &dir.join(TOPIC_FILE), &bytes)
+            .context(|| format!("writing {}", dir.display()))
     }
 
     /// Reads a topic's settings file; `None` when it is missing.
@@ -100,7 +104,8 @@ impl Topic {
         if !vfs.exists(&path) {
             return Ok(None);
         }
-        let bytes = read_small_file(vfs, &path, TOPIC_FILE_BYTES_MAX).context(|| format!("reading {}", path.display()))?;
+        let bytes = read_small_file(vfs, &path, TOPIC_FILE_BYTES_MAX)
+            .context(|| format!("reading {}", path.display()))?;
         let file: TopicFile = serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
             what: "topic settings",
             path: path.clone(),
@@ -134,9 +139,25 @@ impl Topic {
             in_flight_bytes_max: engine.in_flight_bytes_per_partition,
         };
         let partitions = (0..config.partitions)
-            .map(|id| Partition::open(vfs.clone(), name.clone(), id, dir.join(id.to_string()), settings.clone()).map(Arc::new))
+            .map(|id| {
+                Partition::open(
+                    vfs.clone(),
+                    name.clone(),
+                    id,
+                    dir.join(id.to_string()),
+                    settings.clone(),
+                )
+                .map(Arc::new)
+            })
             .collect::<Result<Vec<_>>>()?;
-        let dedup = Dedup::new(name.clone(), meta, vfs, dir.clone(), config.dedup_window_ms, config.dedup_keys_max);
+        let dedup = Dedup::new(
+            name.clone(),
+            meta,
+            vfs,
+            dir.clone(),
+            config.dedup_window_ms,
+            config.dedup_keys_max,
+        );
         dedup.rebuild(&partitions)?;
         Ok(Topic {
             name,
@@ -169,11 +190,13 @@ impl Topic {
     }
 
     pub fn partition(&self, id: u32) -> Result<&Arc<Partition>> {
-        self.partitions.get(id as usize).ok_or_else(|| Error::PartitionNotFound {
-            topic: self.name.to_string(),
-            partition: id,
-            partitions: self.config.partitions,
-        })
+        self.partitions
+            .get(id as usize)
+            .ok_or_else(|| Error::PartitionNotFound {
+                topic: self.name.to_string(),
+                partition: id,
+                partitions: self.config.partitions,
+            })
     }
 
     pub fn info(&self) -> TopicInfo {
@@ -211,7 +234,10 @@ impl Topic {
     pub fn publish(&self, records: &[RecordInput]) -> Result<Vec<PublishResult>> {
         self.validate(records)?;
         let placement: Vec<u32> = records.iter().map(|r| self.choose_partition(r)).collect();
-        let keys: Vec<&Bytes> = records.iter().filter_map(|r| r.idempotency_key.as_ref()).collect();
+        let keys: Vec<&Bytes> = records
+            .iter()
+            .filter_map(|r| r.idempotency_key.as_ref())
+            .collect();
         let generation = self.dedup.generation();
         let mut stored = self.dedup.lookup_stored(&keys)?;
         // Encode per partition before taking the dedup lock, assuming no duplicates.
@@ -219,8 +245,13 @@ impl Topic {
         for (i, p) in placement.iter().enumerate() {
             by_partition.entry(*p).or_default().push(i);
         }
-        let encode = |indexes: &[usize]| UnsealedBatch::encode(&indexes.iter().map(|i| &records[*i]).collect::<Vec<_>>());
-        let mut encoded: BTreeMap<u32, UnsealedBatch> = by_partition.iter().map(|(p, ix)| (*p, encode(ix))).collect();
+        let encode = |indexes: &[usize]| {
+            UnsealedBatch::encode(&indexes.iter().map(|i| &records[*i]).collect::<Vec<_>>())
+        };
+        let mut encoded: BTreeMap<u32, UnsealedBatch> = by_partition
+            .iter()
+            .map(|(p, ix)| (*p, encode(ix)))
+            .collect();
 
         let mut results: Vec<Option<PublishResult>> = vec![None; records.len()];
         let mut copies: Vec<(usize, usize)> = Vec::new();
@@ -272,7 +303,10 @@ impl Topic {
             self.partitions[p as usize].wait(end)?;
         }
         for (i, first) in copies {
-            results[i] = results[first].map(|r| PublishResult { duplicate: true, ..r });
+            results[i] = results[first].map(|r| PublishResult {
+                duplicate: true,
+                ..r
+            });
         }
         // A duplicate is answered only once its original is acknowledged.
         for result in results.iter().flatten().filter(|r| r.duplicate) {
@@ -299,7 +333,9 @@ impl Topic {
         let mut stored = stored.into_iter();
         let mut first_in_batch: HashMap<&Bytes, usize> = HashMap::new();
         for (i, record) in records.iter().enumerate() {
-            let Some(key) = &record.idempotency_key else { continue };
+            let Some(key) = &record.idempotency_key else {
+                continue;
+            };
             let in_store = stored.next().flatten();
             let remembered = memory.get(key).or(in_store).filter(|e| self.dedup.live(*e));
             if let Some(entry) = remembered {

@@ -63,12 +63,22 @@ fn crash_child() {
     let mut config = EngineConfig::new(&dir);
     config.dedup_checkpoint_interval_ms = 50;
     let engine = Arc::new(Engine::open(config).expect("child opens"));
-    fs::write(Path::new(&journal).with_extension("ready"), cycle.as_bytes()).expect("ready marker");
+    fs::write(
+        Path::new(&journal).with_extension("ready"),
+        cycle.as_bytes(),
+    )
+    .expect("ready marker");
     match engine.create_topic(TOPIC, topic_config()) {
         Ok(_) | Err(Error::TopicExists(_)) => {}
         Err(e) => panic!("create: {e}"),
     }
-    let journal = Arc::new(Mutex::new(OpenOptions::new().create(true).append(true).open(&journal).expect("journal")));
+    let journal = Arc::new(Mutex::new(
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&journal)
+            .expect("journal"),
+    ));
     let started = Instant::now();
     let threads: Vec<_> = (0..APPENDERS)
         .map(|t| {
@@ -78,7 +88,9 @@ fn crash_child() {
                 let mut seq = 0u64;
                 while started.elapsed() < CHILD_LIFETIME_MAX {
                     let n = rng.gen_range(1..10);
-                    let idems: Vec<String> = (0..n).map(|i| format!("c{cycle}-t{t}-s{seq}-r{i}")).collect();
+                    let idems: Vec<String> = (0..n)
+                        .map(|i| format!("c{cycle}-t{t}-s{seq}-r{i}"))
+                        .collect();
                     seq += 1;
                     let records: Vec<RecordInput> = idems.iter().map(|i| record_for(i)).collect();
                     let results = engine.publish(TOPIC, &records).expect("child publish");
@@ -108,7 +120,10 @@ fn read_journal(path: &Path) -> Vec<(u32, u64, String)> {
         .lines()
         .map(|line| {
             let mut parts = line.split(' ');
-            let p = parts.next().and_then(|s| s.parse().ok()).expect("partition");
+            let p = parts
+                .next()
+                .and_then(|s| s.parse().ok())
+                .expect("partition");
             let o = parts.next().and_then(|s| s.parse().ok()).expect("offset");
             (p, o, parts.next().expect("idem").to_string())
         })
@@ -117,21 +132,40 @@ fn read_journal(path: &Path) -> Vec<(u32, u64, String)> {
 
 /// Reopens the engine and checks everything against the journal.
 fn verify(dir: &Path, journal: &Path, cycle: u64) -> usize {
-    let engine = Engine::open(EngineConfig::new(dir)).unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
+    let engine = Engine::open(EngineConfig::new(dir))
+        .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
     let Ok(topic) = engine.topic(TOPIC) else {
-        assert!(read_journal(journal).is_empty(), "cycle {cycle}: the topic vanished after acknowledgments");
+        assert!(
+            read_journal(journal).is_empty(),
+            "cycle {cycle}: the topic vanished after acknowledgments"
+        );
         return 0;
     };
     let mut stored: HashMap<String, (u32, u64)> = HashMap::new();
     for partition in topic.partitions() {
         let mut offset = partition.earliest_offset();
         while offset < partition.end_offset() {
-            let records = partition.read(offset, 1 << 20).unwrap_or_else(|e| panic!("cycle {cycle}: read: {e}"));
+            let records = partition
+                .read(offset, 1 << 20)
+                .unwrap_or_else(|e| panic!("cycle {cycle}: read: {e}"));
             for record in records {
                 assert_eq!(record.offset, offset, "cycle {cycle}: offsets are dense");
                 offset += 1;
-                let idem = String::from_utf8(record.idempotency_key.clone().expect("every record has a key").to_vec()).expect("utf8");
-                assert_eq!(record.payload, payload_for(&idem), "cycle {cycle}: garbage at {}/{}", partition.id(), record.offset);
+                let idem = String::from_utf8(
+                    record
+                        .idempotency_key
+                        .clone()
+                        .expect("every record has a key")
+                        .to_vec(),
+                )
+                .expect("utf8");
+                assert_eq!(
+                    record.payload,
+                    payload_for(&idem),
+                    "cycle {cycle}: garbage at {}/{}",
+                    partition.id(),
+                    record.offset
+                );
                 let first = stored.insert(idem.clone(), (partition.id(), record.offset));
                 assert!(first.is_none(), "cycle {cycle}: key {idem} stored twice");
             }
@@ -139,20 +173,38 @@ fn verify(dir: &Path, journal: &Path, cycle: u64) -> usize {
     }
     let acked = read_journal(journal);
     for (p, o, idem) in &acked {
-        assert_eq!(stored.get(idem), Some(&(*p, *o)), "cycle {cycle}: acknowledged {idem} at {p}/{o} lost or moved");
+        assert_eq!(
+            stored.get(idem),
+            Some(&(*p, *o)),
+            "cycle {cycle}: acknowledged {idem} at {p}/{o} lost or moved"
+        );
     }
     let ends: Vec<u64> = topic.partitions().iter().map(|p| p.end_offset()).collect();
     for (p, o, idem) in acked.iter().rev().take(40) {
         let r = engine.publish(TOPIC, &[record_for(idem)]).expect("retry")[0];
-        assert!(r.duplicate && (r.partition, r.offset) == (*p, *o), "cycle {cycle}: {idem} not a duplicate after the crash");
+        assert!(
+            r.duplicate && (r.partition, r.offset) == (*p, *o),
+            "cycle {cycle}: {idem} not a duplicate after the crash"
+        );
     }
-    assert_eq!(topic.partitions().iter().map(|p| p.end_offset()).collect::<Vec<_>>(), ends, "retries appended nothing");
+    assert_eq!(
+        topic
+            .partitions()
+            .iter()
+            .map(|p| p.end_offset())
+            .collect::<Vec<_>>(),
+        ends,
+        "retries appended nothing"
+    );
     acked.len()
 }
 
 #[test]
 fn sigkill_at_random_moments_loses_no_acknowledged_record() {
-    let cycles = std::env::var("POSTBOX_CRASH_CYCLES").ok().and_then(|s| s.parse().ok()).unwrap_or(CYCLES_DEFAULT);
+    let cycles = std::env::var("POSTBOX_CRASH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(CYCLES_DEFAULT);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path().join("data");
     let journal: PathBuf = work.path().join("journal.txt");
@@ -163,7 +215,13 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     for cycle in 0..cycles {
         let _ = fs::remove_file(&ready);
         let mut child = Command::new(&exe)
-            .args(["--exact", "crash_child", "--nocapture", "--test-threads", "1"])
+            .args([
+                "--exact",
+                "crash_child",
+                "--nocapture",
+                "--test-threads",
+                "1",
+            ])
             .env("POSTBOX_CRASH_DIR", &dir)
             .env("POSTBOX_CRASH_JOURNAL", &journal)
             .env("POSTBOX_CRASH_CYCLE", cycle.to_string())
@@ -180,12 +238,18 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         std::thread::sleep(Duration::from_millis(delay_ms));
         child.kill().expect("SIGKILL");
         let status = child.wait().expect("wait");
-        assert!(status.code().is_none(), "cycle {cycle}: the child died by itself ({status}), not by the kill");
+        assert!(
+            status.code().is_none(),
+            "cycle {cycle}: the child died by itself ({status}), not by the kill"
+        );
         if !ready.exists() {
             before_ready += 1;
         }
         acked = verify(&dir, &journal, cycle);
     }
     eprintln!("{cycles} SIGKILL cycles: {before_ready} killed before recovery finished, {acked} acknowledged records verified");
-    assert!(acked > 1000, "the children acknowledged enough records to mean something: {acked}");
+    assert!(
+        acked > 1000,
+        "the children acknowledged enough records to mean something: {acked}"
+    );
 }

@@ -40,17 +40,27 @@ fn keyed(key: &str, idem: Option<&str>, payload: &str) -> RecordInput {
 }
 
 fn end_offsets(engine: &Engine, topic: &str) -> Vec<u64> {
-    engine.describe_topic(topic).expect("topic").partitions.iter().map(|p| p.end_offset).collect()
+    engine
+        .describe_topic(topic)
+        .expect("topic")
+        .partitions
+        .iter()
+        .map(|p| p.end_offset)
+        .collect()
 }
 
 #[test]
 fn batches_of_every_size_round_trip_with_dense_offsets() {
     let broker = Broker::new();
     let engine = broker.open();
-    engine.create_topic("t", TopicConfig::with_partitions(1)).expect("create");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
     let mut expected = Vec::new();
     for size in [1usize, 2, 7, 100, 1000, BATCH_RECORDS_MAX as usize] {
-        let records: Vec<RecordInput> = (0..size).map(|i| keyed("k", None, &format!("{size}-{i}"))).collect();
+        let records: Vec<RecordInput> = (0..size)
+            .map(|i| keyed("k", None, &format!("{size}-{i}")))
+            .collect();
         let results = engine.publish("t", &records).expect("publish");
         for (i, r) in results.iter().enumerate() {
             assert_eq!(r.offset, expected.len() as u64 + i as u64);
@@ -61,7 +71,9 @@ fn batches_of_every_size_round_trip_with_dense_offsets() {
     // A batch of one record at the record limit.
     let overhead = RecordInput::new("").encoded_bytes();
     let big = RecordInput::new(vec![9u8; (RECORD_BYTES_MAX as u64 - overhead) as usize]);
-    engine.publish("t", std::slice::from_ref(&big)).expect("max record");
+    engine
+        .publish("t", std::slice::from_ref(&big))
+        .expect("max record");
     expected.push(big);
     drop(engine);
     let engine = broker.open();
@@ -70,7 +82,10 @@ fn batches_of_every_size_round_trip_with_dense_offsets() {
         for record in engine.read("t", 0, offset, 1 << 20).expect("read") {
             let want = &expected[offset as usize];
             assert_eq!(record.offset, offset, "dense");
-            assert_eq!((&record.key, &record.headers, &record.payload), (&want.key, &want.headers, &want.payload));
+            assert_eq!(
+                (&record.key, &record.headers, &record.payload),
+                (&want.key, &want.headers, &want.payload)
+            );
             offset += 1;
         }
     }
@@ -80,11 +95,15 @@ fn batches_of_every_size_round_trip_with_dense_offsets() {
 fn same_key_same_partition_and_order_is_kept() {
     let broker = Broker::new();
     let engine = broker.open();
-    engine.create_topic("t", TopicConfig::with_partitions(8)).expect("create");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(8))
+        .expect("create");
     let mut partition_of = std::collections::HashMap::new();
     for i in 0..400 {
         let key = format!("user-{}", i % 40);
-        let r = engine.publish("t", &[keyed(&key, None, &format!("{key}/{i}"))]).expect("publish")[0];
+        let r = engine
+            .publish("t", &[keyed(&key, None, &format!("{key}/{i}"))])
+            .expect("publish")[0];
         assert_eq!(*partition_of.entry(key).or_insert(r.partition), r.partition);
     }
     let used: HashSet<u32> = partition_of.values().copied().collect();
@@ -94,9 +113,16 @@ fn same_key_same_partition_and_order_is_kept() {
         let mut last_seq: std::collections::HashMap<Bytes, u32> = std::collections::HashMap::new();
         for r in records {
             let text = String::from_utf8(r.payload.to_vec()).expect("utf8");
-            let seq: u32 = text.rsplit('/').next().and_then(|s| s.parse().ok()).expect("seq");
+            let seq: u32 = text
+                .rsplit('/')
+                .next()
+                .and_then(|s| s.parse().ok())
+                .expect("seq");
             let key = r.key.clone().expect("key");
-            assert!(last_seq.insert(key, seq).is_none_or(|prev| prev < seq), "publish order kept per key");
+            assert!(
+                last_seq.insert(key, seq).is_none_or(|prev| prev < seq),
+                "publish order kept per key"
+            );
         }
     }
 }
@@ -105,7 +131,9 @@ fn same_key_same_partition_and_order_is_kept() {
 fn concurrent_appenders_get_dense_offsets_and_their_own_records() {
     let broker = Broker::new();
     let engine = Arc::new(broker.open());
-    engine.create_topic("t", TopicConfig::with_partitions(1)).expect("create");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let engine = engine.clone();
@@ -113,14 +141,19 @@ fn concurrent_appenders_get_dense_offsets_and_their_own_records() {
                 (0..200)
                     .map(|i| {
                         let payload = format!("{t}-{i}");
-                        let r = engine.publish("t", &[RecordInput::new(payload.clone())]).expect("publish")[0];
+                        let r = engine
+                            .publish("t", &[RecordInput::new(payload.clone())])
+                            .expect("publish")[0];
                         (r.offset, payload)
                     })
                     .collect::<Vec<_>>()
             })
         })
         .collect();
-    let mut acked: Vec<(u64, String)> = threads.into_iter().flat_map(|t| t.join().expect("thread")).collect();
+    let mut acked: Vec<(u64, String)> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("thread"))
+        .collect();
     acked.sort();
     for (i, (offset, payload)) in acked.iter().enumerate() {
         assert_eq!(*offset, i as u64, "dense");
@@ -133,17 +166,33 @@ fn concurrent_appenders_get_dense_offsets_and_their_own_records() {
 fn a_duplicate_key_returns_the_original_offset_before_and_after_restart() {
     let broker = Broker::new();
     let engine = broker.open();
-    engine.create_topic("t", TopicConfig::with_partitions(4)).expect("create");
-    let first = engine.publish("t", &[keyed("a", Some("id-1"), "one")]).expect("publish")[0];
+    engine
+        .create_topic("t", TopicConfig::with_partitions(4))
+        .expect("create");
+    let first = engine
+        .publish("t", &[keyed("a", Some("id-1"), "one")])
+        .expect("publish")[0];
     let ends = end_offsets(&engine, "t");
     // Same key again, with another payload and key: nothing appended.
-    let again = engine.publish("t", &[keyed("zzz", Some("id-1"), "other")]).expect("publish")[0];
+    let again = engine
+        .publish("t", &[keyed("zzz", Some("id-1"), "other")])
+        .expect("publish")[0];
     assert!(again.duplicate);
-    assert_eq!((again.partition, again.offset), (first.partition, first.offset));
+    assert_eq!(
+        (again.partition, again.offset),
+        (first.partition, first.offset)
+    );
     assert_eq!(end_offsets(&engine, "t"), ends);
     // Within one batch: the second copy is a duplicate of the first.
     let batch = engine
-        .publish("t", &[keyed("b", Some("id-2"), "x"), keyed("b", Some("id-2"), "y"), keyed("b", Some("id-3"), "z")])
+        .publish(
+            "t",
+            &[
+                keyed("b", Some("id-2"), "x"),
+                keyed("b", Some("id-2"), "y"),
+                keyed("b", Some("id-3"), "z"),
+            ],
+        )
         .expect("publish");
     assert!(!batch[0].duplicate && batch[1].duplicate && !batch[2].duplicate);
     assert_eq!(batch[1].offset, batch[0].offset);
@@ -151,13 +200,22 @@ fn a_duplicate_key_returns_the_original_offset_before_and_after_restart() {
     // checkpoint followed by a restart.
     drop(engine);
     let engine = broker.open();
-    assert!(engine.publish("t", &[keyed("a", Some("id-1"), "one")]).expect("publish")[0].duplicate);
+    assert!(
+        engine
+            .publish("t", &[keyed("a", Some("id-1"), "one")])
+            .expect("publish")[0]
+            .duplicate
+    );
     engine.checkpoint_dedup().expect("checkpoint");
     drop(engine);
     let engine = broker.open();
-    let r = engine.publish("t", &[keyed("a", Some("id-1"), "one")]).expect("publish")[0];
+    let r = engine
+        .publish("t", &[keyed("a", Some("id-1"), "one")])
+        .expect("publish")[0];
     assert!(r.duplicate && r.offset == first.offset);
-    let r = engine.publish("t", &[keyed("b", Some("id-3"), "z")]).expect("publish")[0];
+    let r = engine
+        .publish("t", &[keyed("b", Some("id-3"), "z")])
+        .expect("publish")[0];
     assert!(r.duplicate && r.offset == batch[2].offset);
 }
 
@@ -170,17 +228,35 @@ fn dedup_window_and_key_bound_forget_old_keys() {
         ..TopicConfig::with_partitions(1)
     };
     engine.create_topic("w", config).expect("create");
-    engine.publish("w", &[keyed("k", Some("old"), "1")]).expect("publish");
-    assert!(engine.publish("w", &[keyed("k", Some("old"), "1")]).expect("publish")[0].duplicate);
+    engine
+        .publish("w", &[keyed("k", Some("old"), "1")])
+        .expect("publish");
+    assert!(
+        engine
+            .publish("w", &[keyed("k", Some("old"), "1")])
+            .expect("publish")[0]
+            .duplicate
+    );
     // The window is measured on record timestamps: time alone expires nothing...
     std::thread::sleep(Duration::from_millis(80));
-    assert!(engine.publish("w", &[keyed("k", Some("old"), "1")]).expect("publish")[0].duplicate);
+    assert!(
+        engine
+            .publish("w", &[keyed("k", Some("old"), "1")])
+            .expect("publish")[0]
+            .duplicate
+    );
     // ...a record appended later than the window does.
-    engine.publish("w", &[keyed("k", None, "later")]).expect("publish");
-    let again = engine.publish("w", &[keyed("k", Some("old"), "1")]).expect("publish")[0];
+    engine
+        .publish("w", &[keyed("k", None, "later")])
+        .expect("publish");
+    let again = engine
+        .publish("w", &[keyed("k", Some("old"), "1")])
+        .expect("publish")[0];
     assert!(!again.duplicate);
     // The new record is now the one its key points to.
-    let retry = engine.publish("w", &[keyed("k", Some("old"), "1")]).expect("publish")[0];
+    let retry = engine
+        .publish("w", &[keyed("k", Some("old"), "1")])
+        .expect("publish")[0];
     assert!(retry.duplicate && retry.offset == again.offset);
 
     let config = TopicConfig {
@@ -189,33 +265,74 @@ fn dedup_window_and_key_bound_forget_old_keys() {
     };
     engine.create_topic("b", config).expect("create");
     for i in 0..6 {
-        engine.publish("b", &[keyed("k", Some(&format!("id-{i}")), "x")]).expect("publish");
+        engine
+            .publish("b", &[keyed("k", Some(&format!("id-{i}")), "x")])
+            .expect("publish");
     }
     engine.checkpoint_dedup().expect("checkpoint");
-    assert!(!engine.publish("b", &[keyed("k", Some("id-0"), "x")]).expect("publish")[0].duplicate, "oldest forgotten");
-    assert!(engine.publish("b", &[keyed("k", Some("id-5"), "x")]).expect("publish")[0].duplicate, "newest kept");
+    assert!(
+        !engine
+            .publish("b", &[keyed("k", Some("id-0"), "x")])
+            .expect("publish")[0]
+            .duplicate,
+        "oldest forgotten"
+    );
+    assert!(
+        engine
+            .publish("b", &[keyed("k", Some("id-5"), "x")])
+            .expect("publish")[0]
+            .duplicate,
+        "newest kept"
+    );
 }
 
 #[test]
 fn committed_offsets_survive_a_restart_and_stay_inside_the_log() {
     let broker = Broker::new();
     let engine = broker.open();
-    engine.create_topic("t", TopicConfig::with_partitions(2)).expect("create");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(2))
+        .expect("create");
     for i in 0..10 {
-        engine.publish("t", &[RecordInput { partition: Some(i % 2), ..RecordInput::new("x") }]).expect("publish");
+        engine
+            .publish(
+                "t",
+                &[RecordInput {
+                    partition: Some(i % 2),
+                    ..RecordInput::new("x")
+                }],
+            )
+            .expect("publish");
     }
     engine.commit_offset("g", "t", 0, 3).expect("commit");
     engine.commit_offset("g", "t", 1, 5).expect("commit");
-    let err = engine.commit_offset("g", "t", 1, 6).expect_err("past the end");
+    let err = engine
+        .commit_offset("g", "t", 1, 6)
+        .expect_err("past the end");
     assert!(err.to_string().contains("past the end"), "{err}");
-    assert!(matches!(engine.commit_offset("g/x", "t", 0, 1), Err(Error::InvalidName { .. })));
-    assert!(matches!(engine.commit_offset("g", "t", 9, 1), Err(Error::PartitionNotFound { .. })));
+    assert!(matches!(
+        engine.commit_offset("g/x", "t", 0, 1),
+        Err(Error::InvalidName { .. })
+    ));
+    assert!(matches!(
+        engine.commit_offset("g", "t", 9, 1),
+        Err(Error::PartitionNotFound { .. })
+    ));
     engine.close().expect("close");
     let engine = broker.open();
     let mut offsets = engine.committed_offsets("g", "t").expect("offsets");
     offsets.sort_by_key(|o| o.partition);
-    assert_eq!(offsets.iter().map(|o| (o.partition, o.offset)).collect::<Vec<_>>(), vec![(0, 3), (1, 5)]);
-    assert!(engine.committed_offsets("other", "t").expect("none").is_empty());
+    assert_eq!(
+        offsets
+            .iter()
+            .map(|o| (o.partition, o.offset))
+            .collect::<Vec<_>>(),
+        vec![(0, 3), (1, 5)]
+    );
+    assert!(engine
+        .committed_offsets("other", "t")
+        .expect("none")
+        .is_empty());
 }
 
 #[test]
@@ -229,17 +346,27 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
     };
     engine.create_topic("t", config).expect("create");
     for i in 0..200 {
-        engine.publish("t", &[RecordInput::new(format!("{i:0>200}"))]).expect("publish");
+        engine
+            .publish("t", &[RecordInput::new(format!("{i:0>200}"))])
+            .expect("publish");
     }
     let before = engine.describe_topic("t").expect("t").partitions[0].clone();
     assert!(before.segments > 5, "{before:?}");
     assert!(engine.enforce_retention().expect("retention") > 0);
     let after = engine.describe_topic("t").expect("t").partitions[0].clone();
-    assert!(after.earliest_offset > 0 && after.size_bytes <= 3 * SEGMENT_BYTES_MIN + SEGMENT_BYTES_MIN, "{after:?}");
+    assert!(
+        after.earliest_offset > 0 && after.size_bytes <= 3 * SEGMENT_BYTES_MIN + SEGMENT_BYTES_MIN,
+        "{after:?}"
+    );
     assert_eq!(after.end_offset, before.end_offset);
     let err = engine.read("t", 0, 0, 1024).expect_err("deleted");
-    assert!(matches!(err, Error::OffsetOutOfRange { earliest, .. } if earliest == after.earliest_offset), "{err}");
-    let first = &engine.read("t", 0, after.earliest_offset, 1024).expect("read")[0];
+    assert!(
+        matches!(err, Error::OffsetOutOfRange { earliest, .. } if earliest == after.earliest_offset),
+        "{err}"
+    );
+    let first = &engine
+        .read("t", 0, after.earliest_offset, 1024)
+        .expect("read")[0];
     assert_eq!(first.offset, after.earliest_offset);
     drop(engine);
     let engine = broker.open();
@@ -253,12 +380,17 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
     };
     engine.create_topic("age", config).expect("create");
     for i in 0..100 {
-        engine.publish("age", &[RecordInput::new(format!("{i:0>200}"))]).expect("publish");
+        engine
+            .publish("age", &[RecordInput::new(format!("{i:0>200}"))])
+            .expect("publish");
     }
     std::thread::sleep(Duration::from_millis(5));
     engine.enforce_retention().expect("retention");
     let info = engine.describe_topic("age").expect("t").partitions[0].clone();
-    assert_eq!(info.segments, 1, "only the active segment is left: {info:?}");
+    assert_eq!(
+        info.segments, 1,
+        "only the active segment is left: {info:?}"
+    );
     assert_eq!(info.end_offset, 100);
 }
 
@@ -266,71 +398,150 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
 fn reads_by_timestamp_seek_to_the_first_later_record() {
     let broker = Broker::new();
     let engine = broker.open();
-    engine.create_topic("t", TopicConfig::with_partitions(1)).expect("create");
-    engine.publish("t", &[RecordInput::new("early")]).expect("publish");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
+    engine
+        .publish("t", &[RecordInput::new("early")])
+        .expect("publish");
     std::thread::sleep(Duration::from_millis(5));
-    engine.publish("t", &[RecordInput::new("late")]).expect("publish");
+    engine
+        .publish("t", &[RecordInput::new("late")])
+        .expect("publish");
     let records = engine.read("t", 0, 0, 1024).expect("read");
     let (t0, t1) = (records[0].timestamp_ms, records[1].timestamp_ms);
     assert!(t1 > t0);
     assert_eq!(engine.offset_for_timestamp("t", 0, t0).expect("ts"), 0);
     assert_eq!(engine.offset_for_timestamp("t", 0, t0 + 1).expect("ts"), 1);
-    assert_eq!(engine.offset_for_timestamp("t", 0, t1 + 1000).expect("ts"), 2, "past the end: the end");
+    assert_eq!(
+        engine.offset_for_timestamp("t", 0, t1 + 1000).expect("ts"),
+        2,
+        "past the end: the end"
+    );
 }
 
 #[test]
 fn a_waiting_reader_wakes_on_new_records() {
     let broker = Broker::new();
     let engine = Arc::new(broker.open());
-    engine.create_topic("t", TopicConfig::with_partitions(1)).expect("create");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
     let mut end = engine.watch_end("t", 0).expect("watch");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     let publisher = {
         let engine = engine.clone();
-        std::thread::spawn(move || engine.publish("t", &[RecordInput::new("hello")]).expect("publish"))
+        std::thread::spawn(move || {
+            engine
+                .publish("t", &[RecordInput::new("hello")])
+                .expect("publish")
+        })
     };
     runtime.block_on(async {
-        tokio::time::timeout(Duration::from_secs(10), end.wait_for(|e| *e >= 1)).await.expect("woken").expect("open");
+        tokio::time::timeout(Duration::from_secs(10), end.wait_for(|e| *e >= 1))
+            .await
+            .expect("woken")
+            .expect("open");
     });
     publisher.join().expect("publisher");
-    assert_eq!(engine.read("t", 0, 0, 1024).expect("read")[0].payload, Bytes::from_static(b"hello"));
+    assert_eq!(
+        engine.read("t", 0, 0, 1024).expect("read")[0].payload,
+        Bytes::from_static(b"hello")
+    );
 }
 
 #[test]
 fn bad_input_is_rejected_and_changes_nothing() {
     let broker = Broker::new();
     let engine = broker.open();
-    engine.create_topic("t", TopicConfig::with_partitions(2)).expect("create");
-    engine.publish("t", &[RecordInput::new("ok")]).expect("publish");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(2))
+        .expect("create");
+    engine
+        .publish("t", &[RecordInput::new("ok")])
+        .expect("publish");
     let ends = end_offsets(&engine, "t");
     let too_long = "a".repeat(TOPIC_NAME_BYTES_MAX + 1);
     for name in ["", ".", "..", "a/b", "../escape", too_long.as_str()] {
-        assert!(matches!(engine.create_topic(name, TopicConfig::default()), Err(Error::InvalidName { .. })), "{name:?}");
-        assert!(matches!(engine.publish(name, &[RecordInput::new("x")]), Err(Error::InvalidName { .. })), "{name:?}");
+        assert!(
+            matches!(
+                engine.create_topic(name, TopicConfig::default()),
+                Err(Error::InvalidName { .. })
+            ),
+            "{name:?}"
+        );
+        assert!(
+            matches!(
+                engine.publish(name, &[RecordInput::new("x")]),
+                Err(Error::InvalidName { .. })
+            ),
+            "{name:?}"
+        );
     }
-    assert!(engine.create_topic(&"a".repeat(TOPIC_NAME_BYTES_MAX), TopicConfig::default()).is_ok());
-    assert!(matches!(engine.create_topic("t", TopicConfig::default()), Err(Error::TopicExists(_))));
-    assert!(matches!(engine.publish("missing", &[RecordInput::new("x")]), Err(Error::TopicNotFound(_))));
-    assert!(matches!(engine.create_topic("p", TopicConfig::with_partitions(PARTITIONS_PER_TOPIC_MAX + 1)), Err(Error::LimitExceeded { .. })));
+    assert!(engine
+        .create_topic(&"a".repeat(TOPIC_NAME_BYTES_MAX), TopicConfig::default())
+        .is_ok());
+    assert!(matches!(
+        engine.create_topic("t", TopicConfig::default()),
+        Err(Error::TopicExists(_))
+    ));
+    assert!(matches!(
+        engine.publish("missing", &[RecordInput::new("x")]),
+        Err(Error::TopicNotFound(_))
+    ));
+    assert!(matches!(
+        engine.create_topic(
+            "p",
+            TopicConfig::with_partitions(PARTITIONS_PER_TOPIC_MAX + 1)
+        ),
+        Err(Error::LimitExceeded { .. })
+    ));
 
     let overhead = RecordInput::new("").encoded_bytes();
     let too_big = RecordInput::new(vec![0u8; (RECORD_BYTES_MAX as u64 - overhead + 1) as usize]);
     let bad_batches: Vec<(&str, Vec<RecordInput>)> = vec![
-        ("record over the limit", vec![RecordInput::new("fine"), too_big]),
-        ("too many records", vec![RecordInput::new(""); BATCH_RECORDS_MAX as usize + 1]),
+        (
+            "record over the limit",
+            vec![RecordInput::new("fine"), too_big],
+        ),
+        (
+            "too many records",
+            vec![RecordInput::new(""); BATCH_RECORDS_MAX as usize + 1],
+        ),
         ("empty batch", vec![]),
-        ("no such partition", vec![RecordInput { partition: Some(2), ..RecordInput::new("x") }]),
-        ("key over the limit", vec![RecordInput { key: Some(vec![0; KEY_BYTES_MAX as usize + 1].into()), ..RecordInput::new("x") }]),
+        (
+            "no such partition",
+            vec![RecordInput {
+                partition: Some(2),
+                ..RecordInput::new("x")
+            }],
+        ),
+        (
+            "key over the limit",
+            vec![RecordInput {
+                key: Some(vec![0; KEY_BYTES_MAX as usize + 1].into()),
+                ..RecordInput::new("x")
+            }],
+        ),
         (
             "batch over the limit",
-            vec![RecordInput::new(vec![0u8; (RECORD_BYTES_MAX as u64 - overhead) as usize]); (BATCH_BYTES_MAX as usize - HEADER_BYTES) / RECORD_BYTES_MAX as usize + 1],
+            vec![
+                RecordInput::new(vec![0u8; (RECORD_BYTES_MAX as u64 - overhead) as usize]);
+                (BATCH_BYTES_MAX as usize - HEADER_BYTES) / RECORD_BYTES_MAX as usize + 1
+            ],
         ),
     ];
     for (what, batch) in bad_batches {
         let err = engine.publish("t", &batch).expect_err(what);
         let msg = err.to_string();
         if let Error::LimitExceeded { limit, .. } = &err {
-            assert!(msg.contains(&limit.to_string()), "{what}: the limit is named: {msg}");
+            assert!(
+                msg.contains(&limit.to_string()),
+                "{what}: the limit is named: {msg}"
+            );
         }
         assert_eq!(end_offsets(&engine, "t"), ends, "{what}: nothing appended");
     }
@@ -342,15 +553,33 @@ fn bad_input_is_rejected_and_changes_nothing() {
 fn deleted_topics_are_gone_and_can_be_created_again() {
     let broker = Broker::new();
     let engine = broker.open();
-    engine.create_topic("t", TopicConfig::with_partitions(1)).expect("create");
-    engine.publish("t", &[keyed("k", Some("id"), "x")]).expect("publish");
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
+    engine
+        .publish("t", &[keyed("k", Some("id"), "x")])
+        .expect("publish");
     engine.commit_offset("g", "t", 0, 1).expect("commit");
     engine.delete_topic("t").expect("delete");
-    assert!(matches!(engine.delete_topic("t"), Err(Error::TopicNotFound(_))));
+    assert!(matches!(
+        engine.delete_topic("t"),
+        Err(Error::TopicNotFound(_))
+    ));
     assert!(!broker.dir.path().join("topics/t").exists());
-    engine.create_topic("t", TopicConfig::with_partitions(1)).expect("recreate");
-    assert!(!engine.publish("t", &[keyed("k", Some("id"), "x")]).expect("publish")[0].duplicate, "keys went with the topic");
-    assert!(engine.committed_offsets("g", "t").expect("offsets").is_empty());
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("recreate");
+    assert!(
+        !engine
+            .publish("t", &[keyed("k", Some("id"), "x")])
+            .expect("publish")[0]
+            .duplicate,
+        "keys went with the topic"
+    );
+    assert!(engine
+        .committed_offsets("g", "t")
+        .expect("offsets")
+        .is_empty());
     drop(engine);
     let engine = broker.open();
     assert_eq!(engine.list_topics().len(), 1);
@@ -367,11 +596,20 @@ fn async_topics_acknowledge_before_the_flush_and_flush_on_close() {
     };
     engine.create_topic("a", config).expect("create");
     let topic = engine.topic("a").expect("topic");
-    engine.publish("a", &[RecordInput::new("x")]).expect("publish");
-    assert_eq!(topic.partitions()[0].end_offset(), 1, "readable once written");
+    engine
+        .publish("a", &[RecordInput::new("x")])
+        .expect("publish");
+    assert_eq!(
+        topic.partitions()[0].end_offset(),
+        1,
+        "readable once written"
+    );
     assert_eq!(topic.partitions()[0].durable_end(), 0, "not yet flushed");
     drop(topic);
     engine.close().expect("close flushes");
     let engine = broker.open();
-    assert_eq!(engine.read("a", 0, 0, 1024).expect("read")[0].payload, Bytes::from_static(b"x"));
+    assert_eq!(
+        engine.read("a", 0, 0, 1024).expect("read")[0].payload,
+        Bytes::from_static(b"x")
+    );
 }

@@ -126,7 +126,11 @@ impl RecordInput {
                 header.name.len() as u64,
             )?;
         }
-        check("record bytes", RECORD_BYTES_MAX as u64, self.encoded_bytes())
+        check(
+            "record bytes",
+            RECORD_BYTES_MAX as u64,
+            self.encoded_bytes(),
+        )
     }
 }
 
@@ -140,9 +144,15 @@ fn check(what: &str, limit: u64, actual: u64) -> Result<()> {
 /// Checks a batch's record count and total size; each record must already be valid.
 pub fn validate_batch(records: &[RecordInput]) -> Result<()> {
     if records.is_empty() {
-        return Err(Error::InvalidArgument("a batch needs at least one record".into()));
+        return Err(Error::InvalidArgument(
+            "a batch needs at least one record".into(),
+        ));
     }
-    check("records per batch", BATCH_RECORDS_MAX as u64, records.len() as u64)?;
+    check(
+        "records per batch",
+        BATCH_RECORDS_MAX as u64,
+        records.len() as u64,
+    )?;
     let bytes = HEADER_BYTES as u64 + records.iter().map(RecordInput::encoded_bytes).sum::<u64>();
     check("batch bytes", BATCH_BYTES_MAX as u64, bytes)
 }
@@ -284,7 +294,11 @@ pub fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, String> {
             header.frame_bytes
         ));
     }
-    if header.base_offset.checked_add(header.record_count as u64).is_none() {
+    if header
+        .base_offset
+        .checked_add(header.record_count as u64)
+        .is_none()
+    {
         return Err("base offset overflows".into());
     }
     Ok(header)
@@ -295,9 +309,15 @@ pub fn crc_holds(frame: &[u8], header: &FrameHeader) -> bool {
     crc32fast::hash(&frame[8..]) == header.crc
 }
 
-/// Decodes the records of a CRC-checked frame, sharing its bytes.
-pub fn decode_records(frame: &Bytes, header: &FrameHeader) -> Result<Vec<Record>, String> {
-    let mut records = Vec::with_capacity(header.record_count as usize);
+/// Decodes the records of a CRC-checked frame whose offsets fall in `wanted`,
+/// sharing the frame's bytes, and appends them to `out`.
+pub fn decode_records(
+    frame: &Bytes,
+    header: &FrameHeader,
+    wanted: std::ops::Range<u64>,
+    out: &mut Vec<Record>,
+) -> Result<(), String> {
+    out.reserve(header.record_count as usize);
     let mut at = HEADER_BYTES;
     for i in 0..header.record_count {
         let record_bytes = read_u32(frame, &mut at)? as usize;
@@ -305,19 +325,22 @@ pub fn decode_records(frame: &Bytes, header: &FrameHeader) -> Result<Vec<Record>
             .checked_add(record_bytes)
             .filter(|end| *end <= frame.len())
             .ok_or_else(|| format!("record {i} runs past the frame"))?;
-        let record = decode_record(&frame.slice(at..end))
-            .map_err(|reason| format!("record {i}: {reason}"))?;
-        records.push(Record {
-            offset: header.base_offset + i as u64,
-            timestamp_ms: header.timestamp_ms,
-            ..record
-        });
+        let offset = header.base_offset + i as u64;
+        if wanted.contains(&offset) {
+            let record = decode_record(&frame.slice(at..end))
+                .map_err(|reason| format!("record {i}: {reason}"))?;
+            out.push(Record {
+                offset,
+                timestamp_ms: header.timestamp_ms,
+                ..record
+            });
+        }
         at = end;
     }
     if at != frame.len() {
         return Err("bytes left over after the last record".into());
     }
-    Ok(records)
+    Ok(())
 }
 
 fn read_u32(buf: &[u8], at: &mut usize) -> Result<u32, String> {
@@ -355,7 +378,9 @@ fn decode_record(buf: &Bytes) -> Result<Record, String> {
     let idempotency_key = read_optional(buf, &mut at)?;
     let header_count = read_u16(buf, &mut at)? as u32;
     if header_count > HEADERS_PER_RECORD_MAX {
-        return Err(format!("{header_count} headers, over the limit of {HEADERS_PER_RECORD_MAX}"));
+        return Err(format!(
+            "{header_count} headers, over the limit of {HEADERS_PER_RECORD_MAX}"
+        ));
     }
     let mut headers = Vec::with_capacity(header_count as usize);
     for _ in 0..header_count {
@@ -390,7 +415,8 @@ pub fn decode_frame(bytes: &Bytes) -> Result<(FrameHeader, Vec<Record>), String>
         return Err("CRC mismatch".into());
     }
     let frame = bytes.slice(..header.frame_bytes as usize);
-    let records = decode_records(&frame, &header)?;
+    let mut records = Vec::new();
+    decode_records(&frame, &header, 0..u64::MAX, &mut records)?;
     Ok((header, records))
 }
 
@@ -442,7 +468,10 @@ mod tests {
         let at_limit = RecordInput::new(vec![7u8; (RECORD_BYTES_MAX as u64 - overhead) as usize]);
         assert_eq!(at_limit.encoded_bytes(), RECORD_BYTES_MAX as u64);
         assert!(at_limit.validate().is_ok());
-        assert_eq!(roundtrip(std::slice::from_ref(&at_limit))[0].payload, at_limit.payload);
+        assert_eq!(
+            roundtrip(std::slice::from_ref(&at_limit))[0].payload,
+            at_limit.payload
+        );
         let over = RecordInput::new(vec![7u8; (RECORD_BYTES_MAX as u64 - overhead + 1) as usize]);
         let msg = over.validate().expect_err("over").to_string();
         assert!(msg.contains(&RECORD_BYTES_MAX.to_string()), "{msg}");
@@ -499,7 +528,8 @@ mod tests {
         assert!(validate_batch(&records).is_ok());
         let out = roundtrip(&records);
         assert_eq!(out.len(), records.len());
-        records.last_mut().expect("non-empty").payload = vec![2u8; (rest - overhead + 1) as usize].into();
+        records.last_mut().expect("non-empty").payload =
+            vec![2u8; (rest - overhead + 1) as usize].into();
         let msg = validate_batch(&records).expect_err("over").to_string();
         assert!(msg.contains(&BATCH_BYTES_MAX.to_string()), "{msg}");
     }
@@ -511,14 +541,19 @@ mod tests {
             for bit in 0..8 {
                 let mut damaged = frame.to_vec();
                 damaged[byte] ^= 1 << bit;
-                assert!(decode_frame(&Bytes::from(damaged)).is_err(), "byte {byte} bit {bit}");
+                assert!(
+                    decode_frame(&Bytes::from(damaged)).is_err(),
+                    "byte {byte} bit {bit}"
+                );
             }
         }
     }
 
     #[test]
     fn huge_length_field_allocates_nothing() {
-        let mut frame = UnsealedBatch::encode(&[&record(b"x")]).seal(0, 0, 0).to_vec();
+        let mut frame = UnsealedBatch::encode(&[&record(b"x")])
+            .seal(0, 0, 0)
+            .to_vec();
         frame[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = decode_frame(&Bytes::from(frame)).expect_err("rejected");
         assert!(err.contains("frame length"), "{err}");

@@ -20,8 +20,9 @@
 //! - Lock order: `io` before `writer`, `writer` before `log`.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, MutexGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
@@ -32,6 +33,7 @@ use super::partition::{lock, write, Partition};
 use super::segment::{self, Segment};
 use crate::config::Durability;
 use crate::error::{Error, IoContext, Result};
+use crate::limits::GROUP_COMMIT_LINGER_MAX;
 
 /// A frame waiting for the writer.
 #[derive(Debug)]
@@ -61,6 +63,11 @@ pub(super) struct WriterState {
     flushing: bool,
     /// Why the partition refuses appends, after a failed write or fsync.
     failed: Option<String>,
+    /// Appenders parked until their frame is acknowledged: (end offset, thread).
+    waiters: Vec<(u64, std::thread::Thread)>,
+    /// Frames in the last group written: how many appenders are likely to be
+    /// back soon (see `GROUP_COMMIT_LINGER_MAX`).
+    last_group_frames: usize,
 }
 
 impl WriterState {
@@ -74,6 +81,8 @@ impl WriterState {
             durable_end: end_offset,
             flushing: false,
             failed: None,
+            waiters: Vec::new(),
+            last_group_frames: 0,
         }
     }
 }
@@ -100,7 +109,11 @@ pub(super) struct WriterIo {
 }
 
 impl WriterIo {
-    pub(super) fn new(active: &Segment, index_file: Arc<dyn VFile>, index_interval_bytes: u32) -> Self {
+    pub(super) fn new(
+        active: &Segment,
+        index_file: Arc<dyn VFile>,
+        index_interval_bytes: u32,
+    ) -> Self {
         let since_index_bytes = active
             .index
             .last()
@@ -135,17 +148,34 @@ pub fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// The files of a segment just created.
+pub(super) struct NewSegment {
+    log: Arc<dyn VFile>,
+    log_path: PathBuf,
+    index: Arc<dyn VFile>,
+}
+
 /// Creates a segment's files and makes their names durable.
-pub(super) fn create_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<(Arc<dyn VFile>, PathBuf, Arc<dyn VFile>)> {
+pub(super) fn create_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<NewSegment> {
     let (log_path, index_path) = segment::segment_paths(dir, base);
-    let log = vfs.open(&log_path, true).context(|| format!("creating {}", log_path.display()))?;
-    log.sync_data().context(|| format!("syncing {}", log_path.display()))?;
-    let index = vfs.open(&index_path, true).context(|| format!("creating {}", index_path.display()))?;
+    let log = vfs
+        .open(&log_path, true)
+        .context(|| format!("creating {}", log_path.display()))?;
+    log.sync_data()
+        .context(|| format!("syncing {}", log_path.display()))?;
+    let index = vfs
+        .open(&index_path, true)
+        .context(|| format!("creating {}", index_path.display()))?;
     index
         .write_all_at(&[&index::file_header()], 0)
         .context(|| format!("writing {}", index_path.display()))?;
-    vfs.sync_dir(dir).context(|| format!("syncing {}", dir.display()))?;
-    Ok((log, log_path, index))
+    vfs.sync_dir(dir)
+        .context(|| format!("syncing {}", dir.display()))?;
+    Ok(NewSegment {
+        log,
+        log_path,
+        index,
+    })
 }
 
 impl Partition {
@@ -162,7 +192,10 @@ impl Partition {
     pub fn enqueue(&self, batch: UnsealedBatch) -> Result<Ticket> {
         let bytes = batch.frame_bytes() as u64;
         let mut w = lock(&self.writer);
-        while w.failed.is_none() && w.in_flight_bytes > 0 && w.in_flight_bytes + bytes > self.settings.in_flight_bytes_max {
+        while w.failed.is_none()
+            && w.in_flight_bytes > 0
+            && w.in_flight_bytes + bytes > self.settings.in_flight_bytes_max
+        {
             w = self.writer_cv.wait(w).unwrap_or_else(|e| e.into_inner());
         }
         if let Some(cause) = &w.failed {
@@ -181,6 +214,9 @@ impl Partition {
             end_offset,
             timestamp_ms,
         });
+        if w.queue.len() * 2 >= w.last_group_frames {
+            self.queue_cv.notify_one();
+        }
         Ok(Ticket {
             base_offset,
             end_offset,
@@ -190,27 +226,37 @@ impl Partition {
 
     /// Waits until every offset below `end_offset` is acknowledged: durable for
     /// `sync` topics, written for `async` ones. May do the write itself.
+    ///
+    /// A waiter parks on its own thread handle and is unparked only when its
+    /// frame is acknowledged or when it should lead the next group, so a group
+    /// commit wakes the appenders it completed and no others.
     pub fn wait(&self, end_offset: u64) -> Result<()> {
         let sync = self.settings.durability == Durability::Sync;
-        let mut w = lock(&self.writer);
         loop {
-            let acked = if sync { w.durable_end } else { w.written_end };
-            if acked >= end_offset {
+            if self.acked_end.load(Ordering::Acquire) >= end_offset {
+                return Ok(());
+            }
+            let mut w = lock(&self.writer);
+            if self.acked_end.load(Ordering::Acquire) >= end_offset {
                 return Ok(());
             }
             if let Some(cause) = &w.failed {
                 return Err(self.failed_error(cause));
             }
             if w.flushing || w.queue.is_empty() {
-                w = self.writer_cv.wait(w).unwrap_or_else(|e| e.into_inner());
+                w.waiters.push((end_offset, std::thread::current()));
+                drop(w);
+                std::thread::park();
                 continue;
             }
             w.flushing = true;
+            w = self.linger(w);
             let group = std::mem::take(&mut w.queue);
+            w.last_group_frames = group.len();
             let group_bytes: u64 = group.iter().map(|q| q.frame.len() as u64).sum();
             drop(w);
             let result = self.write_group(group, sync);
-            w = lock(&self.writer);
+            let mut w = lock(&self.writer);
             w.flushing = false;
             w.in_flight_bytes -= group_bytes;
             match result {
@@ -219,7 +265,7 @@ impl Partition {
                     if sync {
                         w.durable_end = end;
                     }
-                    self.publish_visible(if sync { w.durable_end } else { w.written_end });
+                    self.publish_visible(end);
                 }
                 Err(error) => {
                     tracing::error!(topic = %self.topic, partition = self.id, %error,
@@ -227,12 +273,60 @@ impl Partition {
                     w.failed = Some(error.to_string());
                 }
             }
+            let wake = self.waiters_to_wake(&mut w);
+            drop(w);
             self.writer_cv.notify_all();
+            for thread in wake {
+                thread.unpark();
+            }
         }
     }
 
+    /// After a group: every waiter whose frame is now acknowledged (all of them
+    /// if the partition failed), and one more to lead the next group.
+    fn waiters_to_wake(&self, w: &mut WriterState) -> Vec<std::thread::Thread> {
+        let acked = self.acked_end.load(Ordering::Acquire);
+        let everyone = w.failed.is_some();
+        let mut wake = Vec::new();
+        w.waiters.retain(|(end, thread)| {
+            let done = everyone || *end <= acked;
+            if done {
+                wake.push(thread.clone());
+            }
+            !done
+        });
+        if !w.queue.is_empty() {
+            if let Some((_, thread)) = w.waiters.pop() {
+                wake.push(thread);
+            }
+        }
+        wake
+    }
+
+    /// Before writing a group much smaller than the last one, waits briefly for
+    /// the appenders of the last group to come back with their next frames: with
+    /// many appenders in lockstep, the first one back would otherwise write its
+    /// frame alone and the group after it would pay a second fsync.
+    fn linger<'a>(&self, mut w: MutexGuard<'a, WriterState>) -> MutexGuard<'a, WriterState> {
+        let deadline = Instant::now() + GROUP_COMMIT_LINGER_MAX;
+        while w.queue.len() * 2 < w.last_group_frames && w.failed.is_none() {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            w = self
+                .queue_cv
+                .wait_timeout(w, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        w
+    }
+
+    /// Makes offsets below `end` acknowledged and readable.
     fn publish_visible(&self, end: u64) {
         write(&self.log).visible_end = end;
+        self.acked_end.store(end, Ordering::Release);
         self.visible_tx.send_replace(end);
     }
 
@@ -269,7 +363,9 @@ impl Partition {
         }
         self.write_frames(&mut io, start, &frames, &entries, last_timestamp_ms)?;
         if sync {
-            io.log.sync_data().context(|| format!("syncing {}", io.log_path.display()))?;
+            io.log
+                .sync_data()
+                .context(|| format!("syncing {}", io.log_path.display()))?;
         } else {
             io.unsynced = true;
         }
@@ -301,13 +397,19 @@ impl Partition {
             }
             // The index is a cache of the log: a failed index write only costs a
             // rebuild at the next open, so it does not fail the append.
-            if let Err(error) = io.index_file.write_all_at(&[&bytes], entry_position(io.index_entries)) {
+            if let Err(error) = io
+                .index_file
+                .write_all_at(&[&bytes], entry_position(io.index_entries))
+            {
                 tracing::warn!(topic = %self.topic, partition = self.id, %error, "index write failed; it is rebuilt at the next open");
             }
             io.index_entries += entries.len();
         }
         let mut log = write(&self.log);
-        let active = log.segments.last_mut().ok_or_else(|| self.failed_error("no active segment"))?;
+        let active = log
+            .segments
+            .last_mut()
+            .ok_or_else(|| self.failed_error("no active segment"))?;
         for entry in entries {
             active.index.push(*entry);
         }
@@ -320,12 +422,18 @@ impl Partition {
     /// Seals the active segment (log and index synced) and starts a new one whose
     /// file and directory entry are durable before anything is written to it.
     fn roll(&self, io: &mut WriterIo) -> Result<()> {
-        io.log.sync_data().context(|| format!("syncing {}", io.log_path.display()))?;
+        io.log
+            .sync_data()
+            .context(|| format!("syncing {}", io.log_path.display()))?;
         if let Err(error) = io.index_file.sync_data() {
             tracing::warn!(topic = %self.topic, partition = self.id, %error, "index sync failed; it is rebuilt at the next open");
         }
         let base = io.end_offset;
-        let (log, log_path, index_file) = create_segment(self.vfs.as_ref(), &self.dir, base)?;
+        let NewSegment {
+            log,
+            log_path,
+            index: index_file,
+        } = create_segment(self.vfs.as_ref(), &self.dir, base)?;
         *io = WriterIo {
             log: log.clone(),
             log_path: log_path.clone(),
@@ -339,6 +447,7 @@ impl Partition {
             unsynced: false,
         };
         write(&self.log).segments.push(Segment {
+            mapped: Default::default(),
             base_offset: base,
             log,
             log_path,
@@ -360,8 +469,14 @@ impl Partition {
         let end = io.end_offset;
         if let Err(error) = io.log.sync_data() {
             let error = Error::io(format!("syncing {}", io.log_path.display()), error);
-            lock(&self.writer).failed = Some(error.to_string());
+            let mut w = lock(&self.writer);
+            w.failed = Some(error.to_string());
+            let wake = self.waiters_to_wake(&mut w);
+            drop(w);
             self.writer_cv.notify_all();
+            for thread in wake {
+                thread.unpark();
+            }
             return Err(error);
         }
         io.unsynced = false;

@@ -53,7 +53,10 @@ impl SparseIndex {
     }
 
     pub fn push(&mut self, entry: IndexEntry) {
-        debug_assert!(self.entries.last().is_none_or(|last| last.offset < entry.offset));
+        debug_assert!(self
+            .entries
+            .last()
+            .is_none_or(|last| last.offset < entry.offset));
         self.entries.push(entry);
     }
 
@@ -78,7 +81,9 @@ impl SparseIndex {
     /// The last entry whose frame was appended strictly before `timestamp_ms`: a
     /// scan from there finds the first frame at or after it.
     pub fn floor_before_timestamp(&self, timestamp_ms: i64) -> Option<&IndexEntry> {
-        let at = self.entries.partition_point(|e| e.timestamp_ms < timestamp_ms);
+        let at = self
+            .entries
+            .partition_point(|e| e.timestamp_ms < timestamp_ms);
         at.checked_sub(1).map(|i| &self.entries[i])
     }
 }
@@ -111,8 +116,13 @@ pub fn entry_position(i: usize) -> u64 {
 /// Loads the longest valid prefix of an index file: entries whose CRC holds,
 /// that increase strictly, and that point inside a log of `log_bytes`. Returns
 /// an empty index when the header is wrong or the file is implausibly large.
-pub fn load(file: &Arc<dyn VFile>, path: &Path, base_offset: u64, log_bytes: u64) -> io::Result<SparseIndex> {
-    let len = file.len()?;
+pub fn load(
+    file: &Arc<dyn VFile>,
+    path: &Path,
+    base_offset: u64,
+    log_bytes: u64,
+) -> io::Result<SparseIndex> {
+    let len = file.size_bytes()?;
     // Each entry points at a distinct frame of at least a header's size.
     let max_entries = log_bytes / super::batch::HEADER_BYTES as u64 + 1;
     if len < INDEX_HEADER_BYTES || len > entry_position(max_entries as usize) {
@@ -140,7 +150,9 @@ pub fn load(file: &Arc<dyn VFile>, path: &Path, base_offset: u64, log_bytes: u64
             timestamp_ms: i64::from_le_bytes(ts),
         };
         let increasing = index.last().is_none_or(|last| {
-            last.offset < entry.offset && last.position < entry.position && last.timestamp_ms <= entry.timestamp_ms
+            last.offset < entry.offset
+                && last.position < entry.position
+                && last.timestamp_ms <= entry.timestamp_ms
         });
         if !increasing || entry.position as u64 >= log_bytes {
             break;
@@ -165,7 +177,10 @@ mod tests {
     #[test]
     fn floor_finds_the_entry_at_or_before() {
         let mut index = SparseIndex::default();
-        for (i, e) in [entry(10, 0, 5), entry(20, 100, 6), entry(30, 200, 9)].into_iter().enumerate() {
+        for (i, e) in [entry(10, 0, 5), entry(20, 100, 6), entry(30, 200, 9)]
+            .into_iter()
+            .enumerate()
+        {
             index.push(e);
             assert_eq!(index.len(), i + 1);
         }
@@ -175,7 +190,10 @@ mod tests {
         assert_eq!(index.floor(1000).map(|e| e.offset), Some(30));
         assert_eq!(index.floor_before_timestamp(5), None);
         assert_eq!(index.floor_before_timestamp(7).map(|e| e.offset), Some(20));
-        assert_eq!(index.floor_before_timestamp(100).map(|e| e.offset), Some(30));
+        assert_eq!(
+            index.floor_before_timestamp(100).map(|e| e.offset),
+            Some(30)
+        );
     }
 
     #[test]
@@ -196,7 +214,10 @@ mod tests {
         // A flipped bit in the second entry keeps only the first.
         bytes[entry_position(1) as usize + 5] ^= 4;
         file.write_all_at(&[&bytes], 0).expect("write");
-        assert_eq!(load(&file, path, 1000, 2000).expect("load").entries(), &entries[..1]);
+        assert_eq!(
+            load(&file, path, 1000, 2000).expect("load").entries(),
+            &entries[..1]
+        );
         // A damaged header discards everything.
         bytes[0] = b'X';
         file.write_all_at(&[&bytes], 0).expect("write");

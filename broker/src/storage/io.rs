@@ -16,6 +16,8 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+use bytes::Bytes;
+
 /// An open file with positional I/O. Shared between one writer and many readers.
 pub trait VFile: Send + Sync + fmt::Debug {
     /// Reads up to `buf.len()` bytes at `position`; fewer only at end of file.
@@ -27,7 +29,12 @@ pub trait VFile: Send + Sync + fmt::Debug {
     /// Truncates or extends the file.
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file's current size in bytes.
-    fn len(&self) -> io::Result<u64>;
+    fn size_bytes(&self) -> io::Result<u64>;
+    /// The whole file mapped into memory, for files that never change again
+    /// (sealed segments); `None` where mapping is not supported.
+    fn map(&self) -> io::Result<Option<Bytes>> {
+        Ok(None)
+    }
 }
 
 /// A file system: opens files and manages directory entries.
@@ -63,7 +70,10 @@ pub fn read_exact_at(file: &dyn VFile, mut buf: &mut [u8], mut position: u64) ->
 /// target, and the directory fsynced. Readers see the old or the new content.
 pub fn write_file_atomic(vfs: &dyn Vfs, path: &Path, content: &[u8]) -> io::Result<()> {
     let dir = path.parent().ok_or(io::ErrorKind::InvalidInput)?;
-    let mut tmp_name = path.file_name().ok_or(io::ErrorKind::InvalidInput)?.to_os_string();
+    let mut tmp_name = path
+        .file_name()
+        .ok_or(io::ErrorKind::InvalidInput)?
+        .to_os_string();
     tmp_name.push(".tmp");
     let tmp = dir.join(tmp_name);
     let file = vfs.open(&tmp, true)?;
@@ -78,7 +88,7 @@ pub fn write_file_atomic(vfs: &dyn Vfs, path: &Path, content: &[u8]) -> io::Resu
 /// Reads a whole small file, refusing one larger than `max_bytes`.
 pub fn read_small_file(vfs: &dyn Vfs, path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
     let file = vfs.open(path, false)?;
-    let len = file.len()?;
+    let len = file.size_bytes()?;
     if len > max_bytes {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
@@ -118,8 +128,26 @@ impl VFile for RealFile {
         self.0.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size_bytes(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
+    }
+
+    // The one unsafe block of the broker. A mapping is only taken of a sealed
+    // segment, which the broker never writes or truncates again (recovery cuts
+    // only the active segment, before any reader exists; retention unlinks, which
+    // leaves a mapping valid). Only a file shrunk behind the broker's back could
+    // fault, and then the process stops (SIGBUS) rather than read wrong bytes.
+    #[allow(unsafe_code)]
+    fn map(&self) -> io::Result<Option<Bytes>> {
+        if self.size_bytes()? == 0 {
+            return Ok(None);
+        }
+        // SAFETY: see above: the mapped file is immutable for the mapping's life.
+        let map = unsafe { memmap2::Mmap::map(&self.0)? };
+        if let Err(error) = map.advise(memmap2::Advice::Sequential) {
+            tracing::debug!(%error, "madvise(SEQUENTIAL) failed");
+        }
+        Ok(Some(Bytes::from_owner(map)))
     }
 }
 

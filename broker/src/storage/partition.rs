@@ -11,6 +11,7 @@
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
@@ -56,8 +57,13 @@ pub struct Partition {
     pub(super) writer: Mutex<WriterState>,
     /// Wakes appenders waiting for their group commit or for in-flight room.
     pub(super) writer_cv: Condvar,
+    /// Wakes a leader lingering for more frames (see `group_commit`).
+    pub(super) queue_cv: Condvar,
     /// The active segment's files, held by the one thread writing at a time.
     pub(super) io: Mutex<WriterIo>,
+    /// Offsets below this are acknowledged (durable for `sync`, written for
+    /// `async`): appenders check it without taking the writer lock.
+    pub(super) acked_end: AtomicU64,
     /// The visible end offset, for readers that wait for new records.
     pub(super) visible_tx: watch::Sender<u64>,
 }
@@ -93,13 +99,20 @@ impl Partition {
     }
 
     /// Opens and recovers a partition directory.
-    pub fn open(vfs: Arc<dyn Vfs>, topic: Arc<str>, id: u32, dir: PathBuf, settings: PartitionSettings) -> Result<Partition> {
+    pub fn open(
+        vfs: Arc<dyn Vfs>,
+        topic: Arc<str>,
+        id: u32,
+        dir: PathBuf,
+        settings: PartitionSettings,
+    ) -> Result<Partition> {
         let bases = list_segments(vfs.as_ref(), &dir)?;
         let mut segments = Vec::with_capacity(bases.len());
         let mut active_index = None;
         for (i, base) in bases.iter().enumerate() {
             let active = i + 1 == bases.len();
-            let (segment, index_file) = open_segment(&vfs, &dir, *base, active, settings.index_interval_bytes)?;
+            let (segment, index_file) =
+                open_segment(&vfs, &dir, *base, active, settings.index_interval_bytes)?;
             if active {
                 active_index = Some(index_file);
             }
@@ -123,7 +136,11 @@ impl Partition {
             .sync_data()
             .context(|| format!("syncing {}", active.log_path.display()))?;
         let end = active.end_offset;
-        let last_timestamp_ms = segments.iter().map(|s| s.last_timestamp_ms).max().unwrap_or(0);
+        let last_timestamp_ms = segments
+            .iter()
+            .map(|s| s.last_timestamp_ms)
+            .max()
+            .unwrap_or(0);
         let io = WriterIo::new(active, active_index, settings.index_interval_bytes);
         let writer = WriterState::new(end, last_timestamp_ms);
         let (visible_tx, _) = watch::channel(end);
@@ -139,7 +156,9 @@ impl Partition {
             }),
             writer: Mutex::new(writer),
             writer_cv: Condvar::new(),
+            queue_cv: Condvar::new(),
             io: Mutex::new(io),
+            acked_end: AtomicU64::new(end),
             visible_tx,
         })
     }
@@ -155,12 +174,20 @@ impl Partition {
 
     /// The first offset still stored.
     pub fn earliest_offset(&self) -> u64 {
-        read(&self.log).segments.first().map_or(0, |s| s.base_offset)
+        read(&self.log)
+            .segments
+            .first()
+            .map_or(0, |s| s.base_offset)
     }
 
     /// Append time of the newest stored record (0 when empty).
     pub fn last_timestamp_ms(&self) -> i64 {
-        read(&self.log).segments.iter().map(|s| s.last_timestamp_ms).max().unwrap_or(0)
+        read(&self.log)
+            .segments
+            .iter()
+            .map(|s| s.last_timestamp_ms)
+            .max()
+            .unwrap_or(0)
     }
 
     /// A receiver of the visible end offset: it changes when new records become
@@ -212,34 +239,66 @@ impl Partition {
                 return Ok(Vec::new());
             }
             let first = log.segments.partition_point(|s| s.base_offset <= from) - 1;
-            let plan: Vec<(Arc<dyn VFile>, PathBuf, u64, u64, Option<IndexEntry>)> = log.segments[first..]
+            let last = log.segments.len() - 1;
+            let plan: Vec<(FrameReader, PathBuf, u64, u64)> = log.segments[first..]
                 .iter()
-                .map(|s| (s.log.clone(), s.log_path.clone(), s.base_offset, s.size_bytes, s.index.floor(from).copied()))
+                .enumerate()
+                .map(|(i, s)| {
+                    let (position, offset) = s
+                        .index
+                        .floor(from)
+                        .map_or((0, s.base_offset), |e| (e.position as u64, e.offset));
+                    (
+                        s.reader(position, s.size_bytes, first + i < last),
+                        s.log_path.clone(),
+                        s.base_offset,
+                        offset,
+                    )
+                })
                 .collect();
             (plan, log.visible_end)
         };
         let mut records = Vec::new();
         let mut bytes_read: u64 = 0;
         let mut expected = None;
-        for (file, path, base, size, entry) in segments {
-            let (start_position, start_offset) = entry.map_or((0, base), |e| (e.position as u64, e.offset));
+        for (mut reader, path, base, start_offset) in segments {
             if expected.is_some_and(|e| e != base) {
-                let reason = format!("segment starts at offset {base}, expected {}", expected.unwrap_or(base));
-                return self.finish_read(records, self.data_loss(expected.unwrap_or(base), &path, 0, reason));
+                let reason = format!(
+                    "segment starts at offset {base}, expected {}",
+                    expected.unwrap_or(base)
+                );
+                return self.finish_read(
+                    records,
+                    self.data_loss(expected.unwrap_or(base), &path, 0, reason),
+                );
             }
             let mut expected_offset = start_offset;
-            let mut reader = FrameReader::new(file, start_position, size);
             loop {
-                let frame = reader.next_frame().context(|| format!("reading {}", path.display()))?;
+                let frame = reader
+                    .next_frame()
+                    .context(|| format!("reading {}", path.display()))?;
                 match frame {
                     Frame::End => break,
                     Frame::Bad { position, reason } => {
-                        return self.finish_read(records, self.data_loss(expected_offset, &path, position, reason));
+                        return self.finish_read(
+                            records,
+                            self.data_loss(expected_offset, &path, position, reason),
+                        );
                     }
-                    Frame::Whole { position, header, bytes } => {
+                    Frame::Whole {
+                        position,
+                        header,
+                        bytes,
+                    } => {
                         if header.base_offset != expected_offset {
-                            let reason = format!("frame has base offset {}, expected {expected_offset}", header.base_offset);
-                            return self.finish_read(records, self.data_loss(expected_offset, &path, position, reason));
+                            let reason = format!(
+                                "frame has base offset {}, expected {expected_offset}",
+                                header.base_offset
+                            );
+                            return self.finish_read(
+                                records,
+                                self.data_loss(expected_offset, &path, position, reason),
+                            );
                         }
                         expected_offset = header.end_offset();
                         if header.base_offset >= visible_end {
@@ -248,9 +307,9 @@ impl Partition {
                         if header.end_offset() <= from {
                             continue;
                         }
-                        let decoded = decode_records(&bytes, &header)
-                            .map_err(|reason| self.data_loss(header.base_offset, &path, position, reason))?;
-                        records.extend(decoded.into_iter().filter(|r| r.offset >= from && r.offset < visible_end));
+                        decode_records(&bytes, &header, from..visible_end, &mut records).map_err(
+                            |reason| self.data_loss(header.base_offset, &path, position, reason),
+                        )?;
                         bytes_read += bytes.len() as u64;
                         if bytes_read >= max_bytes as u64 {
                             return Ok(records);
@@ -276,7 +335,11 @@ impl Partition {
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64> {
         let (file, path, base, size, entry, visible_end) = {
             let log = read(&self.log);
-            let Some(segment) = log.segments.iter().find(|s| s.last_timestamp_ms >= timestamp_ms && s.size_bytes > 0) else {
+            let Some(segment) = log
+                .segments
+                .iter()
+                .find(|s| s.last_timestamp_ms >= timestamp_ms && s.size_bytes > 0)
+            else {
                 return Ok(log.visible_end);
             };
             (
@@ -291,7 +354,10 @@ impl Partition {
         let start = entry.map_or(0, |e| e.position as u64);
         let mut reader = FrameReader::new(file, start, size);
         loop {
-            match reader.next_frame().context(|| format!("reading {}", path.display()))? {
+            match reader
+                .next_frame()
+                .context(|| format!("reading {}", path.display()))?
+            {
                 Frame::Whole { header, .. } if header.timestamp_ms >= timestamp_ms => {
                     return Ok(header.base_offset.min(visible_end));
                 }
@@ -313,20 +379,30 @@ impl Partition {
             if s.base_offset > offset {
                 return Some(s.base_offset);
             }
-            s.index.entries().iter().find(|e| e.offset > offset).map(|e| e.offset)
+            s.index
+                .entries()
+                .iter()
+                .find(|e| e.offset > offset)
+                .map(|e| e.offset)
         })
     }
 
     /// Deletes sealed segments that retention no longer keeps: those whose newest
     /// record is older than `retention_ms`, then the oldest while the partition
     /// holds more than `retention_bytes`. Returns how many were deleted.
-    pub fn enforce_retention(&self, now_ms: i64, retention_ms: Option<u64>, retention_bytes: Option<u64>) -> Result<usize> {
+    pub fn enforce_retention(
+        &self,
+        now_ms: i64,
+        retention_ms: Option<u64>,
+        retention_bytes: Option<u64>,
+    ) -> Result<usize> {
         let removed: Vec<Segment> = {
             let mut log = write(&self.log);
             let mut total: u64 = log.segments.iter().map(|s| s.size_bytes).sum();
             let mut count = 0;
             for segment in &log.segments[..log.segments.len() - 1] {
-                let too_old = retention_ms.is_some_and(|ms| segment.last_timestamp_ms.saturating_add(ms as i64) < now_ms);
+                let too_old = retention_ms
+                    .is_some_and(|ms| segment.last_timestamp_ms.saturating_add(ms as i64) < now_ms);
                 let too_big = retention_bytes.is_some_and(|max| total > max);
                 if !(too_old || too_big) {
                     break;
@@ -339,14 +415,18 @@ impl Partition {
         for segment in &removed {
             // The log goes first: an index without its log is ignored at open.
             let (log_path, index_path) = segment::segment_paths(&self.dir, segment.base_offset);
-            self.vfs.remove_file(&log_path).context(|| format!("deleting {}", log_path.display()))?;
+            self.vfs
+                .remove_file(&log_path)
+                .context(|| format!("deleting {}", log_path.display()))?;
             if let Err(error) = self.vfs.remove_file(&index_path) {
                 tracing::warn!(path = %index_path.display(), %error, "could not delete an index file");
             }
             tracing::info!(topic = %self.topic, partition = self.id, base_offset = segment.base_offset, "retention deleted a segment");
         }
         if !removed.is_empty() {
-            self.vfs.sync_dir(&self.dir).context(|| format!("syncing {}", self.dir.display()))?;
+            self.vfs
+                .sync_dir(&self.dir)
+                .context(|| format!("syncing {}", self.dir.display()))?;
         }
         Ok(removed.len())
     }
@@ -355,7 +435,9 @@ impl Partition {
 /// Base offsets of the segments in `dir`, sorted; removes leftover files that
 /// belong to no segment (an index whose log is gone, temporary files).
 fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
-    let names = vfs.list_dir(dir).context(|| format!("listing {}", dir.display()))?;
+    let names = vfs
+        .list_dir(dir)
+        .context(|| format!("listing {}", dir.display()))?;
     let mut logs = BTreeSet::new();
     let mut indexes = Vec::new();
     for name in &names {
@@ -364,12 +446,15 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
                 logs.insert(base);
             }
             Some((base, false)) => indexes.push(base),
-            None => tracing::warn!(dir = %dir.display(), name, "ignoring an unknown file in a partition directory"),
+            None => {
+                tracing::warn!(dir = %dir.display(), name, "ignoring an unknown file in a partition directory")
+            }
         }
     }
     for base in indexes.into_iter().filter(|b| !logs.contains(b)) {
         let path = dir.join(segment::index_file_name(base));
-        vfs.remove_file(&path).context(|| format!("deleting {}", path.display()))?;
+        vfs.remove_file(&path)
+            .context(|| format!("deleting {}", path.display()))?;
     }
     Ok(logs.into_iter().collect())
 }
@@ -384,13 +469,20 @@ fn open_segment(
     index_interval_bytes: u32,
 ) -> Result<(Segment, Arc<dyn VFile>)> {
     let (log_path, index_path) = segment::segment_paths(dir, base);
-    let log = vfs.open(&log_path, false).context(|| format!("opening {}", log_path.display()))?;
-    let index_file = vfs.open(&index_path, true).context(|| format!("opening {}", index_path.display()))?;
-    let log_bytes = log.len().context(|| format!("reading {}", log_path.display()))?;
+    let log = vfs
+        .open(&log_path, false)
+        .context(|| format!("opening {}", log_path.display()))?;
+    let index_file = vfs
+        .open(&index_path, true)
+        .context(|| format!("opening {}", index_path.display()))?;
+    let log_bytes = log
+        .size_bytes()
+        .context(|| format!("reading {}", log_path.display()))?;
     let mut index = index::load(&index_file, &index_path, base, log_bytes)
         .context(|| format!("reading {}", index_path.display()))?;
     let loaded = index.len();
-    let trusted = recovery::trusted_prefix(&log, &index, active).context(|| format!("reading {}", log_path.display()))?;
+    let trusted = recovery::trusted_prefix(&log, &index, active)
+        .context(|| format!("reading {}", log_path.display()))?;
     index.truncate(trusted);
     let start = match index.last() {
         Some(e) => ScanStart {
@@ -402,19 +494,35 @@ fn open_segment(
         },
         None => recovery::start_of_segment(base, index_interval_bytes),
     };
-    let outcome = recovery::scan(&log, &log_path, start, active).context(|| format!("scanning {}", log_path.display()))?;
+    let outcome = recovery::scan(&log, &log_path, start, active)
+        .context(|| format!("scanning {}", log_path.display()))?;
     if let Some((position, reason)) = &outcome.torn_tail {
         tracing::warn!(path = %log_path.display(), position, cut_bytes = log_bytes - outcome.end_position, reason = %reason,
             "truncating a torn tail (records never acknowledged)");
-        log.set_len(outcome.end_position).context(|| format!("truncating {}", log_path.display()))?;
-        log.sync_data().context(|| format!("syncing {}", log_path.display()))?;
+        log.set_len(outcome.end_position)
+            .context(|| format!("truncating {}", log_path.display()))?;
+        log.sync_data()
+            .context(|| format!("syncing {}", log_path.display()))?;
     }
-    let index_damaged = trusted < loaded || (loaded == 0 && index_file.len().unwrap_or(0) != index::INDEX_HEADER_BYTES);
+    let index_damaged = trusted < loaded
+        || (loaded == 0 && index_file.size_bytes().unwrap_or(0) != index::INDEX_HEADER_BYTES);
     if index_damaged || !outcome.new_entries.is_empty() {
-        rewrite_index_tail(&index_file, &index_path, base, &mut index, &outcome.new_entries, index_damaged)?;
+        rewrite_index_tail(
+            &index_file,
+            &index_path,
+            base,
+            &mut index,
+            &outcome.new_entries,
+            index_damaged,
+        )?;
     }
-    let size_bytes = if active { outcome.end_position } else { log_bytes };
+    let size_bytes = if active {
+        outcome.end_position
+    } else {
+        log_bytes
+    };
     let segment = Segment {
+        mapped: Default::default(),
         base_offset: base,
         log,
         log_path,
@@ -439,13 +547,15 @@ fn rewrite_index_tail(
     let ctx = || format!("rebuilding {}", path.display());
     if cut {
         file.set_len(entry_position(index.len())).context(ctx)?;
-        file.write_all_at(&[&index::file_header()], 0).context(ctx)?;
+        file.write_all_at(&[&index::file_header()], 0)
+            .context(ctx)?;
     }
     let mut bytes = Vec::with_capacity(new_entries.len() * index::INDEX_ENTRY_BYTES as usize);
     for entry in new_entries {
         bytes.extend_from_slice(&index::encode_entry(entry, base));
     }
-    file.write_all_at(&[&bytes], entry_position(index.len())).context(ctx)?;
+    file.write_all_at(&[&bytes], entry_position(index.len()))
+        .context(ctx)?;
     if cut {
         file.sync_data().context(ctx)?;
     }

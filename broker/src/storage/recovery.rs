@@ -83,8 +83,13 @@ pub struct ScanStart {
 
 /// Scans `file` from `start` to its end. Only the active segment may lose a
 /// torn tail; in a sealed segment every bad region is damage.
-pub fn scan(file: &Arc<dyn VFile>, path: &Path, start: ScanStart, active: bool) -> io::Result<ScanOutcome> {
-    let file_len = file.len()?;
+pub fn scan(
+    file: &Arc<dyn VFile>,
+    path: &Path,
+    start: ScanStart,
+    active: bool,
+) -> io::Result<ScanOutcome> {
+    let file_len = file.size_bytes()?;
     let mut reader = FrameReader::new(file.clone(), start.position, file_len);
     let mut frames: Vec<ScannedFrame> = Vec::new();
     let mut holes: Vec<Hole> = Vec::new();
@@ -106,9 +111,14 @@ pub fn scan(file: &Arc<dyn VFile>, path: &Path, start: ScanStart, active: bool) 
                 expected = header.end_offset();
                 continue;
             }
-            Frame::Whole { position, header, .. } => (
+            Frame::Whole {
+                position, header, ..
+            } => (
                 position,
-                format!("frame has base offset {}, expected {expected}", header.base_offset),
+                format!(
+                    "frame has base offset {}, expected {expected}",
+                    header.base_offset
+                ),
             ),
             Frame::Bad { position, reason } => (position, reason),
         };
@@ -132,7 +142,13 @@ pub fn scan(file: &Arc<dyn VFile>, path: &Path, start: ScanStart, active: bool) 
 
 /// Keeps every hole that a later frame proves durable and cuts the log at the
 /// first one that nothing proves (or at the end of the last frame).
-fn decide(path: &Path, start: ScanStart, active: bool, frames: Vec<ScannedFrame>, holes: Vec<Hole>) -> ScanOutcome {
+fn decide(
+    path: &Path,
+    start: ScanStart,
+    active: bool,
+    frames: Vec<ScannedFrame>,
+    holes: Vec<Hole>,
+) -> ScanOutcome {
     // suffix_durable[i] = the largest durable_offset among frames i.. .
     let mut suffix_durable = vec![0u64; frames.len() + 1];
     for i in (0..frames.len()).rev() {
@@ -211,8 +227,12 @@ fn decide(path: &Path, start: ScanStart, active: bool, frames: Vec<ScannedFrame>
 /// trashed while a later one survived. So only entries below the `durable_offset`
 /// of the last verified frame are kept (their frames were synced before that
 /// frame was enqueued), and the scan checks everything after them.
-pub fn trusted_prefix(file: &Arc<dyn VFile>, index: &SparseIndex, active: bool) -> io::Result<usize> {
-    let len = file.len()?;
+pub fn trusted_prefix(
+    file: &Arc<dyn VFile>,
+    index: &SparseIndex,
+    active: bool,
+) -> io::Result<usize> {
+    let len = file.size_bytes()?;
     let mut keep = index.len();
     while keep > 0 {
         let entry = index.entries()[keep - 1];

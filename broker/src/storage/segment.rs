@@ -12,7 +12,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 
@@ -47,6 +47,9 @@ pub fn parse_file_name(name: &str) -> Option<(u64, bool)> {
 /// A segment as readers see it.
 #[derive(Debug, Clone)]
 pub struct Segment {
+    /// The log mapped into memory once the segment is sealed, taken on the first
+    /// read that needs it (`None` inside when mapping is unsupported or failed).
+    pub mapped: Arc<OnceLock<Option<Bytes>>>,
     pub base_offset: u64,
     pub log: Arc<dyn VFile>,
     pub log_path: PathBuf,
@@ -57,6 +60,32 @@ pub struct Segment {
     pub size_bytes: u64,
     /// Append time of the newest frame (0 when empty).
     pub last_timestamp_ms: i64,
+}
+
+impl Segment {
+    /// A reader of this segment's frames from `position` to `limit`. Sealed
+    /// segments are read from a memory map (no copy); the active one with
+    /// positional reads, since it still grows.
+    pub fn reader(&self, position: u64, limit: u64, sealed: bool) -> FrameReader {
+        let mapped = if sealed {
+            self.mapped
+                .get_or_init(|| self.log.map().unwrap_or_else(|error| {
+                    tracing::warn!(path = %self.log_path.display(), %error, "mapping a sealed segment failed; reading it with pread");
+                    None
+                }))
+                .clone()
+                .filter(|m| m.len() as u64 >= limit)
+        } else {
+            None
+        };
+        FrameReader {
+            file: self.log.clone(),
+            position,
+            limit,
+            buf: mapped.unwrap_or_default(),
+            buf_start: 0,
+        }
+    }
 }
 
 /// What the frame reader found at its position.
@@ -92,7 +121,7 @@ impl FrameReader {
             position,
             limit,
             buf: Bytes::new(),
-            buf_start: position,
+            buf_start: 0,
         }
     }
 
@@ -110,7 +139,9 @@ impl FrameReader {
         let buf_end = self.buf_start + self.buf.len() as u64;
         if position < self.buf_start || position + len as u64 > buf_end {
             let want = len.max(READ_CHUNK_BYTES) as u64;
-            let read_len = want.min(self.limit.saturating_sub(position)).max(len as u64);
+            let read_len = want
+                .min(self.limit.saturating_sub(position))
+                .max(len as u64);
             let mut chunk = vec![0u8; read_len as usize];
             read_exact_at(self.file.as_ref(), &mut chunk, position)?;
             self.buf = Bytes::from(chunk);
@@ -215,8 +246,16 @@ mod tests {
     fn file_names_roundtrip() {
         assert_eq!(log_file_name(42), "00000000000000000042.log");
         assert_eq!(parse_file_name(&log_file_name(42)), Some((42, true)));
-        assert_eq!(parse_file_name(&index_file_name(u64::MAX)), Some((u64::MAX, false)));
-        for bad in ["42.log", "0000000000000000004x.log", "00000000000000000042.tmp", "topic.json"] {
+        assert_eq!(
+            parse_file_name(&index_file_name(u64::MAX)),
+            Some((u64::MAX, false))
+        );
+        for bad in [
+            "42.log",
+            "0000000000000000004x.log",
+            "00000000000000000042.tmp",
+            "topic.json",
+        ] {
             assert_eq!(parse_file_name(bad), None, "{bad}");
         }
     }

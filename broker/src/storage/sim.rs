@@ -73,7 +73,10 @@ pub struct SimFs {
 }
 
 fn not_found(path: &Path) -> io::Error {
-    io::Error::new(io::ErrorKind::NotFound, format!("{} not found", path.display()))
+    io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("{} not found", path.display()),
+    )
 }
 
 fn split(path: &Path) -> io::Result<(&Path, String)> {
@@ -89,7 +92,9 @@ fn split(path: &Path) -> io::Result<(&Path, String)> {
 impl SimFs {
     pub fn new() -> Self {
         let fs = SimFs::default();
-        fs.lock().dirs.insert(PathBuf::from("/"), DirNode::default());
+        fs.lock()
+            .dirs
+            .insert(PathBuf::from("/"), DirNode::default());
         fs
     }
 
@@ -129,7 +134,10 @@ fn crash_file(node: &mut FileNode, rng: &mut SmallRng) {
     let mut data = std::mem::take(&mut node.durable);
     for op in node.pending.drain(..) {
         match op {
-            Op::Write { position, data: mut bytes } => match rng.gen_range(0..3) {
+            Op::Write {
+                position,
+                data: mut bytes,
+            } => match rng.gen_range(0..3) {
                 0 => {}
                 1 => {
                     rng.fill(&mut bytes[..]);
@@ -193,7 +201,9 @@ fn drop_unreachable(state: &mut State) {
     }
     let keep: std::collections::HashSet<PathBuf> = reachable_dirs.into_iter().collect();
     state.dirs.retain(|path, _| keep.contains(path));
-    state.files.retain(|inode, _| reachable_files.contains(inode));
+    state
+        .files
+        .retain(|inode, _| reachable_files.contains(inode));
     for path in keep {
         state.dirs.entry(path).or_default();
     }
@@ -285,7 +295,7 @@ impl VFile for SimFile {
         })
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size_bytes(&self) -> io::Result<u64> {
         self.with_node(|node| node.current.len() as u64)
     }
 }
@@ -300,7 +310,10 @@ impl Vfs for SimFs {
                 let (parent, name) = split(path)?;
                 let inode = state.next_inode;
                 state.next_inode += 1;
-                state.dir_mut(parent)?.current.insert(name, Entry::File(inode));
+                state
+                    .dir_mut(parent)?
+                    .current
+                    .insert(name, Entry::File(inode));
                 state.files.insert(inode, FileNode::default());
                 inode
             }
@@ -418,8 +431,17 @@ impl crate::meta::MetaStore for SimMeta {
         [7; 16]
     }
 
-    fn commit_offset(&self, topic: &str, group: &str, partition: u32, offset: u64) -> crate::Result<()> {
-        self.with(|m| m.offsets.insert((topic.into(), group.into(), partition), offset));
+    fn commit_offset(
+        &self,
+        topic: &str,
+        group: &str,
+        partition: u32,
+        offset: u64,
+    ) -> crate::Result<()> {
+        self.with(|m| {
+            m.offsets
+                .insert((topic.into(), group.into(), partition), offset)
+        });
         Ok(())
     }
 
@@ -448,7 +470,8 @@ impl crate::meta::MetaStore for SimMeta {
             for (key, entry) in entries {
                 m.dedup.insert((topic.to_string(), key.to_vec()), *entry);
             }
-            m.dedup.retain(|(t, _), e| t != topic || e.timestamp_ms >= expire_before_ms);
+            m.dedup
+                .retain(|(t, _), e| t != topic || e.timestamp_ms >= expire_before_ms);
         });
         Ok(())
     }
