@@ -2,7 +2,7 @@
 //!
 //! - `append/<record>B/<durability>`: durable appends with 1, 8 and 64
 //!   concurrent appenders, each appending batches of one record or of about
-//!   64 KiB, against `raw_fdatasync_1MiB` (plain sequential writes of the same
+//!   64 KiB (`engine_keyed`: with a fresh idempotency key per record), against `raw_fdatasync_1MiB` (plain sequential writes of the same
 //!   bytes, fdatasync'ed every 1 MiB, to a file in the same directory).
 //! - `replay/1024B`: sequential reads of a partition from offset 0 against
 //!   `raw_read_1MiB` (positional reads of the same segment files).
@@ -10,7 +10,7 @@
 //! Throughput is in bytes of record payload; criterion prints MiB/s (or GiB/s)
 //! and the records/s follow from the record size.
 
-use std::sync::{Arc, Barrier};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,31 +34,58 @@ fn open_engine(dir: &std::path::Path, durability: Durability) -> Engine {
     engine
 }
 
-/// Runs `appenders` threads, each appending `iters` batches; returns the time.
-fn run_appenders(
-    engine: &Arc<Engine>,
-    appenders: usize,
-    batch: &Arc<Vec<RecordInput>>,
-    iters: u64,
-) -> Duration {
-    let barrier = Arc::new(Barrier::new(appenders + 1));
-    let threads: Vec<_> = (0..appenders)
-        .map(|_| {
-            let (engine, batch, barrier) = (engine.clone(), batch.clone(), barrier.clone());
-            std::thread::spawn(move || {
-                barrier.wait();
-                for _ in 0..iters {
-                    engine.publish("bench", &batch).expect("publish");
-                }
+/// Appender threads that live for a whole benchmark, so that a sample measures
+/// appends and not thread start-up.
+struct Appenders {
+    work: Vec<mpsc::Sender<u64>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Appenders {
+    /// Starts `count` threads appending `batch`; with `keyed`, every record gets
+    /// a fresh 16-byte idempotency key (what the client's producer does by
+    /// default), so the dedup path is measured too.
+    fn start(engine: &Arc<Engine>, count: usize, batch: &[RecordInput], keyed: bool) -> Self {
+        let (done_tx, done) = mpsc::channel();
+        let work = (0..count)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<u64>();
+                let (engine, mut batch, done_tx) =
+                    (engine.clone(), batch.to_vec(), done_tx.clone());
+                std::thread::spawn(move || {
+                    for iters in rx {
+                        for _ in 0..iters {
+                            if keyed {
+                                for record in &mut batch {
+                                    record.idempotency_key = Some(Bytes::copy_from_slice(
+                                        uuid::Uuid::now_v7().as_bytes(),
+                                    ));
+                                }
+                            }
+                            engine.publish("bench", &batch).expect("publish");
+                        }
+                        if done_tx.send(()).is_err() {
+                            return;
+                        }
+                    }
+                });
+                tx
             })
-        })
-        .collect();
-    barrier.wait();
-    let started = Instant::now();
-    for t in threads {
-        t.join().expect("appender");
+            .collect();
+        Appenders { work, done }
     }
-    started.elapsed()
+
+    /// Each thread appends `iters` batches; returns the time they all took.
+    fn run(&self, iters: u64) -> Duration {
+        let started = Instant::now();
+        for tx in &self.work {
+            tx.send(iters).expect("appender alive");
+        }
+        for _ in &self.work {
+            self.done.recv().expect("appender done");
+        }
+        started.elapsed()
+    }
 }
 
 fn append(c: &mut Criterion) {
@@ -71,26 +98,32 @@ fn append(c: &mut Criterion) {
                 .measurement_time(Duration::from_secs(8))
                 .warm_up_time(Duration::from_secs(1));
             let dir = bench_dir().expect("bench dir");
-            let engine = Arc::new(open_engine(dir.path(), durability));
-            for batch_records in [1, BATCH_BYTES / record_bytes] {
-                let payload = Bytes::from(vec![0x5Au8; record_bytes]);
-                let batch = Arc::new(vec![RecordInput::new(payload); batch_records]);
-                for appenders in APPENDERS {
-                    group.throughput(Throughput::Bytes(
-                        (appenders * batch_records * record_bytes) as u64,
-                    ));
-                    let id = BenchmarkId::new("engine", format!("{appenders}x{batch_records}"));
-                    group.bench_function(id, |b| {
-                        b.iter_custom(|iters| run_appenders(&engine, appenders, &batch, iters))
-                    });
-                }
-            }
-            // The raw baseline for the largest per-iteration volume above.
+            // The raw baseline first, while nothing else touches the disk.
             let bytes = 64 * BATCH_BYTES as u64;
             group.throughput(Throughput::Bytes(bytes));
             group.bench_function("raw_fdatasync_1MiB", |b| {
                 b.iter_custom(|iters| raw_write_fdatasync(dir.path(), bytes * iters).expect("raw"))
             });
+            let engine = Arc::new(open_engine(dir.path(), durability));
+            // Keyed runs last: their dedup checkpoints continue in the
+            // background for a while after each run.
+            for keyed in [false, true] {
+                for batch_records in [1, BATCH_BYTES / record_bytes] {
+                    if keyed && (record_bytes != 1024 || batch_records == 1) {
+                        continue;
+                    }
+                    let payload = Bytes::from(vec![0x5Au8; record_bytes]);
+                    let batch = vec![RecordInput::new(payload); batch_records];
+                    for appenders in APPENDERS {
+                        let bytes = (appenders * batch_records * record_bytes) as u64;
+                        group.throughput(Throughput::Bytes(bytes));
+                        let pool = Appenders::start(&engine, appenders, &batch, keyed);
+                        let name = if keyed { "engine_keyed" } else { "engine" };
+                        let id = BenchmarkId::new(name, format!("{appenders}x{batch_records}"));
+                        group.bench_function(id, |b| b.iter_custom(|iters| pool.run(iters)));
+                    }
+                }
+            }
             group.finish();
         }
     }

@@ -113,10 +113,11 @@ impl TopicConfig {
             self.dedup_window_ms,
         )?;
         check_range("dedup_keys_max", 1, 1_000_000_000, self.dedup_keys_max)?;
-        if self.retention_ms == Some(0) || self.retention_bytes == Some(0) {
-            return Err(Error::InvalidArgument(
-                "retention_ms and retention_bytes must be positive when set".into(),
-            ));
+        if let Some(ms) = self.retention_ms {
+            check_range("retention_ms", 1, RETENTION_MS_MAX, ms)?;
+        }
+        if let Some(bytes) = self.retention_bytes {
+            check_range("retention_bytes", 1, u64::MAX, bytes)?;
         }
         Ok(())
     }
@@ -156,6 +157,10 @@ pub struct EngineConfig {
     pub retention_check_interval_ms: u64,
     /// Longest time dedup keys stay in memory before they are checkpointed.
     pub dedup_checkpoint_interval_ms: u64,
+    /// Read sealed segments through a memory map (fast replay). A media error
+    /// under a mapping stops the process (SIGBUS) instead of failing one read
+    /// with a data-loss error; turn this off on a disk that reports read errors.
+    pub map_sealed_segments: bool,
 }
 
 impl EngineConfig {
@@ -169,6 +174,7 @@ impl EngineConfig {
             maintenance_interval_ms: 50,
             retention_check_interval_ms: 60_000,
             dedup_checkpoint_interval_ms: 2_000,
+            map_sealed_segments: true,
         }
     }
 
@@ -214,6 +220,21 @@ mod tests {
             .expect_err("over");
         assert!(err.to_string().contains("1024"), "{err}");
         assert!(TopicConfig::with_partitions(0).validate().is_err());
+    }
+
+    #[test]
+    fn retention_just_under_and_over_its_limit() {
+        let with = |ms| TopicConfig {
+            retention_ms: Some(ms),
+            ..TopicConfig::default()
+        };
+        assert!(with(RETENTION_MS_MAX).validate().is_ok());
+        assert!(with(RETENTION_MS_MAX + 1).validate().is_err());
+        assert!(with(0).validate().is_err());
+        assert!(
+            with(u64::MAX).validate().is_err(),
+            "no overflow into the past"
+        );
     }
 
     #[test]

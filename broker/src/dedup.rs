@@ -26,11 +26,12 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::error::{Error, IoContext, Result};
-use crate::limits::DEDUP_MEMORY_KEYS_MAX;
+use crate::limits::{DEDUP_MEMORY_KEYS_MAX, DEDUP_ROOM_WAIT_MAX};
 use crate::meta::{DedupEntry, MetaStore};
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::Partition;
@@ -55,9 +56,11 @@ impl Memory {
     }
 
     /// Remembers a key. A later record with the same key (appended after the
-    /// first one's window ended) replaces it.
-    pub fn insert(&mut self, key: Bytes, entry: DedupEntry) {
-        self.recent.insert(key, entry);
+    /// first one's window ended) replaces it. The key is copied: a slice would
+    /// keep its whole request or read buffer alive, and memory is bounded by
+    /// key count.
+    pub fn insert(&mut self, key: &[u8], entry: DedupEntry) {
+        self.recent.insert(Bytes::copy_from_slice(key), entry);
     }
 
     pub fn generation(&self) -> u64 {
@@ -77,6 +80,8 @@ impl Memory {
 #[derive(Debug)]
 pub struct Dedup {
     topic: Arc<str>,
+    /// The topic incarnation's key in the metadata store.
+    store_key: Arc<str>,
     meta: Arc<dyn MetaStore>,
     vfs: Arc<dyn Vfs>,
     checkpoint_path: PathBuf,
@@ -89,11 +94,14 @@ pub struct Dedup {
     checkpointing: Mutex<()>,
     /// Newest append time in the topic: the clock the window is measured on.
     log_time_ms: AtomicI64,
+    /// The offsets of the last checkpoint written, to skip empty ones.
+    last_checkpoint: Mutex<Option<Vec<u64>>>,
 }
 
 impl Dedup {
     pub fn new(
         topic: Arc<str>,
+        store_key: Arc<str>,
         meta: Arc<dyn MetaStore>,
         vfs: Arc<dyn Vfs>,
         dir: PathBuf,
@@ -102,6 +110,7 @@ impl Dedup {
     ) -> Self {
         Dedup {
             topic,
+            store_key,
             meta,
             vfs,
             checkpoint_path: dir.join(CHECKPOINT_FILE),
@@ -111,6 +120,7 @@ impl Dedup {
             room: Condvar::new(),
             checkpointing: Mutex::new(()),
             log_time_ms: AtomicI64::new(0),
+            last_checkpoint: Mutex::new(None),
         }
     }
 
@@ -126,19 +136,36 @@ impl Dedup {
         self.lock().len()
     }
 
-    /// Locks the memory layer, first waiting while it is over its hard bound.
-    pub fn lock_with_room(&self) -> MutexGuard<'_, Memory> {
+    /// Locks the memory layer, first waiting (at most `DEDUP_ROOM_WAIT_MAX`)
+    /// while it is over its hard bound.
+    pub fn lock_with_room(&self) -> Result<MutexGuard<'_, Memory>> {
+        let deadline = Instant::now() + DEDUP_ROOM_WAIT_MAX;
         let mut memory = self.lock();
         while memory.len() >= 2 * DEDUP_MEMORY_KEYS_MAX {
-            memory = self.room.wait(memory).unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::limit(
+                    format!(
+                        "idempotency keys of topic {:?} waiting for a dedup checkpoint",
+                        self.topic
+                    ),
+                    2 * DEDUP_MEMORY_KEYS_MAX as u64,
+                    memory.len() as u64,
+                ));
+            }
+            memory = self
+                .room
+                .wait_timeout(memory, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
-        memory
+        Ok(memory)
     }
 
     /// Looks keys up in the store (without the memory lock).
     pub fn lookup_stored(&self, keys: &[&Bytes]) -> Result<Vec<Option<DedupEntry>>> {
         keys.iter()
-            .map(|k| self.meta.dedup_get(&self.topic, k))
+            .map(|k| self.meta.dedup_get(&self.store_key, k))
             .collect()
     }
 
@@ -156,25 +183,45 @@ impl Dedup {
     /// Moves the keys of durable records into the store and advances the
     /// checkpoint. `partitions` are the topic's, in order.
     pub fn checkpoint(&self, partitions: &[Arc<Partition>]) -> Result<()> {
-        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
         // Durable ends are read before the memory lock: every key of a record
         // below them was inserted under that lock before the record was written.
         let durable: Vec<u64> = partitions.iter().map(|p| p.durable_end()).collect();
+        self.checkpoint_below(&durable)
+    }
+
+    /// Moves the keys of records below `offsets[p]` (all durable) into the store,
+    /// syncs it, then records `offsets` as the checkpoint. Does nothing when
+    /// there is nothing new to record.
+    fn checkpoint_below(&self, offsets: &[u64]) -> Result<()> {
+        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
         let entries: Vec<(Bytes, DedupEntry)> = self
             .lock()
             .recent
             .iter()
-            .filter(|(_, e)| e.offset < durable[e.partition as usize])
+            .filter(|(_, e)| {
+                offsets
+                    .get(e.partition as usize)
+                    .is_some_and(|end| e.offset < *end)
+            })
             .map(|(k, e)| (k.clone(), *e))
             .collect();
+        let mut last = self
+            .last_checkpoint
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if entries.is_empty() && last.as_deref() == Some(offsets) {
+            return Ok(());
+        }
         let expire_before_ms = self
             .log_time_ms
             .load(Ordering::Relaxed)
             .saturating_sub(self.window_ms as i64);
         self.meta
-            .dedup_insert(&self.topic, &entries, expire_before_ms, self.keys_max)?;
+            .dedup_insert(&self.store_key, &entries, expire_before_ms, self.keys_max)?;
         self.meta.sync()?;
-        self.write_checkpoint(&durable)?;
+        self.write_checkpoint(offsets)?;
+        *last = Some(offsets.to_vec());
+        drop(last);
         let mut memory = self.lock();
         for (key, entry) in &entries {
             if memory.recent.get(key) == Some(entry) {
@@ -207,7 +254,8 @@ impl Dedup {
     fn read_checkpoint(&self, partitions: usize) -> Option<Vec<u64>> {
         let bytes = read_small_file(self.vfs.as_ref(), &self.checkpoint_path, 64 * 1024).ok()?;
         let (body, crc) = bytes.split_at(bytes.len().checked_sub(4)?);
-        if crc32fast::hash(body).to_le_bytes() != crc
+        if body.len() < 28
+            || crc32fast::hash(body).to_le_bytes() != crc
             || &body[0..4] != CHECKPOINT_MAGIC
             || body[4..8] != CHECKPOINT_VERSION.to_le_bytes()
             || body[8..24] != self.meta.store_id()
@@ -240,13 +288,24 @@ impl Dedup {
             tracing::info!(topic = %self.topic, "no valid dedup checkpoint; rebuilding dedup keys from the window's start");
         }
         let window_start = last_timestamp.saturating_sub(self.window_ms as i64);
-        let mut scanned = 0u64;
+        // Where each partition's scan starts; as the scans go on, where they
+        // are. A checkpoint taken to bound memory while rebuilding covers only
+        // what has been scanned.
+        let mut progress = Vec::with_capacity(partitions.len());
         for (id, partition) in partitions.iter().enumerate() {
             let from = match &checkpoint {
                 Some(offsets) => offsets[id],
-                None => partition.offset_for_timestamp(window_start)?,
+                None => partition.offset_for_timestamp(window_start).unwrap_or_else(|error| {
+                    tracing::error!(topic = %self.topic, partition = id, %error,
+                        "cannot seek to the dedup window's start; rebuilding from the earliest offset");
+                    partition.earliest_offset()
+                }),
             };
-            scanned += self.scan_partition(partition, id as u32, from, partitions)?;
+            progress.push(from.clamp(partition.earliest_offset(), partition.end_offset()));
+        }
+        let mut scanned = 0u64;
+        for (id, partition) in partitions.iter().enumerate() {
+            scanned += self.scan_partition(partition, id, &mut progress)?;
         }
         if scanned > 0 {
             tracing::info!(topic = %self.topic, records = scanned, "rebuilt dedup keys from the log");
@@ -254,21 +313,22 @@ impl Dedup {
         Ok(())
     }
 
+    /// Scans one partition from `progress[id]` to its end into memory.
     fn scan_partition(
         &self,
         partition: &Partition,
-        id: u32,
-        from: u64,
-        partitions: &[Arc<Partition>],
+        id: usize,
+        progress: &mut [u64],
     ) -> Result<u64> {
         let end = partition.end_offset();
-        let mut offset = from.clamp(partition.earliest_offset(), end);
+        let mut offset = progress[id];
         let mut scanned = 0;
         while offset < end {
             let records = match partition.read(offset, crate::limits::READ_BYTES_MAX) {
                 Ok(records) => records,
                 Err(error @ Error::DataLoss { .. }) => {
-                    tracing::error!(topic = %self.topic, partition = id, %error, "dedup keys of damaged records are lost");
+                    tracing::error!(topic = %self.topic, partition = id, %error,
+                        "dedup keys of damaged records are lost");
                     match partition.next_readable_after(offset) {
                         Some(next) => {
                             offset = next;
@@ -286,9 +346,9 @@ impl Dedup {
                 if let Some(key) = record.idempotency_key {
                     scanned += 1;
                     memory.insert(
-                        key,
+                        &key,
                         DedupEntry {
-                            partition: id,
+                            partition: id as u32,
                             offset: record.offset,
                             timestamp_ms: record.timestamp_ms,
                         },
@@ -297,12 +357,14 @@ impl Dedup {
             }
             let full = memory.len() >= DEDUP_MEMORY_KEYS_MAX;
             drop(memory);
+            progress[id] = offset;
             if full {
                 // Everything recovered is durable: keep memory bounded while
-                // rebuilding a long tail.
-                self.checkpoint(partitions)?;
+                // rebuilding a long tail, checkpointing only what was scanned.
+                self.checkpoint_below(progress)?;
             }
         }
+        progress[id] = end;
         Ok(scanned)
     }
 }

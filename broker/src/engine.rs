@@ -45,6 +45,35 @@ use crate::topic::{PublishResult, Topic, TopicInfo};
 pub struct Engine {
     inner: Arc<Inner>,
     maintenance: Option<JoinHandle<()>>,
+    /// An exclusive lock on `<data-dir>/LOCK` for the engine's life: two
+    /// processes recovering and appending to the same files would overwrite
+    /// each other's acknowledged records.
+    data_dir_lock: Option<std::fs::File>,
+}
+
+/// Name of the lock file in the data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// Takes the data directory's lock, or says who holds it.
+fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::InvalidArgument(format!(
+            "the data directory {} is in use by another process (it holds the lock on {})",
+            data_dir.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(Error::io(format!("locking {}", path.display()), e))
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -74,8 +103,11 @@ impl Engine {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir)
             .context(|| format!("creating {}", config.data_dir.display()))?;
+        let lock = lock_data_dir(&config.data_dir)?;
         let meta = SledMeta::open(&config.data_dir.join("meta"), config.meta_cache_bytes)?;
-        Self::open_with(config, Arc::new(RealFs), Arc::new(meta))
+        let mut engine = Self::open_with(config, Arc::new(RealFs), Arc::new(meta))?;
+        engine.data_dir_lock = Some(lock);
+        Ok(engine)
     }
 
     /// Opens with a given file system and metadata store (tests use a simulated disk).
@@ -110,6 +142,7 @@ impl Engine {
         Ok(Engine {
             inner,
             maintenance: Some(maintenance),
+            data_dir_lock: None,
         })
     }
 
@@ -134,7 +167,7 @@ impl Engine {
                 .remove_dir_all(&dir)
                 .context(|| format!("removing {}", dir.display()))?;
         }
-        Topic::create(&inner.vfs, &dir, &config)?;
+        let stored = Topic::create(&inner.vfs, &dir, &config)?;
         inner
             .vfs
             .sync_dir(&inner.topics_dir)
@@ -145,7 +178,7 @@ impl Engine {
             &inner.config,
             name,
             dir,
-            config,
+            stored,
         )?);
         let info = topic.info();
         write(&inner.topics).insert(name.to_string(), topic);
@@ -165,6 +198,8 @@ impl Engine {
         let topic = write(&inner.topics)
             .remove(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
+        // Waits for publishes and maintenance work in flight on this topic.
+        topic.mark_deleted();
         let settings = topic.dir().join(crate::topic::TOPIC_FILE);
         inner
             .vfs
@@ -174,7 +209,8 @@ impl Engine {
             .vfs
             .sync_dir(topic.dir())
             .context(|| format!("syncing {}", topic.dir().display()))?;
-        inner.meta.delete_topic(name)?;
+        inner.meta.delete_topic(topic.store_key())?;
+        inner.meta.sync()?;
         inner
             .vfs
             .remove_dir_all(topic.dir())
@@ -257,7 +293,7 @@ impl Engine {
         }
         self.inner
             .meta
-            .commit_offset(topic, group, partition, offset)
+            .commit_offset(t.store_key(), group, partition, offset)
     }
 
     /// A group's committed offsets in a topic, clamped to each partition's log.
@@ -265,7 +301,7 @@ impl Engine {
         validate_group(group)?;
         let t = self.topic(topic)?;
         let mut out = Vec::new();
-        for (partition, offset) in self.inner.meta.committed_offsets(topic, group)? {
+        for (partition, offset) in self.inner.meta.committed_offsets(t.store_key(), group)? {
             let Ok(p) = t.partition(partition) else {
                 continue;
             };
@@ -352,7 +388,7 @@ impl Inner {
                 tracing::warn!(dir = %dir.display(), "ignoring a directory that is not a topic name");
                 continue;
             }
-            let Some(config) = Topic::read_config(self.vfs.as_ref(), &dir)? else {
+            let Some(stored) = Topic::read_config(self.vfs.as_ref(), &dir)? else {
                 tracing::warn!(topic = %name, "removing a topic directory left by an interrupted creation or deletion");
                 self.vfs
                     .remove_dir_all(&dir)
@@ -366,7 +402,7 @@ impl Inner {
                 &self.config,
                 &name,
                 dir,
-                config,
+                stored,
             )?;
             tracing::info!(topic = %name, elapsed_ms = started.elapsed().as_millis() as u64, "opened topic");
             write(&self.topics).insert(name, Arc::new(topic));
@@ -377,6 +413,7 @@ impl Inner {
     fn enforce_retention(&self, now_ms: i64) -> Result<usize> {
         let mut deleted = 0;
         for topic in self.all_topics() {
+            let Ok(_live) = topic.live() else { continue };
             let config = topic.config();
             if config.retention_ms.is_none() && config.retention_bytes.is_none() {
                 continue;
@@ -402,15 +439,25 @@ impl Inner {
         let mut last_flush: BTreeMap<String, Instant> = BTreeMap::new();
         let mut last_checkpoint = Instant::now();
         let mut last_retention = Instant::now();
-        while !self.stopping.load(Ordering::SeqCst) {
+        loop {
             std::thread::park_timeout(tick);
-            let topics = self.all_topics();
-            for topic in &topics {
+            if self.stopping.load(Ordering::SeqCst) {
+                return;
+            }
+            let checkpoint_due = last_checkpoint.elapsed() >= checkpoint_every;
+            for topic in self.all_topics() {
+                // Deletion waits for this guard, so nothing here touches the
+                // files of a topic created again under the same name.
+                let Ok(_live) = topic.live() else { continue };
                 let config = topic.config();
-                let due = last_flush
+                let keys = topic.dedup().memory_keys();
+                let memory_full = keys >= DEDUP_MEMORY_KEYS_MAX;
+                let flush_due = last_flush
                     .get(topic.name())
                     .is_none_or(|t| t.elapsed() >= Duration::from_millis(config.fsync_interval_ms));
-                if config.durability == Durability::Async && due {
+                // A full dedup memory can only drain past durable records, so an
+                // async topic is flushed early rather than blocking its appends.
+                if config.durability == Durability::Async && (flush_due || memory_full) {
                     for partition in topic.partitions() {
                         if let Err(error) = partition.flush() {
                             tracing::error!(topic = topic.name(), %error, "async flush failed");
@@ -418,11 +465,7 @@ impl Inner {
                     }
                     last_flush.insert(topic.name().to_string(), Instant::now());
                 }
-            }
-            let checkpoint_due = last_checkpoint.elapsed() >= checkpoint_every;
-            for topic in &topics {
-                let keys = topic.dedup().memory_keys();
-                if keys >= DEDUP_MEMORY_KEYS_MAX || (checkpoint_due && keys > 0) {
+                if memory_full || (checkpoint_due && keys > 0) {
                     if let Err(error) = topic.dedup().checkpoint(topic.partitions()) {
                         tracing::error!(topic = topic.name(), %error, "dedup checkpoint failed");
                     }

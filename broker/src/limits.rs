@@ -73,6 +73,10 @@ pub const DEDUP_WINDOW_MS_DEFAULT: u64 = 7 * 24 * 3600 * 1000;
 /// forgotten first, whatever the window says.
 pub const DEDUP_KEYS_MAX_DEFAULT: u64 = 10_000_000;
 
+/// Longest retention by age a topic may set: a century. Unset means forever;
+/// the bound keeps time arithmetic far from overflow.
+pub const RETENTION_MS_MAX: u64 = 100 * 365 * 24 * 3600 * 1000;
+
 /// Idempotency keys kept in memory (those not yet checkpointed to the metadata
 /// store) per topic before a checkpoint is started. Appends wait when a topic
 /// holds twice this many, so dedup memory stays bounded whatever the key count.
@@ -80,9 +84,14 @@ pub const DEDUP_MEMORY_KEYS_MAX: usize = 200_000;
 
 /// Longest a group-commit leader waits for the appenders of the previous group
 /// before writing a much smaller group: about one fsync on an SSD. It applies
-/// only when the previous group had at least two frames, so a lone appender
-/// never waits.
+/// only when the new group would hold under half the previous group's frames
+/// (so at least three), so a lone appender never waits.
 pub const GROUP_COMMIT_LINGER_MAX: std::time::Duration = std::time::Duration::from_micros(200);
+
+/// Longest an append with idempotency keys waits for a dedup checkpoint to make
+/// room in memory before it fails with a limit error (the metadata store is
+/// failing or far behind).
+pub const DEDUP_ROOM_WAIT_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Most bytes one read returns (beyond the first frame, which is always whole).
 pub const READ_BYTES_MAX: u32 = 16 * 1024 * 1024;
@@ -90,6 +99,8 @@ pub const READ_BYTES_MAX: u32 = 16 * 1024 * 1024;
 const _: () = assert!(RECORD_BYTES_MAX < BATCH_BYTES_MAX);
 const _: () = assert!(KEY_BYTES_MAX < RECORD_BYTES_MAX);
 const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX < KEY_BYTES_MAX);
+// The metadata store lists a checkpoint's keys with one length byte each.
+const _: () = assert!(IDEMPOTENCY_KEY_BYTES_MAX <= u8::MAX as u32);
 const _: () = assert!((BATCH_BYTES_MAX as u64) <= IN_FLIGHT_BYTES_PER_PARTITION_DEFAULT);
 // A segment may exceed its limit by one frame; positions must still fit in u32.
 const _: () = assert!(SEGMENT_BYTES_MAX + BATCH_BYTES_MAX as u64 <= u32::MAX as u64);

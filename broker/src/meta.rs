@@ -54,8 +54,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Committed offsets of a group in a topic, by partition.
     fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<(u32, u64)>>;
     fn dedup_get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>>;
-    /// Inserts keys, then forgets keys older than `expire_before_ms` and the
-    /// oldest beyond `keys_max`.
+    /// Stores one checkpoint's keys, then forgets whole checkpoints of keys,
+    /// oldest first: those whose newest record is older than `expire_before_ms`,
+    /// and more while the topic remembers over `keys_max` keys (never the one
+    /// just stored).
     fn dedup_insert(
         &self,
         topic: &str,
@@ -76,13 +78,26 @@ pub struct SledMeta {
     path: PathBuf,
     offsets: sled::Tree,
     store_id: [u8; 16],
+    /// Per topic: keys remembered and the next checkpoint number, read from the
+    /// tree once and then kept up to date here.
+    dedup_totals: std::sync::Mutex<std::collections::HashMap<String, DedupTotals>>,
+    /// Open dedup trees by topic.
+    dedup_trees: std::sync::RwLock<std::collections::HashMap<String, sled::Tree>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct DedupTotals {
+    keys: u64,
+    next_checkpoint: u64,
 }
 
 const STORE_ID_KEY: &[u8] = b"store_id";
-const COUNT_KEY: &[u8] = b"n";
-/// Dedup tree key prefixes: by idempotency key, and by (timestamp, key) to expire.
+/// Dedup tree key prefixes: one entry per idempotency key; and per checkpoint a
+/// summary (key count, newest timestamp) and the list of its keys, so that old
+/// keys are forgotten a checkpoint at a time with no per-key time index.
 const BY_KEY: u8 = b'k';
-const BY_TIME: u8 = b't';
+const CHECKPOINT_SUMMARY: u8 = b'n';
+const CHECKPOINT_KEYS: u8 = b'c';
 
 fn dedup_tree_name(topic: &str) -> String {
     format!("dedup/{topic}")
@@ -91,21 +106,30 @@ fn dedup_tree_name(topic: &str) -> String {
 impl SledMeta {
     /// Opens the store at `path`, moving a store that will not open aside.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledMeta> {
-        match Self::try_open(path, cache_bytes) {
-            Ok(meta) => Ok(meta),
-            Err(error) => {
-                let aside = path.with_file_name(format!(
-                    "meta.broken-{}",
-                    crate::storage::group_commit::now_ms()
-                ));
-                tracing::warn!(path = %path.display(), aside = %aside.display(), %error,
-                    "the metadata store will not open; moving it aside and starting a new one \
-                     (dedup keys are rebuilt from the log, committed offsets restart from the log's start)");
-                fs::rename(path, &aside)
-                    .map_err(|e| Error::io(format!("moving {} aside", path.display()), e))?;
-                Self::try_open(path, cache_bytes)
-            }
+        let error = match Self::try_open(path, cache_bytes) {
+            Ok(meta) => return Ok(meta),
+            Err(error) => error,
+        };
+        // Only a store that is damaged is moved aside; an I/O or permission
+        // problem (or a store in use) is reported as it is.
+        let damaged = matches!(
+            &error,
+            Error::Meta { source, .. } if !matches!(source, sled::Error::Io(e)
+                if !matches!(e.kind(), std::io::ErrorKind::InvalidData | std::io::ErrorKind::UnexpectedEof))
+        );
+        if !damaged {
+            return Err(error);
         }
+        let aside = path.with_file_name(format!(
+            "meta.broken-{}",
+            crate::storage::group_commit::now_ms()
+        ));
+        tracing::warn!(path = %path.display(), aside = %aside.display(), %error,
+            "the metadata store is damaged; moving it aside and starting a new one \
+             (dedup keys are rebuilt from the log, committed offsets restart from the log's start)");
+        fs::rename(path, &aside)
+            .map_err(|e| Error::io(format!("moving {} aside", path.display()), e))?;
+        Self::try_open(path, cache_bytes)
     }
 
     fn try_open(path: &Path, cache_bytes: u64) -> Result<SledMeta> {
@@ -138,15 +162,33 @@ impl SledMeta {
             path: path.to_path_buf(),
             offsets,
             store_id,
+            dedup_totals: Default::default(),
+            dedup_trees: Default::default(),
         };
         meta.sync()?;
         Ok(meta)
     }
 
+    /// A topic's dedup tree, opened once and then cached (it is on the publish path).
     fn dedup_tree(&self, topic: &str) -> Result<sled::Tree> {
-        self.db
+        if let Some(tree) = self.read_trees().get(topic) {
+            return Ok(tree.clone());
+        }
+        let tree = self
+            .db
             .open_tree(dedup_tree_name(topic))
-            .map_err(|e| Error::meta("opening a dedup tree", e))
+            .map_err(|e| Error::meta("opening a dedup tree", e))?;
+        self.dedup_trees
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(topic.to_string(), tree.clone());
+        Ok(tree)
+    }
+
+    fn read_trees(
+        &self,
+    ) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, sled::Tree>> {
+        self.dedup_trees.read().unwrap_or_else(|e| e.into_inner())
     }
 }
 
@@ -223,52 +265,38 @@ impl MetaStore for SledMeta {
     ) -> Result<()> {
         let tree = self.dedup_tree(topic)?;
         let err = |e| Error::meta("writing dedup keys", e);
-        let mut count = tree
-            .get(COUNT_KEY)
-            .map_err(err)?
-            .and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes))
-            .unwrap_or(0);
-        let mut batch = sled::Batch::default();
-        for (key, entry) in entries {
-            let mut by_key = Vec::with_capacity(key.len() + 1);
-            by_key.push(BY_KEY);
-            by_key.extend_from_slice(key);
-            if let Some(old) = tree
-                .get(&by_key)
-                .map_err(err)?
-                .and_then(|v| DedupEntry::decode(&v))
-            {
-                batch.remove(time_key(old.timestamp_ms, key));
-                count -= 1;
+        let mut totals = self.dedup_totals(topic, &tree)?;
+        if !entries.is_empty() {
+            let mut batch = sled::Batch::default();
+            let mut list = Vec::with_capacity(entries.len() * 17);
+            let mut newest_ms = i64::MIN;
+            for (key, entry) in entries {
+                batch.insert(prefixed(BY_KEY, key), &entry.encode()[..]);
+                list.push(key.len() as u8);
+                list.extend_from_slice(key);
+                newest_ms = newest_ms.max(entry.timestamp_ms);
             }
-            batch.insert(by_key, &entry.encode()[..]);
-            batch.insert(time_key(entry.timestamp_ms, key), &[][..]);
-            count += 1;
+            let seq = totals.next_checkpoint.to_be_bytes();
+            let mut summary = Vec::with_capacity(16);
+            summary.extend_from_slice(&(entries.len() as u64).to_be_bytes());
+            summary.extend_from_slice(&newest_ms.to_be_bytes());
+            batch.insert(prefixed(CHECKPOINT_SUMMARY, &seq), summary);
+            batch.insert(prefixed(CHECKPOINT_KEYS, &seq), list);
+            tree.apply_batch(batch).map_err(err)?;
+            totals.keys += entries.len() as u64;
+            totals.next_checkpoint += 1;
         }
-        tree.apply_batch(batch).map_err(err)?;
-        // Forget the oldest: expired ones, then any beyond the count bound.
-        let mut batch = sled::Batch::default();
-        for item in tree.scan_prefix([BY_TIME]) {
-            let (time_key, _) = item.map_err(err)?;
-            let timestamp_ms = time_key
-                .get(1..9)
-                .and_then(|b| b.try_into().ok())
-                .map_or(i64::MIN, |b| (u64::from_be_bytes(b) ^ (1 << 63)) as i64);
-            if timestamp_ms >= expire_before_ms && count <= keys_max {
-                break;
-            }
-            let mut by_key = vec![BY_KEY];
-            by_key.extend_from_slice(&time_key[9..]);
-            batch.remove(by_key);
-            batch.remove(time_key);
-            count -= 1;
-        }
-        batch.insert(COUNT_KEY, &count.to_be_bytes()[..]);
-        tree.apply_batch(batch).map_err(err)?;
+        totals.keys = self.dedup_forget(&tree, totals, expire_before_ms, keys_max)?;
+        self.lock_totals().insert(topic.to_string(), totals);
         Ok(())
     }
 
     fn delete_topic(&self, topic: &str) -> Result<()> {
+        self.lock_totals().remove(topic);
+        self.dedup_trees
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(topic);
         self.db
             .drop_tree(dedup_tree_name(topic))
             .map_err(|e| Error::meta("dropping a dedup tree", e))?;
@@ -289,14 +317,92 @@ impl MetaStore for SledMeta {
     }
 }
 
-/// Time index key: prefix, timestamp (sign-flipped big-endian so that bytes sort
-/// like numbers), idempotency key.
-fn time_key(timestamp_ms: i64, key: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(9 + key.len());
-    out.push(BY_TIME);
-    out.extend_from_slice(&((timestamp_ms as u64) ^ (1 << 63)).to_be_bytes());
-    out.extend_from_slice(key);
+fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(rest.len() + 1);
+    out.push(prefix);
+    out.extend_from_slice(rest);
     out
+}
+
+fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
+    bytes
+        .get(at..at + 8)?
+        .try_into()
+        .ok()
+        .map(u64::from_be_bytes)
+}
+
+impl SledMeta {
+    fn lock_totals(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, DedupTotals>> {
+        self.dedup_totals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The topic's totals, from the cache or from its checkpoint summaries.
+    fn dedup_totals(&self, topic: &str, tree: &sled::Tree) -> Result<DedupTotals> {
+        if let Some(totals) = self.lock_totals().get(topic) {
+            return Ok(*totals);
+        }
+        let mut totals = DedupTotals {
+            keys: 0,
+            next_checkpoint: 0,
+        };
+        for item in tree.scan_prefix([CHECKPOINT_SUMMARY]) {
+            let (key, value) = item.map_err(|e| Error::meta("reading dedup checkpoints", e))?;
+            totals.keys += be_u64(&value, 0).unwrap_or(0);
+            totals.next_checkpoint = be_u64(&key, 1).map_or(totals.next_checkpoint, |seq| seq + 1);
+        }
+        Ok(totals)
+    }
+
+    /// Forgets the oldest checkpoints that are past the window or beyond the
+    /// key bound, but never the newest. Returns the keys still remembered.
+    fn dedup_forget(
+        &self,
+        tree: &sled::Tree,
+        totals: DedupTotals,
+        expire_before_ms: i64,
+        keys_max: u64,
+    ) -> Result<u64> {
+        let err = |e| Error::meta("forgetting dedup keys", e);
+        let mut keys = totals.keys;
+        let newest = totals.next_checkpoint.saturating_sub(1);
+        for item in tree.scan_prefix([CHECKPOINT_SUMMARY]) {
+            let (summary_key, summary) = item.map_err(err)?;
+            let seq = be_u64(&summary_key, 1).unwrap_or(newest);
+            let count = be_u64(&summary, 0).unwrap_or(0);
+            let newest_ms = be_u64(&summary, 8).map_or(i64::MAX, |v| v as i64);
+            if seq >= newest || (newest_ms >= expire_before_ms && keys <= keys_max) {
+                break;
+            }
+            let list_key = prefixed(CHECKPOINT_KEYS, &seq.to_be_bytes());
+            let list = tree.get(&list_key).map_err(err)?.unwrap_or_default();
+            let mut batch = sled::Batch::default();
+            let mut at = 0;
+            while let Some(len) = list.get(at).map(|l| *l as usize) {
+                let Some(key) = list.get(at + 1..at + 1 + len) else {
+                    break;
+                };
+                at += 1 + len;
+                let by_key = prefixed(BY_KEY, key);
+                // A key appended again after its window points to a newer
+                // record, remembered by a later checkpoint: keep it.
+                let current = tree
+                    .get(&by_key)
+                    .map_err(err)?
+                    .and_then(|v| DedupEntry::decode(&v));
+                if current.is_some_and(|e| e.timestamp_ms <= newest_ms) {
+                    batch.remove(by_key);
+                }
+            }
+            batch.remove(list_key);
+            batch.remove(summary_key);
+            tree.apply_batch(batch).map_err(err)?;
+            keys = keys.saturating_sub(count);
+        }
+        Ok(keys)
+    }
 }
 
 #[cfg(test)]
@@ -341,10 +447,11 @@ mod tests {
     fn dedup_forgets_expired_then_oldest_beyond_the_bound() {
         let dir = tempfile::tempdir().expect("tempdir");
         let meta = SledMeta::open(&dir.path().join("meta"), 1 << 20).expect("open");
-        let keys: Vec<(Bytes, DedupEntry)> = (0..10)
-            .map(|i| (Bytes::from(format!("k{i}")), entry(i, i as i64 * 100)))
-            .collect();
-        meta.dedup_insert("t", &keys, 300, 100).expect("insert");
+        // One checkpoint per key: keys are forgotten a checkpoint at a time.
+        for i in 0..10u64 {
+            let key = (Bytes::from(format!("k{i}")), entry(i, i as i64 * 100));
+            meta.dedup_insert("t", &[key], 300, 100).expect("insert");
+        }
         assert_eq!(meta.dedup_get("t", b"k2").expect("get"), None, "expired");
         assert!(meta.dedup_get("t", b"k3").expect("get").is_some());
         meta.dedup_insert("t", &[], 0, 5).expect("trim");
@@ -355,6 +462,31 @@ mod tests {
         );
         assert!(meta.dedup_get("t", b"k5").expect("get").is_some());
         assert!(meta.dedup_get("t", b"k9").expect("get").is_some());
+    }
+
+    #[test]
+    fn a_key_appended_again_outlives_its_old_checkpoint_and_totals_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("meta");
+        {
+            let meta = SledMeta::open(&path, 1 << 20).expect("open");
+            meta.dedup_insert("t", &[(Bytes::from_static(b"a"), entry(1, 10))], 0, 100)
+                .expect("insert");
+            meta.dedup_insert("t", &[(Bytes::from_static(b"b"), entry(2, 20))], 0, 100)
+                .expect("insert");
+            // "a" again, later: a newer record.
+            meta.dedup_insert("t", &[(Bytes::from_static(b"a"), entry(3, 500))], 0, 100)
+                .expect("insert");
+            meta.sync().expect("sync");
+        }
+        let meta = SledMeta::open(&path, 1 << 20).expect("reopen");
+        // Forget everything before 100: the first two checkpoints go, the new "a" stays.
+        meta.dedup_insert("t", &[], 100, 100).expect("expire");
+        assert_eq!(meta.dedup_get("t", b"a").expect("get"), Some(entry(3, 500)));
+        assert_eq!(meta.dedup_get("t", b"b").expect("get"), None);
+        // The bound counts what is left after the reopen: one key, so nothing more goes.
+        meta.dedup_insert("t", &[], 100, 1).expect("trim");
+        assert!(meta.dedup_get("t", b"a").expect("get").is_some());
     }
 
     #[test]

@@ -285,3 +285,23 @@ fn reopening_twice_changes_nothing() {
     assert_eq!(snapshot(&fx.log_path(0)), log);
     expect_prefix(&fx.open(), 9);
 }
+
+#[test]
+fn a_short_or_garbled_dedup_checkpoint_means_a_rebuild_not_a_crash() {
+    for content in [vec![0u8; 4], vec![], vec![0xFF; 27], b"PBXD".to_vec()] {
+        let fx = Fixture::new();
+        fill(&fx.open(), 2);
+        let path = fx
+            .data_dir
+            .join("topics/t")
+            .join(crate::dedup::CHECKPOINT_FILE);
+        fs::write(&path, &content).expect("write");
+        let engine = fx.open();
+        let retry = RecordInput {
+            idempotency_key: Some(Bytes::from("id-4")),
+            ..RecordInput::new("again")
+        };
+        let r = engine.publish("t", &[retry]).expect("publish")[0];
+        assert!(r.duplicate && r.offset == 4, "{content:?}");
+    }
+}

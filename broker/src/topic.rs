@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -40,7 +40,18 @@ const TOPIC_FILE_BYTES_MAX: u64 = 64 * 1024;
 #[serde(deny_unknown_fields)]
 struct TopicFile {
     version: u32,
+    /// This incarnation of the topic: a topic deleted and created again under
+    /// the same name gets a new id, so nothing kept for the old one (dedup
+    /// keys, committed offsets) can be mistaken for the new one's.
+    id: uuid::Uuid,
     config: TopicConfig,
+}
+
+/// A topic's settings file, read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredTopic {
+    pub id: uuid::Uuid,
+    pub config: TopicConfig,
 }
 
 /// The outcome of one published record.
@@ -57,12 +68,18 @@ pub struct PublishResult {
 #[derive(Debug)]
 pub struct Topic {
     name: Arc<str>,
+    /// `name@id`: this incarnation's key in the metadata store.
+    store_key: Arc<str>,
     dir: PathBuf,
     config: TopicConfig,
     partitions: Vec<Arc<Partition>>,
     dedup: Dedup,
     /// Spreads records with neither key nor explicit partition.
     round_robin: AtomicU32,
+    /// Set once the topic is deleted; publishes and maintenance hold a read
+    /// guard, so deletion waits for them and they never touch a new topic's
+    /// files that reuse this one's paths.
+    deleted: RwLock<bool>,
 }
 
 /// A summary of a topic.
@@ -80,7 +97,7 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 
 impl Topic {
     /// Creates a topic's directory, partitions and settings file, durably.
-    pub fn create(vfs: &Arc<dyn Vfs>, dir: &Path, config: &TopicConfig) -> Result<()> {
+    pub fn create(vfs: &Arc<dyn Vfs>, dir: &Path, config: &TopicConfig) -> Result<StoredTopic> {
         vfs.create_dir_all(dir)
             .context(|| format!("creating {}", dir.display()))?;
         for id in 0..config.partitions {
@@ -90,16 +107,21 @@ impl Topic {
             .context(|| format!("syncing {}", dir.display()))?;
         let file = TopicFile {
             version: TOPIC_FILE_VERSION,
+            id: uuid::Uuid::new_v4(),
             config: config.clone(),
         };
         let bytes =
             serde_json::to_vec_pretty(&file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
         write_file_atomic(vfs.as_ref(), &dir.join(TOPIC_FILE), &bytes)
-            .context(|| format!("writing {}", dir.display()))
+            .context(|| format!("writing {}", dir.display()))?;
+        Ok(StoredTopic {
+            id: file.id,
+            config: file.config,
+        })
     }
 
     /// Reads a topic's settings file; `None` when it is missing.
-    pub fn read_config(vfs: &dyn Vfs, dir: &Path) -> Result<Option<TopicConfig>> {
+    pub fn read_config(vfs: &dyn Vfs, dir: &Path) -> Result<Option<StoredTopic>> {
         let path = dir.join(TOPIC_FILE);
         if !vfs.exists(&path) {
             return Ok(None);
@@ -119,7 +141,10 @@ impl Topic {
             });
         }
         file.config.validate()?;
-        Ok(Some(file.config))
+        Ok(Some(StoredTopic {
+            id: file.id,
+            config: file.config,
+        }))
     }
 
     /// Opens a topic: recovers each partition, then rebuilds the dedup index.
@@ -129,14 +154,17 @@ impl Topic {
         engine: &EngineConfig,
         name: &str,
         dir: PathBuf,
-        config: TopicConfig,
+        stored: StoredTopic,
     ) -> Result<Topic> {
+        let StoredTopic { id, config } = stored;
         let name: Arc<str> = Arc::from(name);
+        let store_key: Arc<str> = Arc::from(format!("{name}@{id}"));
         let settings = PartitionSettings {
             durability: config.durability,
             segment_bytes: config.segment_bytes,
             index_interval_bytes: engine.index_interval_bytes,
             in_flight_bytes_max: engine.in_flight_bytes_per_partition,
+            map_sealed_segments: engine.map_sealed_segments,
         };
         let partitions = (0..config.partitions)
             .map(|id| {
@@ -152,6 +180,7 @@ impl Topic {
             .collect::<Result<Vec<_>>>()?;
         let dedup = Dedup::new(
             name.clone(),
+            store_key.clone(),
             meta,
             vfs,
             dir.clone(),
@@ -161,16 +190,39 @@ impl Topic {
         dedup.rebuild(&partitions)?;
         Ok(Topic {
             name,
+            store_key,
             dir,
             config,
             partitions,
             dedup,
             round_robin: AtomicU32::new(0),
+            deleted: RwLock::new(false),
         })
     }
 
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The key of this incarnation of the topic in the metadata store.
+    pub fn store_key(&self) -> &str {
+        &self.store_key
+    }
+
+    /// A guard that keeps the topic from being deleted while it is held;
+    /// `TopicNotFound` once it has been.
+    pub fn live(&self) -> Result<RwLockReadGuard<'_, bool>> {
+        let deleted = self.deleted.read().unwrap_or_else(|e| e.into_inner());
+        if *deleted {
+            return Err(Error::TopicNotFound(self.name.to_string()));
+        }
+        Ok(deleted)
+    }
+
+    /// Marks the topic deleted, after every publish and maintenance task that
+    /// holds a [`Topic::live`] guard has finished.
+    pub fn mark_deleted(&self) {
+        *self.deleted.write().unwrap_or_else(|e| e.into_inner()) = true;
     }
 
     pub fn dir(&self) -> &Path {
@@ -232,91 +284,143 @@ impl Topic {
     /// topics). Returns one result per record, in order. Nothing is appended
     /// when the batch is invalid.
     pub fn publish(&self, records: &[RecordInput]) -> Result<Vec<PublishResult>> {
+        let _live = self.live()?;
         self.validate(records)?;
-        let placement: Vec<u32> = records.iter().map(|r| self.choose_partition(r)).collect();
+        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
+        for (i, record) in records.iter().enumerate() {
+            by_partition
+                .entry(self.choose_partition(record))
+                .or_default()
+                .push(i);
+        }
         let keys: Vec<&Bytes> = records
             .iter()
             .filter_map(|r| r.idempotency_key.as_ref())
             .collect();
         let generation = self.dedup.generation();
-        let mut stored = self.dedup.lookup_stored(&keys)?;
+        let stored = self.dedup.lookup_stored(&keys)?;
         // Encode per partition before taking the dedup lock, assuming no duplicates.
-        let mut by_partition: BTreeMap<u32, Vec<usize>> = BTreeMap::new();
-        for (i, p) in placement.iter().enumerate() {
-            by_partition.entry(*p).or_default().push(i);
-        }
-        let encode = |indexes: &[usize]| {
-            UnsealedBatch::encode(&indexes.iter().map(|i| &records[*i]).collect::<Vec<_>>())
-        };
-        let mut encoded: BTreeMap<u32, UnsealedBatch> = by_partition
+        let encoded: BTreeMap<u32, UnsealedBatch> = by_partition
             .iter()
-            .map(|(p, ix)| (*p, encode(ix)))
+            .map(|(p, ix)| (*p, encode(records, ix)))
             .collect();
-
-        let mut results: Vec<Option<PublishResult>> = vec![None; records.len()];
-        let mut copies: Vec<(usize, usize)> = Vec::new();
-        let mut tickets = Vec::with_capacity(by_partition.len());
-        {
-            // Keyless batches need no dedup lock: nothing to find, nothing to remember.
-            let mut memory = (!keys.is_empty()).then(|| self.dedup.lock_with_room());
-            if let Some(memory) = &memory {
-                if memory.generation() != generation {
-                    stored = self.dedup.lookup_stored(&keys)?;
-                }
-                self.find_duplicates(memory, records, stored, &mut results, &mut copies);
-            }
-            let skipped: Vec<bool> = (0..records.len())
-                .map(|i| results[i].is_some() || copies.iter().any(|(c, _)| *c == i))
-                .collect();
-            for (p, indexes) in by_partition.iter_mut() {
-                let before = indexes.len();
-                indexes.retain(|i| !skipped[*i]);
-                if indexes.is_empty() {
-                    encoded.remove(p);
-                } else if indexes.len() != before {
-                    encoded.insert(*p, encode(indexes));
-                }
-            }
-            for (p, batch) in encoded {
-                let ticket = self.partitions[p as usize].enqueue(batch)?;
-                self.dedup.observe_append(ticket.timestamp_ms);
-                for (k, i) in by_partition[&p].iter().enumerate() {
-                    let offset = ticket.base_offset + k as u64;
-                    results[*i] = Some(PublishResult {
-                        partition: p,
-                        offset,
-                        duplicate: false,
-                    });
-                    if let (Some(memory), Some(key)) = (&mut memory, &records[*i].idempotency_key) {
-                        let entry = DedupEntry {
-                            partition: p,
-                            offset,
-                            timestamp_ms: ticket.timestamp_ms,
-                        };
-                        memory.insert(key.clone(), entry);
-                    }
-                }
-                tickets.push((p, ticket.end_offset));
+        let mut plan = Plan {
+            results: vec![None; records.len()],
+            copies: Vec::new(),
+            tickets: Vec::new(),
+        };
+        let enqueued = self.enqueue(
+            records,
+            &keys,
+            generation,
+            stored,
+            by_partition,
+            encoded,
+            &mut plan,
+        );
+        // Every ticket obtained is waited for, even after a failed enqueue, so
+        // that no frame stays queued with nobody to write it.
+        let mut first_error = enqueued.err();
+        for (p, end) in &plan.tickets {
+            if let Err(error) = self.partitions[*p as usize].wait(*end) {
+                first_error.get_or_insert(error);
             }
         }
-        for (p, end) in tickets {
-            self.partitions[p as usize].wait(end)?;
+        if let Some(error) = first_error {
+            return Err(error);
         }
-        for (i, first) in copies {
-            results[i] = results[first].map(|r| PublishResult {
+        for (i, first) in &plan.copies {
+            plan.results[*i] = plan.results[*first].map(|r| PublishResult {
                 duplicate: true,
                 ..r
             });
         }
         // A duplicate is answered only once its original is acknowledged.
-        for result in results.iter().flatten().filter(|r| r.duplicate) {
+        for result in plan.results.iter().flatten().filter(|r| r.duplicate) {
             self.partitions[result.partition as usize].wait(result.offset + 1)?;
         }
-        results
+        plan.results
             .into_iter()
             .map(|r| r.ok_or_else(|| Error::InvalidArgument("a record got no result".into())))
             .collect()
     }
+
+    /// Under the dedup lock (for batches with keys): finds duplicates, drops
+    /// them from the encoded batches, enqueues the rest and remembers their keys.
+    #[allow(clippy::too_many_arguments)]
+    fn enqueue(
+        &self,
+        records: &[RecordInput],
+        keys: &[&Bytes],
+        generation: u64,
+        mut stored: Vec<Option<DedupEntry>>,
+        mut by_partition: BTreeMap<u32, Vec<usize>>,
+        mut encoded: BTreeMap<u32, UnsealedBatch>,
+        plan: &mut Plan,
+    ) -> Result<()> {
+        // Keyless batches need no dedup lock: nothing to find, nothing to remember.
+        let mut memory = if keys.is_empty() {
+            None
+        } else {
+            Some(self.dedup.lock_with_room()?)
+        };
+        if let Some(memory) = &memory {
+            if memory.generation() != generation {
+                stored = self.dedup.lookup_stored(keys)?;
+            }
+            self.find_duplicates(memory, records, stored, &mut plan.results, &mut plan.copies);
+        }
+        let mut skipped: Vec<bool> = plan.results.iter().map(Option::is_some).collect();
+        for (copy, _) in &plan.copies {
+            skipped[*copy] = true;
+        }
+        for (p, indexes) in by_partition.iter_mut() {
+            let before = indexes.len();
+            indexes.retain(|i| !skipped[*i]);
+            if indexes.is_empty() {
+                encoded.remove(p);
+            } else if indexes.len() != before {
+                encoded.insert(*p, encode(records, indexes));
+            }
+        }
+        for (p, batch) in encoded {
+            let ticket = self.partitions[p as usize].enqueue(batch)?;
+            self.dedup.observe_append(ticket.timestamp_ms);
+            for (k, i) in by_partition[&p].iter().enumerate() {
+                let offset = ticket.base_offset + k as u64;
+                plan.results[*i] = Some(PublishResult {
+                    partition: p,
+                    offset,
+                    duplicate: false,
+                });
+                if let (Some(memory), Some(key)) = (&mut memory, &records[*i].idempotency_key) {
+                    let entry = DedupEntry {
+                        partition: p,
+                        offset,
+                        timestamp_ms: ticket.timestamp_ms,
+                    };
+                    memory.insert(key, entry);
+                }
+            }
+            plan.tickets.push((p, ticket.end_offset));
+        }
+        Ok(())
+    }
+}
+
+/// What a publish has decided so far.
+#[derive(Debug)]
+struct Plan {
+    /// Per record: its partition and offset, once known.
+    results: Vec<Option<PublishResult>>,
+    /// Records repeating an earlier record's key in the same batch: (index, index of the first).
+    copies: Vec<(usize, usize)>,
+    /// Per partition enqueued: the end offset to wait for.
+    tickets: Vec<(u32, u64)>,
+}
+
+fn encode(records: &[RecordInput], indexes: &[usize]) -> UnsealedBatch {
+    UnsealedBatch::encode(&indexes.iter().map(|i| &records[*i]).collect::<Vec<_>>())
 }
 
 impl Topic {
@@ -337,7 +441,12 @@ impl Topic {
                 continue;
             };
             let in_store = stored.next().flatten();
-            let remembered = memory.get(key).or(in_store).filter(|e| self.dedup.live(*e));
+            // An entry naming a partition this topic does not have cannot be
+            // its own (a store that outlived a deleted topic): never trust it.
+            let remembered = memory
+                .get(key)
+                .or(in_store)
+                .filter(|e| (e.partition as usize) < self.partitions.len() && self.dedup.live(*e));
             if let Some(entry) = remembered {
                 results[i] = Some(duplicate(entry));
             } else if let Some(first) = first_in_batch.get(key) {

@@ -264,12 +264,15 @@ fn dedup_window_and_key_bound_forget_old_keys() {
         ..TopicConfig::with_partitions(1)
     };
     engine.create_topic("b", config).expect("create");
+    // The bound is enforced a checkpoint at a time: two checkpoints of 3 keys.
     for i in 0..6 {
         engine
             .publish("b", &[keyed("k", Some(&format!("id-{i}")), "x")])
             .expect("publish");
+        if i % 3 == 2 {
+            engine.checkpoint_dedup().expect("checkpoint");
+        }
     }
-    engine.checkpoint_dedup().expect("checkpoint");
     assert!(
         !engine
             .publish("b", &[keyed("k", Some("id-0"), "x")])
@@ -547,6 +550,32 @@ fn bad_input_is_rejected_and_changes_nothing() {
     }
     let err = engine.read("t", 0, 99, 1024).expect_err("past the end");
     assert!(matches!(err, Error::OffsetOutOfRange { .. }), "{err}");
+}
+
+#[test]
+fn a_second_engine_on_the_same_data_dir_is_refused_and_changes_nothing() {
+    let broker = Broker::new();
+    let engine = broker.open();
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
+    engine
+        .publish("t", &[RecordInput::new("x")])
+        .expect("publish");
+    let err = Engine::open(EngineConfig::new(broker.dir.path())).expect_err("locked");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    let entries: Vec<String> = std::fs::read_dir(broker.dir.path())
+        .expect("ls")
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect();
+    assert!(
+        !entries.iter().any(|e| e.starts_with("meta.broken")),
+        "the live store was not moved aside: {entries:?}"
+    );
+    assert!(engine.publish("t", &[RecordInput::new("y")]).is_ok());
 }
 
 #[test]

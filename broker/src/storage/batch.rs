@@ -301,6 +301,14 @@ pub fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, String> {
     {
         return Err("base offset overflows".into());
     }
+    // The durable end when a frame was enqueued never passes the frame's own
+    // offset: recovery relies on this field, so an impossible value is damage.
+    if header.durable_offset > header.base_offset {
+        return Err(format!(
+            "durable offset {} is past the base offset {}",
+            header.durable_offset, header.base_offset
+        ));
+    }
     Ok(header)
 }
 
@@ -376,6 +384,21 @@ fn decode_record(buf: &Bytes) -> Result<Record, String> {
     let mut at = 0;
     let key = read_optional(buf, &mut at)?;
     let idempotency_key = read_optional(buf, &mut at)?;
+    // Limits hold on disk as at the door: what was never accepted is damage.
+    if key
+        .as_ref()
+        .is_some_and(|k| k.len() > KEY_BYTES_MAX as usize)
+    {
+        return Err(format!("key longer than {KEY_BYTES_MAX} bytes"));
+    }
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX as usize)
+    {
+        return Err(format!(
+            "idempotency key outside 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes"
+        ));
+    }
     let header_count = read_u16(buf, &mut at)? as u32;
     if header_count > HEADERS_PER_RECORD_MAX {
         return Err(format!(

@@ -251,6 +251,14 @@ impl Partition {
             }
             w.flushing = true;
             w = self.linger(w);
+            if w.failed.is_some() {
+                // Latched while lingering (a failed async flush): write nothing.
+                w.flushing = false;
+                let wake = self.waiters_to_wake(&mut w);
+                drop(w);
+                wake.into_iter().for_each(|t| t.unpark());
+                continue;
+            }
             let group = std::mem::take(&mut w.queue);
             w.last_group_frames = group.len();
             let group_bytes: u64 = group.iter().map(|q| q.frame.len() as u64).sum();
@@ -463,6 +471,11 @@ impl Partition {
     /// Fdatasyncs what `async` appends wrote. A failure latches the partition.
     pub fn flush(&self) -> Result<()> {
         let mut io = lock(&self.io);
+        if let Some(cause) = &lock(&self.writer).failed {
+            // Never retry an fsync: after a failure the kernel may have dropped
+            // the dirty pages, and a second fsync would "succeed" over lost data.
+            return Err(self.failed_error(cause));
+        }
         if !io.unsynced {
             return Ok(());
         }

@@ -135,8 +135,10 @@ impl VFile for RealFile {
     // The one unsafe block of the broker. A mapping is only taken of a sealed
     // segment, which the broker never writes or truncates again (recovery cuts
     // only the active segment, before any reader exists; retention unlinks, which
-    // leaves a mapping valid). Only a file shrunk behind the broker's back could
-    // fault, and then the process stops (SIGBUS) rather than read wrong bytes.
+    // leaves a mapping valid). A file shrunk behind the broker's back, or a media
+    // error on a mapped page, stops the process (SIGBUS) rather than return wrong
+    // bytes; `EngineConfig::map_sealed_segments` turns mapping off for disks
+    // that report read errors, so that those become data-loss errors instead.
     #[allow(unsafe_code)]
     fn map(&self) -> io::Result<Option<Bytes>> {
         if self.size_bytes()? == 0 {

@@ -32,6 +32,8 @@ pub struct PartitionSettings {
     pub segment_bytes: u64,
     pub index_interval_bytes: u32,
     pub in_flight_bytes_max: u64,
+    /// Whether sealed segments are read through a memory map (see `segment`).
+    pub map_sealed_segments: bool,
 }
 
 /// The segments as readers see them.
@@ -249,7 +251,11 @@ impl Partition {
                         .floor(from)
                         .map_or((0, s.base_offset), |e| (e.position as u64, e.offset));
                     (
-                        s.reader(position, s.size_bytes, first + i < last),
+                        s.reader(
+                            position,
+                            s.size_bytes,
+                            self.settings.map_sealed_segments && first + i < last,
+                        ),
                         s.log_path.clone(),
                         s.base_offset,
                         offset,
