@@ -39,6 +39,7 @@ fn open_engine(dir: &std::path::Path, durability: Durability) -> Engine {
 struct Appenders {
     work: Vec<mpsc::Sender<u64>>,
     done: mpsc::Receiver<()>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl Appenders {
@@ -47,12 +48,13 @@ impl Appenders {
     /// default), so the dedup path is measured too.
     fn start(engine: &Arc<Engine>, count: usize, batch: &[RecordInput], keyed: bool) -> Self {
         let (done_tx, done) = mpsc::channel();
+        let mut threads = Vec::with_capacity(count);
         let work = (0..count)
             .map(|_| {
                 let (tx, rx) = mpsc::channel::<u64>();
                 let (engine, mut batch, done_tx) =
                     (engine.clone(), batch.to_vec(), done_tx.clone());
-                std::thread::spawn(move || {
+                threads.push(std::thread::spawn(move || {
                     for iters in rx {
                         for _ in 0..iters {
                             if keyed {
@@ -68,11 +70,15 @@ impl Appenders {
                             return;
                         }
                     }
-                });
+                }));
                 tx
             })
             .collect();
-        Appenders { work, done }
+        Appenders {
+            work,
+            done,
+            threads,
+        }
     }
 
     /// Each thread appends `iters` batches; returns the time they all took.
@@ -85,6 +91,17 @@ impl Appenders {
             self.done.recv().expect("appender done");
         }
         started.elapsed()
+    }
+}
+
+impl Drop for Appenders {
+    /// Stops the threads and waits for them, so that the engine they share is
+    /// gone before the next benchmark starts.
+    fn drop(&mut self) {
+        self.work.clear();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -104,9 +121,9 @@ fn append(c: &mut Criterion) {
             group.bench_function("raw_fdatasync_1MiB", |b| {
                 b.iter_custom(|iters| raw_write_fdatasync(dir.path(), bytes * iters).expect("raw"))
             });
-            let engine = Arc::new(open_engine(dir.path(), durability));
             // Keyed runs last: their dedup checkpoints continue in the
-            // background for a while after each run.
+            // background for a while after each run. Each configuration gets a
+            // fresh engine and directory, so none inherits another's files.
             for keyed in [false, true] {
                 for batch_records in [1, BATCH_BYTES / record_bytes] {
                     if keyed && (record_bytes != 1024 || batch_records == 1) {
@@ -117,7 +134,10 @@ fn append(c: &mut Criterion) {
                     for appenders in APPENDERS {
                         let bytes = (appenders * batch_records * record_bytes) as u64;
                         group.throughput(Throughput::Bytes(bytes));
+                        let engine_dir = bench_dir().expect("bench dir");
+                        let engine = Arc::new(open_engine(engine_dir.path(), durability));
                         let pool = Appenders::start(&engine, appenders, &batch, keyed);
+                        drop(engine);
                         let name = if keyed { "engine_keyed" } else { "engine" };
                         let id = BenchmarkId::new(name, format!("{appenders}x{batch_records}"));
                         group.bench_function(id, |b| b.iter_custom(|iters| pool.run(iters)));
@@ -151,6 +171,17 @@ fn replay(c: &mut Criterion) {
     group
         .sample_size(10)
         .measurement_time(Duration::from_secs(8));
+    // The raw baseline first, so that the engine's reads cannot warm or cool
+    // the page cache for it. Its throughput counts file bytes (frame and record
+    // headers included); the engine's counts payload bytes only.
+    let file_bytes: u64 = segment_files
+        .iter()
+        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
+        .sum();
+    group.throughput(Throughput::Bytes(file_bytes));
+    group.bench_function("raw_read_1MiB", |b| {
+        b.iter(|| raw_read(&segment_files).expect("raw read"))
+    });
     group.throughput(Throughput::Bytes(end * record_bytes as u64));
     group.bench_function("engine", |b| {
         b.iter(|| {
@@ -160,14 +191,6 @@ fn replay(c: &mut Criterion) {
                 offset = records.last().map_or(end, |r| r.offset + 1);
             }
         })
-    });
-    let file_bytes: u64 = segment_files
-        .iter()
-        .map(|p| std::fs::metadata(p).map_or(0, |m| m.len()))
-        .sum();
-    group.throughput(Throughput::Bytes(file_bytes));
-    group.bench_function("raw_read_1MiB", |b| {
-        b.iter(|| raw_read(&segment_files).expect("raw read"))
     });
     group.finish();
 }

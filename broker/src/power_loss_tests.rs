@@ -420,3 +420,35 @@ fn a_checkpoint_taken_while_rebuilding_covers_only_what_was_scanned() {
         }
     }
 }
+
+#[test]
+fn a_publish_refused_by_one_partition_still_writes_what_it_queued_on_another() {
+    let fs = SimFs::new();
+    fs.create_dir_all(Path::new("/data")).expect("mkdir");
+    let meta = Arc::new(SimMeta::default());
+    let engine = open(&fs, &meta);
+    engine
+        .create_topic("s", topic_config(2, Durability::Sync))
+        .expect("create");
+    let to = |p: u32, payload: &'static str| RecordInput {
+        partition: Some(p),
+        ..RecordInput::new(payload)
+    };
+    fs.fail_next(FailOp::Sync);
+    assert!(
+        engine.publish("s", &[to(1, "lost")]).is_err(),
+        "partition 1 latched"
+    );
+    // Partition 0's frame is queued before partition 1 refuses the batch: it
+    // must be written, not left in the queue with nobody to write it.
+    assert!(engine.publish("s", &[to(0, "a"), to(1, "b")]).is_err());
+    let topic = engine.topic("s").expect("topic");
+    assert_eq!(topic.partitions()[0].end_offset(), 1);
+    assert_eq!(
+        engine
+            .publish("s", &[to(0, "c")])
+            .expect("partition 0 works")[0]
+            .offset,
+        1
+    );
+}

@@ -335,8 +335,8 @@ pub fn decode_records(
             .ok_or_else(|| format!("record {i} runs past the frame"))?;
         let offset = header.base_offset + i as u64;
         if wanted.contains(&offset) {
-            let record = decode_record(&frame.slice(at..end))
-                .map_err(|reason| format!("record {i}: {reason}"))?;
+            let record =
+                decode_record(frame, at, end).map_err(|reason| format!("record {i}: {reason}"))?;
             out.push(Record {
                 offset,
                 timestamp_ms: header.timestamp_ms,
@@ -363,27 +363,30 @@ fn read_u16(buf: &[u8], at: &mut usize) -> Result<u16, String> {
     Ok(u16::from_le_bytes([bytes[0], bytes[1]]))
 }
 
-fn read_slice(buf: &Bytes, at: &mut usize, len: usize) -> Result<Bytes, String> {
-    let end = at
+/// `len` bytes of `frame` at `at`, not past `end`, sharing the frame's memory.
+fn read_slice(frame: &Bytes, at: &mut usize, len: usize, end: usize) -> Result<Bytes, String> {
+    let stop = at
         .checked_add(len)
-        .filter(|end| *end <= buf.len())
+        .filter(|stop| *stop <= end)
         .ok_or("a field runs past its record")?;
-    let slice = buf.slice(*at..end);
-    *at = end;
+    let slice = frame.slice(*at..stop);
+    *at = stop;
     Ok(slice)
 }
 
-fn read_optional(buf: &Bytes, at: &mut usize) -> Result<Option<Bytes>, String> {
-    match read_u32(buf, at)? {
+fn read_optional(frame: &Bytes, at: &mut usize, end: usize) -> Result<Option<Bytes>, String> {
+    match read_u32(&frame[..end], at)? {
         ABSENT => Ok(None),
-        len => read_slice(buf, at, len as usize).map(Some),
+        len => read_slice(frame, at, len as usize, end).map(Some),
     }
 }
 
-fn decode_record(buf: &Bytes) -> Result<Record, String> {
-    let mut at = 0;
-    let key = read_optional(buf, &mut at)?;
-    let idempotency_key = read_optional(buf, &mut at)?;
+/// Decodes the record in `frame[start..end]`; its fields share the frame's
+/// memory (no copy, and no temporary slice of the record itself).
+fn decode_record(frame: &Bytes, start: usize, end: usize) -> Result<Record, String> {
+    let mut at = start;
+    let key = read_optional(frame, &mut at, end)?;
+    let idempotency_key = read_optional(frame, &mut at, end)?;
     // Limits hold on disk as at the door: what was never accepted is damage.
     if key
         .as_ref()
@@ -399,7 +402,7 @@ fn decode_record(buf: &Bytes) -> Result<Record, String> {
             "idempotency key outside 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes"
         ));
     }
-    let header_count = read_u16(buf, &mut at)? as u32;
+    let header_count = read_u16(&frame[..end], &mut at)? as u32;
     if header_count > HEADERS_PER_RECORD_MAX {
         return Err(format!(
             "{header_count} headers, over the limit of {HEADERS_PER_RECORD_MAX}"
@@ -407,10 +410,10 @@ fn decode_record(buf: &Bytes) -> Result<Record, String> {
     }
     let mut headers = Vec::with_capacity(header_count as usize);
     for _ in 0..header_count {
-        let name_len = read_u16(buf, &mut at)? as usize;
-        let name = read_slice(buf, &mut at, name_len)?;
-        let value_len = read_u32(buf, &mut at)? as usize;
-        let value = read_slice(buf, &mut at, value_len)?;
+        let name_len = read_u16(&frame[..end], &mut at)? as usize;
+        let name = read_slice(frame, &mut at, name_len, end)?;
+        let value_len = read_u32(&frame[..end], &mut at)? as usize;
+        let value = read_slice(frame, &mut at, value_len, end)?;
         headers.push(Header { name, value });
     }
     Ok(Record {
@@ -419,7 +422,7 @@ fn decode_record(buf: &Bytes) -> Result<Record, String> {
         key,
         idempotency_key,
         headers,
-        payload: buf.slice(at..),
+        payload: frame.slice(at..end),
     })
 }
 
