@@ -53,6 +53,16 @@ fn open(fs: &SimFs, meta: &Arc<SimMeta>) -> Engine {
         .expect("engine opens after any crash")
 }
 
+/// A new simulated disk and metadata store, and an engine open on them.
+fn fresh() -> (SimFs, Arc<SimMeta>, Engine) {
+    let fs = SimFs::new();
+    fs.create_dir_all(Path::new("/data")).expect("mkdir");
+    fs.sync_dir(Path::new("/")).expect("sync");
+    let meta = Arc::new(SimMeta::default());
+    let engine = open(&fs, &meta);
+    (fs, meta, engine)
+}
+
 #[derive(Debug, Clone)]
 struct Acked {
     topic: &'static str,
@@ -144,17 +154,13 @@ fn same(record: &Record, input: &RecordInput) -> bool {
 }
 
 fn run_seed(seed: u64) {
-    let fs = SimFs::new();
-    fs.create_dir_all(Path::new("/data")).expect("mkdir");
-    fs.sync_dir(Path::new("/")).expect("sync");
-    let meta = Arc::new(SimMeta::default());
+    let (fs, meta, engine) = fresh();
     let mut w = Workload {
         rng: SmallRng::seed_from_u64(seed),
         seed,
         next: 0,
         attempted: HashMap::new(),
     };
-    let engine = open(&fs, &meta);
     engine
         .create_topic("s", topic_config(2, Durability::Sync))
         .expect("create");
@@ -295,10 +301,7 @@ fn power_loss_seeds_part_3() {
 
 #[test]
 fn failed_fsync_latches_the_partition_until_reopened() {
-    let fs = SimFs::new();
-    fs.create_dir_all(Path::new("/data")).expect("mkdir");
-    let meta = Arc::new(SimMeta::default());
-    let engine = open(&fs, &meta);
+    let (fs, meta, engine) = fresh();
     engine
         .create_topic("s", topic_config(1, Durability::Sync))
         .expect("create");
@@ -335,10 +338,7 @@ fn failed_fsync_latches_the_partition_until_reopened() {
 
 #[test]
 fn failed_write_latches_the_partition() {
-    let fs = SimFs::new();
-    fs.create_dir_all(Path::new("/data")).expect("mkdir");
-    let meta = Arc::new(SimMeta::default());
-    let engine = open(&fs, &meta);
+    let (fs, _meta, engine) = fresh();
     engine
         .create_topic("s", topic_config(1, Durability::Sync))
         .expect("create");
@@ -349,10 +349,7 @@ fn failed_write_latches_the_partition() {
 
 #[test]
 fn a_failed_async_flush_is_never_retried() {
-    let fs = SimFs::new();
-    fs.create_dir_all(Path::new("/data")).expect("mkdir");
-    let meta = Arc::new(SimMeta::default());
-    let engine = open(&fs, &meta);
+    let (fs, _meta, engine) = fresh();
     engine
         .create_topic("a", topic_config(1, Durability::Async))
         .expect("create");
@@ -378,10 +375,7 @@ fn a_checkpoint_taken_while_rebuilding_covers_only_what_was_scanned() {
     // More keys than memory holds, never checkpointed: the reopen rebuilds
     // from the window's start and checkpoints part-way. A crash right after
     // must not lose the keys that were not scanned yet.
-    let fs = SimFs::new();
-    fs.create_dir_all(Path::new("/data")).expect("mkdir");
-    let meta = Arc::new(SimMeta::default());
-    let engine = open(&fs, &meta);
+    let (fs, meta, engine) = fresh();
     engine
         .create_topic("k", topic_config(2, Durability::Sync))
         .expect("create");
@@ -423,10 +417,7 @@ fn a_checkpoint_taken_while_rebuilding_covers_only_what_was_scanned() {
 
 #[test]
 fn a_publish_refused_by_one_partition_still_writes_what_it_queued_on_another() {
-    let fs = SimFs::new();
-    fs.create_dir_all(Path::new("/data")).expect("mkdir");
-    let meta = Arc::new(SimMeta::default());
-    let engine = open(&fs, &meta);
+    let (fs, _meta, engine) = fresh();
     engine
         .create_topic("s", topic_config(2, Durability::Sync))
         .expect("create");

@@ -254,9 +254,7 @@ impl Partition {
             if w.failed.is_some() {
                 // Latched while lingering (a failed async flush): write nothing.
                 w.flushing = false;
-                let wake = self.waiters_to_wake(&mut w);
-                drop(w);
-                wake.into_iter().for_each(|t| t.unpark());
+                self.release_and_wake(w);
                 continue;
             }
             let group = std::mem::take(&mut w.queue);
@@ -281,12 +279,19 @@ impl Partition {
                     w.failed = Some(error.to_string());
                 }
             }
-            let wake = self.waiters_to_wake(&mut w);
-            drop(w);
-            self.writer_cv.notify_all();
-            for thread in wake {
-                thread.unpark();
-            }
+            self.release_and_wake(w);
+        }
+    }
+
+    /// Releases the writer lock and wakes whoever should run next: waiters
+    /// whose frames are acknowledged (all of them if the partition failed), one
+    /// waiter to lead the next group, and appenders waiting for in-flight room.
+    fn release_and_wake(&self, mut w: MutexGuard<'_, WriterState>) {
+        let wake = self.waiters_to_wake(&mut w);
+        drop(w);
+        self.writer_cv.notify_all();
+        for thread in wake {
+            thread.unpark();
         }
     }
 
@@ -484,12 +489,7 @@ impl Partition {
             let error = Error::io(format!("syncing {}", io.log_path.display()), error);
             let mut w = lock(&self.writer);
             w.failed = Some(error.to_string());
-            let wake = self.waiters_to_wake(&mut w);
-            drop(w);
-            self.writer_cv.notify_all();
-            for thread in wake {
-                thread.unpark();
-            }
+            self.release_and_wake(w);
             return Err(error);
         }
         io.unsynced = false;
