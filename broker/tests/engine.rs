@@ -642,3 +642,60 @@ fn async_topics_acknowledge_before_the_flush_and_flush_on_close() {
         Bytes::from_static(b"x")
     );
 }
+
+#[test]
+fn appends_past_the_in_flight_limit_wait_for_room_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut config = EngineConfig::new(dir.path());
+    // The smallest allowed: one largest batch at a time may be in flight.
+    config.in_flight_bytes_per_partition = BATCH_BYTES_MAX as u64;
+    let engine = Arc::new(Engine::open(config).expect("open"));
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
+    let overhead = RecordInput::new("").encoded_bytes();
+    let record = RecordInput::new(vec![1u8; (RECORD_BYTES_MAX as u64 - overhead) as usize]);
+    // Each batch is just under the limit, so two in flight would be over it.
+    let per_batch = (BATCH_BYTES_MAX as usize - HEADER_BYTES) / RECORD_BYTES_MAX as usize;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (topic, done) = (engine.topic("t").expect("topic"), done.clone());
+        std::thread::spawn(move || {
+            let mut most = 0;
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                most = most.max(topic.partitions()[0].info().in_flight_bytes);
+            }
+            most
+        })
+    };
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let (engine, record) = (engine.clone(), record.clone());
+            std::thread::spawn(move || {
+                (0..4)
+                    .map(|_| {
+                        let batch = vec![record.clone(); per_batch];
+                        engine.publish("t", &batch).expect("waits, then appends")[0].offset
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut firsts: Vec<u64> = threads
+        .into_iter()
+        .flat_map(|t| t.join().expect("appender"))
+        .collect();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let most_in_flight = watcher.join().expect("watcher");
+    assert!(most_in_flight > 0, "the watcher saw appends in flight");
+    assert!(
+        most_in_flight <= BATCH_BYTES_MAX as u64,
+        "in flight: {most_in_flight}"
+    );
+    firsts.sort_unstable();
+    let expected: Vec<u64> = (0..12).map(|i| i * per_batch as u64).collect();
+    assert_eq!(
+        firsts, expected,
+        "every batch appended whole, offsets dense"
+    );
+}

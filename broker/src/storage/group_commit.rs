@@ -498,6 +498,11 @@ impl Partition {
         Ok(())
     }
 
+    /// Bytes enqueued and not yet acknowledged.
+    pub fn in_flight_bytes(&self) -> u64 {
+        lock(&self.writer).in_flight_bytes
+    }
+
     /// Offsets below this are on disk (fdatasync'ed).
     pub fn durable_end(&self) -> u64 {
         lock(&self.writer).durable_end

@@ -78,6 +78,9 @@ pub struct PartitionInfo {
     pub end_offset: u64,
     pub size_bytes: u64,
     pub segments: u32,
+    /// Bytes enqueued and not yet acknowledged (bounded by the engine's
+    /// `in_flight_bytes_per_partition`).
+    pub in_flight_bytes: u64,
 }
 
 pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -199,6 +202,7 @@ impl Partition {
     }
 
     pub fn info(&self) -> PartitionInfo {
+        let in_flight_bytes = self.in_flight_bytes();
         let log = read(&self.log);
         PartitionInfo {
             partition: self.id,
@@ -206,6 +210,7 @@ impl Partition {
             end_offset: log.visible_end,
             size_bytes: log.segments.iter().map(|s| s.size_bytes).sum(),
             segments: log.segments.len() as u32,
+            in_flight_bytes,
         }
     }
 
