@@ -24,6 +24,15 @@ impl Broker {
     fn open(&self) -> Engine {
         Engine::open(EngineConfig::new(self.dir.path())).expect("open")
     }
+
+    /// Opens the engine with a topic "t" of `partitions` partitions.
+    fn open_with_topic(&self, partitions: u32) -> Engine {
+        let engine = self.open();
+        engine
+            .create_topic("t", TopicConfig::with_partitions(partitions))
+            .expect("create");
+        engine
+    }
 }
 
 fn keyed(key: &str, idem: Option<&str>, payload: &str) -> RecordInput {
@@ -52,10 +61,7 @@ fn end_offsets(engine: &Engine, topic: &str) -> Vec<u64> {
 #[test]
 fn batches_of_every_size_round_trip_with_dense_offsets() {
     let broker = Broker::new();
-    let engine = broker.open();
-    engine
-        .create_topic("t", TopicConfig::with_partitions(1))
-        .expect("create");
+    let engine = broker.open_with_topic(1);
     let mut expected = Vec::new();
     for size in [1usize, 2, 7, 100, 1000, BATCH_RECORDS_MAX as usize] {
         let records: Vec<RecordInput> = (0..size)
@@ -94,10 +100,7 @@ fn batches_of_every_size_round_trip_with_dense_offsets() {
 #[test]
 fn same_key_same_partition_and_order_is_kept() {
     let broker = Broker::new();
-    let engine = broker.open();
-    engine
-        .create_topic("t", TopicConfig::with_partitions(8))
-        .expect("create");
+    let engine = broker.open_with_topic(8);
     let mut partition_of = std::collections::HashMap::new();
     for i in 0..400 {
         let key = format!("user-{}", i % 40);
@@ -130,10 +133,7 @@ fn same_key_same_partition_and_order_is_kept() {
 #[test]
 fn concurrent_appenders_get_dense_offsets_and_their_own_records() {
     let broker = Broker::new();
-    let engine = Arc::new(broker.open());
-    engine
-        .create_topic("t", TopicConfig::with_partitions(1))
-        .expect("create");
+    let engine = Arc::new(broker.open_with_topic(1));
     let threads: Vec<_> = (0..8)
         .map(|t| {
             let engine = engine.clone();
@@ -165,10 +165,7 @@ fn concurrent_appenders_get_dense_offsets_and_their_own_records() {
 #[test]
 fn a_duplicate_key_returns_the_original_offset_before_and_after_restart() {
     let broker = Broker::new();
-    let engine = broker.open();
-    engine
-        .create_topic("t", TopicConfig::with_partitions(4))
-        .expect("create");
+    let engine = broker.open_with_topic(4);
     let first = engine
         .publish("t", &[keyed("a", Some("id-1"), "one")])
         .expect("publish")[0];
@@ -292,10 +289,7 @@ fn dedup_window_and_key_bound_forget_old_keys() {
 #[test]
 fn committed_offsets_survive_a_restart_and_stay_inside_the_log() {
     let broker = Broker::new();
-    let engine = broker.open();
-    engine
-        .create_topic("t", TopicConfig::with_partitions(2))
-        .expect("create");
+    let engine = broker.open_with_topic(2);
     for i in 0..10 {
         engine
             .publish(
@@ -400,10 +394,7 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
 #[test]
 fn reads_by_timestamp_seek_to_the_first_later_record() {
     let broker = Broker::new();
-    let engine = broker.open();
-    engine
-        .create_topic("t", TopicConfig::with_partitions(1))
-        .expect("create");
+    let engine = broker.open_with_topic(1);
     engine
         .publish("t", &[RecordInput::new("early")])
         .expect("publish");
@@ -426,10 +417,7 @@ fn reads_by_timestamp_seek_to_the_first_later_record() {
 #[test]
 fn a_waiting_reader_wakes_on_new_records() {
     let broker = Broker::new();
-    let engine = Arc::new(broker.open());
-    engine
-        .create_topic("t", TopicConfig::with_partitions(1))
-        .expect("create");
+    let engine = Arc::new(broker.open_with_topic(1));
     let mut end = engine.watch_end("t", 0).expect("watch");
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_time()
@@ -459,10 +447,7 @@ fn a_waiting_reader_wakes_on_new_records() {
 #[test]
 fn bad_input_is_rejected_and_changes_nothing() {
     let broker = Broker::new();
-    let engine = broker.open();
-    engine
-        .create_topic("t", TopicConfig::with_partitions(2))
-        .expect("create");
+    let engine = broker.open_with_topic(2);
     engine
         .publish("t", &[RecordInput::new("ok")])
         .expect("publish");
@@ -555,10 +540,7 @@ fn bad_input_is_rejected_and_changes_nothing() {
 #[test]
 fn a_second_engine_on_the_same_data_dir_is_refused_and_changes_nothing() {
     let broker = Broker::new();
-    let engine = broker.open();
-    engine
-        .create_topic("t", TopicConfig::with_partitions(1))
-        .expect("create");
+    let engine = broker.open_with_topic(1);
     engine
         .publish("t", &[RecordInput::new("x")])
         .expect("publish");
@@ -581,10 +563,7 @@ fn a_second_engine_on_the_same_data_dir_is_refused_and_changes_nothing() {
 #[test]
 fn deleted_topics_are_gone_and_can_be_created_again() {
     let broker = Broker::new();
-    let engine = broker.open();
-    engine
-        .create_topic("t", TopicConfig::with_partitions(1))
-        .expect("create");
+    let engine = broker.open_with_topic(1);
     engine
         .publish("t", &[keyed("k", Some("id"), "x")])
         .expect("publish");

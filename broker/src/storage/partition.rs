@@ -70,6 +70,16 @@ pub struct Partition {
     pub(super) visible_tx: watch::Sender<u64>,
 }
 
+/// A reader positioned in one segment, for `Partition::read`.
+#[derive(Debug)]
+struct SegmentCursor {
+    reader: FrameReader,
+    path: PathBuf,
+    base: u64,
+    /// Offset of the frame the reader starts at.
+    start_offset: u64,
+}
+
 /// A summary of a partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PartitionInfo {
@@ -230,7 +240,7 @@ impl Partition {
     /// is the end. Records before damage are returned; a read that starts at
     /// damage fails with [`Error::DataLoss`].
     pub fn read(&self, from: u64, max_bytes: u32) -> Result<Vec<Record>> {
-        let (segments, visible_end) = {
+        let visible_end = {
             let log = read(&self.log);
             let earliest = log.segments.first().map_or(0, |s| s.base_offset);
             if from < earliest || from > log.visible_end {
@@ -245,43 +255,26 @@ impl Partition {
             if from == log.visible_end {
                 return Ok(Vec::new());
             }
-            let first = log.segments.partition_point(|s| s.base_offset <= from) - 1;
-            let last = log.segments.len() - 1;
-            let plan: Vec<(FrameReader, PathBuf, u64, u64)> = log.segments[first..]
-                .iter()
-                .enumerate()
-                .map(|(i, s)| {
-                    let (position, offset) = s
-                        .index
-                        .floor(from)
-                        .map_or((0, s.base_offset), |e| (e.position as u64, e.offset));
-                    (
-                        s.reader(
-                            position,
-                            s.size_bytes,
-                            self.settings.map_sealed_segments && first + i < last,
-                        ),
-                        s.log_path.clone(),
-                        s.base_offset,
-                        offset,
-                    )
-                })
-                .collect();
-            (plan, log.visible_end)
+            log.visible_end
         };
         let mut records = Vec::new();
         let mut bytes_read: u64 = 0;
-        let mut expected = None;
-        for (mut reader, path, base, start_offset) in segments {
-            if expected.is_some_and(|e| e != base) {
-                let reason = format!(
-                    "segment starts at offset {base}, expected {}",
-                    expected.unwrap_or(base)
-                );
-                return self.finish_read(
-                    records,
-                    self.data_loss(expected.unwrap_or(base), &path, 0, reason),
-                );
+        let mut previous: Option<(u64, u64)> = None; // (base, end) of the segment read last
+        loop {
+            // Segments are picked one at a time, so a read costs the same
+            // whatever the number of segments after it.
+            let Some(SegmentCursor {
+                mut reader,
+                path,
+                base,
+                start_offset,
+            }) = self.cursor(from, previous.map(|(base, _)| base))
+            else {
+                break;
+            };
+            if let Some((_, expected)) = previous.filter(|(_, end)| *end != base) {
+                let reason = format!("segment starts at offset {base}, expected {expected}");
+                return self.finish_read(records, self.data_loss(expected, &path, 0, reason));
             }
             let mut expected_offset = start_offset;
             loop {
@@ -328,9 +321,39 @@ impl Partition {
                     }
                 }
             }
-            expected = Some(expected_offset);
+            previous = Some((base, expected_offset));
         }
         Ok(records)
+    }
+
+    /// A reader of the segment holding `from` (when `previous_base` is `None`)
+    /// or of the segment after the one at `previous_base`, positioned by the
+    /// sparse index; `None` past the last segment.
+    fn cursor(&self, from: u64, previous_base: Option<u64>) -> Option<SegmentCursor> {
+        let log = read(&self.log);
+        let i = match previous_base {
+            None => log
+                .segments
+                .partition_point(|s| s.base_offset <= from)
+                .checked_sub(1)?,
+            Some(base) => log.segments.partition_point(|s| s.base_offset <= base),
+        };
+        let segment = log.segments.get(i)?;
+        let sealed = i + 1 < log.segments.len();
+        let (position, start_offset) = segment
+            .index
+            .floor(from)
+            .map_or((0, segment.base_offset), |e| (e.position as u64, e.offset));
+        Some(SegmentCursor {
+            reader: segment.reader(
+                position,
+                segment.size_bytes,
+                self.settings.map_sealed_segments && sealed,
+            ),
+            path: segment.log_path.clone(),
+            base: segment.base_offset,
+            start_offset,
+        })
     }
 
     fn finish_read(&self, records: Vec<Record>, error: Error) -> Result<Vec<Record>> {
