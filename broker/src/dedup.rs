@@ -144,14 +144,14 @@ impl Dedup {
         while memory.len() >= 2 * DEDUP_MEMORY_KEYS_MAX {
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::limit(
-                    format!(
+                return Err(Error::Busy {
+                    what: format!(
                         "idempotency keys of topic {:?} waiting for a dedup checkpoint",
                         self.topic
                     ),
-                    2 * DEDUP_MEMORY_KEYS_MAX as u64,
-                    memory.len() as u64,
-                ));
+                    limit: 2 * DEDUP_MEMORY_KEYS_MAX as u64,
+                    actual: memory.len() as u64,
+                });
             }
             memory = self
                 .room

@@ -329,6 +329,12 @@ impl Engine {
     /// Flushes everything (async partitions, dedup, metadata) and stops.
     pub fn close(mut self) -> Result<()> {
         self.stop();
+        self.flush()
+    }
+
+    /// Makes everything acknowledged so far durable: flushes `async`
+    /// partitions, checkpoints dedup keys and syncs the metadata store.
+    pub fn flush(&self) -> Result<()> {
         for topic in self.inner.all_topics() {
             for partition in topic.partitions() {
                 partition.flush()?;

@@ -24,6 +24,14 @@ pub enum Error {
         limit: u64,
         actual: u64,
     },
+    /// The broker is at a capacity limit for now (not the request's fault);
+    /// the same request may succeed later. Nothing was changed.
+    #[error("{what} is {actual}, at the limit of {limit}; retry later")]
+    Busy {
+        what: String,
+        limit: u64,
+        actual: u64,
+    },
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
     #[error("topic {0:?} already exists")]
@@ -81,6 +89,9 @@ pub enum Error {
         #[source]
         source: sled::Error,
     },
+    /// The gRPC server could not start or failed while serving.
+    #[error("gRPC server: {0}")]
+    Server(String),
     #[error("corrupt {what} in {path}: {reason}")]
     Corrupt {
         what: &'static str,

@@ -13,6 +13,7 @@ pub mod error;
 pub mod limits;
 pub mod meta;
 pub mod names;
+pub mod server;
 pub mod storage;
 pub mod topic;
 

@@ -1,0 +1,242 @@
+//! The `postbox.v1.Broker` service: each RPC checks what only the edge can
+//! check, converts, and calls the engine.
+//!
+//! Invariants:
+//! - Engine calls block (fsync, file reads, sled), so they run on the blocking
+//!   pool (`status::blocking`), never on the async workers.
+//! - A request is checked whole before anything changes: a bad offset in a
+//!   commit of several partitions commits none of them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use postbox_proto::v1 as pb;
+use tokio::sync::{watch, Semaphore};
+use tonic::{Request, Response, Status};
+
+use super::convert;
+use super::status::{blocking, status};
+use super::subscribe::{self, SubscriptionStream};
+use crate::engine::Engine;
+use crate::error::Error;
+use crate::limits::{FETCH_WAIT_MS_MAX, READ_BYTES_MAX, SUBSCRIBE_MESSAGE_BYTES_DEFAULT};
+use crate::names::validate_group;
+use crate::storage::batch::RecordInput;
+
+/// The service over one engine.
+#[derive(Debug, Clone)]
+pub struct BrokerService {
+    engine: Arc<Engine>,
+    /// Open subscriptions; a subscribe past the limit is refused.
+    subscriptions: Arc<Semaphore>,
+    max_subscriptions: usize,
+    /// Becomes true when the broker starts shutting down: streams end.
+    shutdown: watch::Receiver<bool>,
+}
+
+impl BrokerService {
+    pub fn new(
+        engine: Arc<Engine>,
+        max_subscriptions: usize,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        BrokerService {
+            engine,
+            subscriptions: Arc::new(Semaphore::new(max_subscriptions)),
+            max_subscriptions,
+            shutdown,
+        }
+    }
+}
+
+/// A read size from a request: 0 means the default; above `READ_BYTES_MAX`
+/// is refused rather than quietly cut.
+pub(super) fn read_bytes(what: &str, requested: u32) -> Result<u32, Status> {
+    match requested {
+        0 => Ok(SUBSCRIBE_MESSAGE_BYTES_DEFAULT),
+        n if n > READ_BYTES_MAX => Err(status(Error::limit(what, READ_BYTES_MAX.into(), n.into()))),
+        n => Ok(n),
+    }
+}
+
+#[tonic::async_trait]
+impl pb::broker_server::Broker for BrokerService {
+    async fn create_topic(
+        &self,
+        request: Request<pb::CreateTopicRequest>,
+    ) -> Result<Response<pb::TopicInfo>, Status> {
+        let req = request.into_inner();
+        let config = convert::topic_config(&req)?;
+        let engine = self.engine.clone();
+        let info = blocking(move || engine.create_topic(&req.name, config)).await?;
+        tracing::info!(topic = %info.name, partitions = info.config.partitions, "topic created");
+        Ok(Response::new(convert::topic_info(info)))
+    }
+
+    async fn delete_topic(
+        &self,
+        request: Request<pb::DeleteTopicRequest>,
+    ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
+        let name = request.into_inner().name;
+        let engine = self.engine.clone();
+        let deleted = name.clone();
+        blocking(move || engine.delete_topic(&deleted)).await?;
+        tracing::info!(topic = %name, "topic deleted");
+        Ok(Response::new(pb::DeleteTopicResponse {}))
+    }
+
+    async fn list_topics(
+        &self,
+        _request: Request<pb::ListTopicsRequest>,
+    ) -> Result<Response<pb::ListTopicsResponse>, Status> {
+        let engine = self.engine.clone();
+        let topics = blocking(move || Ok(engine.list_topics())).await?;
+        Ok(Response::new(pb::ListTopicsResponse {
+            topics: topics.into_iter().map(convert::topic_info).collect(),
+        }))
+    }
+
+    async fn describe_topic(
+        &self,
+        request: Request<pb::DescribeTopicRequest>,
+    ) -> Result<Response<pb::TopicInfo>, Status> {
+        let name = request.into_inner().name;
+        let engine = self.engine.clone();
+        let info = blocking(move || engine.describe_topic(&name)).await?;
+        Ok(Response::new(convert::topic_info(info)))
+    }
+
+    async fn publish(
+        &self,
+        request: Request<pb::PublishRequest>,
+    ) -> Result<Response<pb::PublishResponse>, Status> {
+        let req = request.into_inner();
+        let records: Vec<RecordInput> =
+            req.records.into_iter().map(convert::record_input).collect();
+        let engine = self.engine.clone();
+        let results = blocking(move || engine.publish(&req.topic, &records)).await?;
+        Ok(Response::new(pb::PublishResponse {
+            acks: results.into_iter().map(convert::ack).collect(),
+        }))
+    }
+
+    type SubscribeStream = SubscriptionStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let permit = self.subscriptions.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "the broker serves at most {} subscriptions at once (max_subscriptions); retry later",
+                self.max_subscriptions
+            ))
+        })?;
+        let stream = subscribe::start(
+            self.engine.clone(),
+            request.into_inner(),
+            self.shutdown.clone(),
+            permit,
+        )
+        .await?;
+        Ok(Response::new(stream))
+    }
+
+    async fn fetch(
+        &self,
+        request: Request<pb::FetchRequest>,
+    ) -> Result<Response<pb::FetchResponse>, Status> {
+        let req = request.into_inner();
+        let max_bytes = read_bytes("max_bytes", req.max_bytes)?;
+        if req.max_wait_ms > FETCH_WAIT_MS_MAX {
+            return Err(status(Error::limit(
+                "max_wait_ms",
+                FETCH_WAIT_MS_MAX.into(),
+                req.max_wait_ms.into(),
+            )));
+        }
+        let engine = self.engine.clone();
+        let (topic, partition) = (req.topic.clone(), req.partition);
+        let mut end = blocking(move || engine.watch_end(&topic, partition)).await?;
+        if req.max_wait_ms > 0 && *end.borrow_and_update() == req.offset {
+            let wait = Duration::from_millis(req.max_wait_ms.into());
+            // Timing out or the topic going away both mean: answer with what
+            // there is now, which the read below finds out.
+            let _ = tokio::time::timeout(wait, end.wait_for(|end| *end > req.offset)).await;
+        }
+        let engine = self.engine.clone();
+        let topic = req.topic.clone();
+        let (records, info) = blocking(move || {
+            let records = engine.read(&topic, req.partition, req.offset, max_bytes)?;
+            let info = engine.describe_topic(&topic)?;
+            Ok((records, info))
+        })
+        .await?;
+        let p = info
+            .partitions
+            .get(req.partition as usize)
+            .ok_or_else(|| Status::not_found(format!("{}/{} is gone", req.topic, req.partition)))?;
+        let next_offset = records.last().map_or(req.offset, |r| r.offset + 1);
+        Ok(Response::new(pb::FetchResponse {
+            records: records
+                .into_iter()
+                .map(|r| convert::record(req.partition, r))
+                .collect(),
+            next_offset,
+            earliest_offset: p.earliest_offset,
+            end_offset: p.end_offset,
+        }))
+    }
+
+    async fn commit_offsets(
+        &self,
+        request: Request<pb::CommitOffsetsRequest>,
+    ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let engine = self.engine.clone();
+        blocking(move || {
+            validate_group(&req.group)?;
+            let info = engine.describe_topic(&req.topic)?;
+            // Check every offset before committing any.
+            for o in &req.offsets {
+                let Some(p) = info.partitions.get(o.partition as usize) else {
+                    return Err(Error::PartitionNotFound {
+                        topic: req.topic.clone(),
+                        partition: o.partition,
+                        partitions: info.config.partitions,
+                    });
+                };
+                if o.offset > p.end_offset {
+                    return Err(Error::InvalidArgument(format!(
+                        "offset {} is past the end of {}/{} ({}); a committed offset is the next offset to read",
+                        o.offset, req.topic, o.partition, p.end_offset
+                    )));
+                }
+            }
+            for o in &req.offsets {
+                engine.commit_offset(&req.group, &req.topic, o.partition, o.offset)?;
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(Response::new(pb::CommitOffsetsResponse {}))
+    }
+
+    async fn get_offsets(
+        &self,
+        request: Request<pb::GetOffsetsRequest>,
+    ) -> Result<Response<pb::GetOffsetsResponse>, Status> {
+        let req = request.into_inner();
+        let engine = self.engine.clone();
+        let offsets = blocking(move || engine.committed_offsets(&req.group, &req.topic)).await?;
+        Ok(Response::new(pb::GetOffsetsResponse {
+            offsets: offsets
+                .into_iter()
+                .map(|c| pb::PartitionOffset {
+                    partition: c.partition,
+                    offset: c.offset,
+                })
+                .collect(),
+        }))
+    }
+}

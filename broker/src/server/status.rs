@@ -1,0 +1,68 @@
+//! The one mapping from broker errors to gRPC status codes (DESIGN contract 7).
+//!
+//! The message is the error's own text, which names the limit, the offset or
+//! the reason; the code tells a client whether to retry: UNAVAILABLE and
+//! RESOURCE_EXHAUSTED are worth retrying, INVALID_ARGUMENT and NOT_FOUND never.
+
+use tonic::{Code, Status};
+
+use crate::error::Error;
+
+/// The status a client gets for `error`.
+pub fn status(error: Error) -> Status {
+    Status::new(code(&error), error.to_string())
+}
+
+fn code(error: &Error) -> Code {
+    match error {
+        Error::InvalidName { .. } | Error::InvalidArgument(_) | Error::LimitExceeded { .. } => {
+            Code::InvalidArgument
+        }
+        Error::Busy { .. } => Code::ResourceExhausted,
+        Error::TopicNotFound(_) | Error::PartitionNotFound { .. } => Code::NotFound,
+        Error::TopicExists(_) => Code::AlreadyExists,
+        Error::OffsetOutOfRange { .. } => Code::OutOfRange,
+        Error::DataLoss { .. } => Code::DataLoss,
+        // A failed partition or a closing broker: another attempt (after a
+        // restart) can succeed, and idempotency keys make it safe.
+        Error::PartitionFailed { .. } | Error::ShuttingDown => Code::Unavailable,
+        Error::Io { .. } | Error::Meta { .. } | Error::Corrupt { .. } | Error::Server(_) => {
+            Code::Internal
+        }
+    }
+}
+
+/// A blocking engine call run off the async workers, its error mapped.
+pub async fn blocking<T, F>(f: F) -> Result<T, Status>
+where
+    F: FnOnce() -> crate::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result.map_err(status),
+        Err(e) => Err(Status::internal(format!("broker task failed: {e}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_are_invalid_arguments_and_capacity_is_exhaustion() {
+        let limit = Error::limit("record", 10, 11);
+        assert_eq!(status(limit).code(), Code::InvalidArgument);
+        let busy = Error::Busy {
+            what: "keys".into(),
+            limit: 1,
+            actual: 1,
+        };
+        let s = status(busy);
+        assert_eq!(s.code(), Code::ResourceExhausted);
+        assert!(s.message().contains("retry later"), "{}", s.message());
+        assert_eq!(
+            status(Error::TopicNotFound("t".into())).code(),
+            Code::NotFound
+        );
+    }
+}

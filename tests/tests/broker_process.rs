@@ -1,0 +1,154 @@
+//! The broker as a process: killed with SIGKILL under load and restarted, it
+//! serves every acknowledged record; stopped with SIGTERM under load, it
+//! answers or refuses in-flight publishes cleanly, exits 0 and loses nothing
+//! it acknowledged.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use postbox_proto::v1 as pb;
+use postbox_tests::broker::BrokerProcess;
+use postbox_tests::records::{
+    check_acknowledged, keyed_record, publish_until_error, read_topic, Journal,
+};
+
+const TOPIC: &str = "events";
+const PUBLISHERS: usize = 4;
+const BATCH: usize = 20;
+const RECORD_BYTES: usize = 200;
+/// SIGKILL cycles; `POSTBOX_BROKER_KILL_CYCLES` raises it for soak runs.
+const KILL_CYCLES_DEFAULT: usize = 3;
+
+async fn create_topic(broker: &BrokerProcess) {
+    broker
+        .client()
+        .await
+        .create_topic(pb::CreateTopicRequest {
+            name: TOPIC.into(),
+            partitions: 3,
+            // Small segments, so that kills land around segment rolls too.
+            segment_bytes: Some(256 * 1024),
+            ..Default::default()
+        })
+        .await
+        .expect("create the topic");
+}
+
+/// Starts the publishers; they run until their publishes fail.
+async fn start_publishers(
+    broker: &BrokerProcess,
+    cycle: usize,
+    journal: &Journal,
+) -> Vec<tokio::task::JoinHandle<tonic::Status>> {
+    let mut tasks = Vec::new();
+    for w in 0..PUBLISHERS {
+        let client = broker.client().await;
+        let journal = journal.clone();
+        tasks.push(tokio::spawn(async move {
+            let name = format!("c{cycle}-w{w}");
+            publish_until_error(client, TOPIC, &name, BATCH, RECORD_BYTES, journal).await
+        }));
+    }
+    tasks
+}
+
+/// Every acknowledged key published again is a duplicate at its first offset.
+async fn check_duplicates(broker: &BrokerProcess, acked: &[postbox_tests::records::Acked]) {
+    let mut client = broker.client().await;
+    for chunk in acked.chunks(1000) {
+        let records = chunk
+            .iter()
+            .map(|a| keyed_record(&a.key, RECORD_BYTES))
+            .collect();
+        let acks = client
+            .publish(pb::PublishRequest {
+                topic: TOPIC.into(),
+                records,
+            })
+            .await
+            .expect("publish again")
+            .into_inner()
+            .acks;
+        for (a, ack) in chunk.iter().zip(acks) {
+            assert!(ack.duplicate, "{} is a duplicate after the restart", a.key);
+            assert_eq!(
+                (ack.partition, ack.offset),
+                (a.partition, a.offset),
+                "{}",
+                a.key
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_broker_killed_with_sigkill_serves_every_acknowledged_record_after_restart() {
+    let cycles = std::env::var("POSTBOX_BROKER_KILL_CYCLES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(KILL_CYCLES_DEFAULT);
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let mut broker = BrokerProcess::start(&data, &[]);
+    create_topic(&broker).await;
+    let journal: Journal = Arc::new(Mutex::new(Vec::new()));
+    for cycle in 0..cycles {
+        let publishers = start_publishers(&broker, cycle, &journal).await;
+        tokio::time::sleep(Duration::from_millis(700 + 300 * cycle as u64)).await;
+        broker.kill9();
+        for p in publishers {
+            p.await.expect("a publisher task");
+        }
+        broker = BrokerProcess::start(&data, &[]);
+    }
+    let acked = journal.lock().expect("the journal").clone();
+    assert!(
+        acked.len() > 1000,
+        "the load was real: {} acknowledged",
+        acked.len()
+    );
+    let stored = read_topic(&mut broker.client().await, TOPIC).await;
+    check_acknowledged(&acked, &stored, RECORD_BYTES);
+    check_duplicates(&broker, &acked).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_record() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let mut broker = BrokerProcess::start(&data, &[]);
+    create_topic(&broker).await;
+    let journal: Journal = Arc::new(Mutex::new(Vec::new()));
+    let publishers = start_publishers(&broker, 0, &journal).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    broker.sigterm();
+    let status = broker.wait();
+    assert!(
+        status.success(),
+        "exit status {status:?}; log:\n{}",
+        broker.log()
+    );
+    assert!(broker.log().contains("stopped cleanly"), "{}", broker.log());
+    for p in publishers {
+        let refusal = p.await.expect("a publisher task");
+        // Refused, never half-done: the connection went away or the broker
+        // said it was stopping.
+        assert!(
+            matches!(
+                refusal.code(),
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+            ),
+            "a publish during shutdown fails cleanly: {refusal:?}"
+        );
+    }
+    let acked = journal.lock().expect("the journal").clone();
+    assert!(
+        acked.len() > 100,
+        "the load was real: {} acknowledged",
+        acked.len()
+    );
+    let broker = BrokerProcess::start(&data, &[]);
+    let stored = read_topic(&mut broker.client().await, TOPIC).await;
+    check_acknowledged(&acked, &stored, RECORD_BYTES);
+    check_duplicates(&broker, &acked).await;
+}
