@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: what CI runs and what README.md tells users to run.
 #
-# Soak runs: POSTBOX_CRASH_CYCLES (SIGKILL cycles, default 100) and
-# POSTBOX_POWER_LOSS_SEEDS (simulated power losses, default 10000).
+# Soak runs: POSTBOX_CRASH_CYCLES (engine SIGKILL cycles, default 100),
+# POSTBOX_POWER_LOSS_SEEDS (simulated power losses, default 10000) and
+# POSTBOX_BROKER_KILL_CYCLES (broker process SIGKILL cycles, default 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,10 @@ if ! command -v cargo >/dev/null; then
     echo "cargo is missing: install a Rust toolchain (https://rustup.rs)" >&2
     exit 1
 fi
+
+# The integration tests in tests/ start the real binaries (postbox-broker,
+# postbox) from target/debug: build them first, with the profile the tests use.
+cargo build --workspace --bins --locked
 
 if command -v cargo-nextest >/dev/null; then
     cargo nextest run --workspace --locked --no-fail-fast

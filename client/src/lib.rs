@@ -1,3 +1,52 @@
-//! The Postbox Rust client (producer, consumer, admin) and the `postbox` CLI.
+//! The Postbox Rust client: a [`Producer`], a [`Consumer`] and an [`Admin`]
+//! client, each connected to a broker by its address (`127.0.0.1:7411`,
+//! `localhost:7411` or `http://...`), and the `postbox` CLI built on them.
 //!
-//! Empty until the gRPC issue: the client talks to the broker only over gRPC.
+//! ```no_run
+//! # async fn example() -> postbox_client::Result<()> {
+//! use postbox_client::{OutgoingRecord, Producer, ProducerConfig};
+//!
+//! let producer = Producer::connect("127.0.0.1:7411", ProducerConfig::default()).await?;
+//! let ack = producer
+//!     .send("orders.created", OutgoingRecord::new("order 42").key("customer-7"))
+//!     .await?;
+//! println!("stored at {}:{}", ack.partition, ack.offset);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Architecture invariants: the client talks to the broker only over gRPC
+//! (`postbox-proto`), and protobuf types never appear in its public API;
+//! every call has a timeout; publishes are retried only with an idempotency
+//! key on every record, so a retry cannot append twice.
+
+mod admin;
+mod batch;
+mod connection;
+mod consumer;
+mod error;
+mod producer;
+mod retry;
+mod types;
+
+pub use admin::Admin;
+pub use batch::BatchBuilder;
+pub use connection::{
+    normalize_address, CONNECT_TIMEOUT_MS, DEFAULT_BROKER, MESSAGE_BYTES_MAX,
+    REQUEST_TIMEOUT_MS_DEFAULT,
+};
+pub use consumer::{Consumer, ConsumerConfig, SUBSCRIBE_MESSAGE_BYTES_MAX};
+pub use error::{code_name, Error, Result};
+pub use producer::{
+    Producer, ProducerConfig, BATCH_BYTES_MAX, BATCH_RECORDS_MAX, IN_FLIGHT_BATCHES_MAX,
+    LINGER_MS_DEFAULT, LINGER_MS_MAX, MAX_BATCH_BYTES_DEFAULT, MAX_BATCH_RECORDS_DEFAULT,
+    MAX_QUEUED_BYTES_DEFAULT, QUEUED_BYTES_MAX, RECORD_BYTES_MAX,
+};
+pub use retry::{
+    RetryPolicy, RETRY_ATTEMPTS_MAX, RETRY_BASE_MS, RETRY_CAP_MS, RETRY_ELAPSED_MAX_MS,
+};
+pub use tonic::Code;
+pub use types::{
+    Ack, Durability, Fetched, OutgoingRecord, PartitionInfo, Record, StartFrom, TopicInfo,
+    TopicSettings,
+};

@@ -505,3 +505,25 @@ async fn bad_settings_offsets_and_sizes_are_refused_with_the_reason() {
     );
     assert_eq!(snapshot(&mut client, &broker).await, before);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_over_the_grpc_message_limit_is_resource_exhausted() {
+    let (_dir, broker, mut client) = setup().await;
+    let before = snapshot(&mut client, &broker).await;
+    // A client that sends what the broker will not decode.
+    let mut unbounded = broker
+        .client()
+        .await
+        .max_encoding_message_size(2 * GRPC_MESSAGE_BYTES_MAX);
+    let payload = Bytes::from(vec![1u8; RECORD_BYTES_MAX as usize - 64]);
+    let records = (0..GRPC_MESSAGE_BYTES_MAX / RECORD_BYTES_MAX as usize + 2)
+        .map(|_| record(payload.clone()))
+        .collect();
+    refused(
+        "a 66 MiB request",
+        unbounded.publish(publish(TOPIC, records)).await,
+        Code::ResourceExhausted,
+        &[&GRPC_MESSAGE_BYTES_MAX.to_string()],
+    );
+    assert_eq!(snapshot(&mut client, &broker).await, before);
+}

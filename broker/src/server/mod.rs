@@ -133,6 +133,9 @@ pub async fn serve(
         .http2_keepalive_timeout(Some(keepalive))
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+        .layer(tower::util::MapResponseLayer::new(
+            status::oversized_is_resource_exhausted,
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(broker)

@@ -32,6 +32,23 @@ fn code(error: &Error) -> Code {
     }
 }
 
+/// tonic refuses a message over `GRPC_MESSAGE_BYTES_MAX` with OUT_OF_RANGE;
+/// contract 7 says an oversized request is RESOURCE_EXHAUSTED (the message,
+/// which names the limit, is kept). Applied to every response as a layer.
+pub fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let Some(refusal) = Status::from_header_map(response.headers()) else {
+        return response;
+    };
+    if refusal.code() == Code::OutOfRange && refusal.message().contains("message length too large")
+    {
+        let exhausted = Status::resource_exhausted(refusal.message());
+        if let Err(e) = exhausted.add_header(response.headers_mut()) {
+            tracing::warn!(error = %e, "rewriting an oversized-message status");
+        }
+    }
+    response
+}
+
 /// A blocking engine call run off the async workers, its error mapped.
 pub async fn blocking<T, F>(f: F) -> Result<T, Status>
 where

@@ -1,0 +1,269 @@
+//! The client's one error type, and the only place a `tonic::Status` becomes one.
+//!
+//! Invariants: every error displays as one plain line that a person can act on
+//! (the broker's own message for broker errors, the cause for connection
+//! errors), and no variant carries a `source` whose text it already repeats,
+//! so that a cause chain joined with ": " says each thing once.
+//! [`Error::is_retryable`] is the single answer to "may this be tried again?",
+//! used by the producer, the consumer and the admin client alike.
+
+use std::error::Error as StdError;
+use std::io;
+
+use tonic::Code;
+
+/// Result with the client's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a client call can fail with.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// The broker could not be reached (refused, unreachable, timed out, or a
+    /// name that does not resolve).
+    #[error("cannot reach the broker at {address}: {reason}")]
+    Connect {
+        /// The broker address, as the client dialled it (`http://host:port`).
+        address: String,
+        /// The innermost cause, as one line ("connection refused").
+        reason: String,
+    },
+    /// The broker answered with an error status, or the call failed in transit.
+    #[error("{message} ({})", code_name(*.code))]
+    Status {
+        /// The gRPC status code.
+        code: Code,
+        /// The broker's message, which names the limit or reason.
+        message: String,
+    },
+    /// The client refused a call or a setting before sending anything.
+    #[error("{0}")]
+    InvalidArgument(String),
+    /// The producer was closed, or its background task is gone.
+    #[error("the producer is closed")]
+    Closed,
+}
+
+impl Error {
+    /// Whether trying again may succeed: the broker was unreachable, busy or
+    /// restarting, or the call was cut or timed out. Errors about the request
+    /// itself (bad argument, unknown topic, offset out of range, data loss)
+    /// fail the same way every time and are not retryable.
+    ///
+    /// `Cancelled` counts as transient: the client never cancels its own
+    /// calls, so the status comes from the transport (hyper reports requests
+    /// dropped with their connection as cancelled).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Connect { .. } => true,
+            Error::Status { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::Internal
+                    | Code::Unknown
+                    | Code::ResourceExhausted
+                    | Code::Cancelled
+            ),
+            Error::InvalidArgument(_) | Error::Closed => false,
+        }
+    }
+
+    /// The gRPC status code, for broker errors.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// A call that did not answer within its timeout.
+    pub(crate) fn timed_out(operation: &str, timeout_ms: u64) -> Error {
+        Error::Status {
+            code: Code::DeadlineExceeded,
+            message: format!("{operation} got no answer within {timeout_ms} ms"),
+        }
+    }
+
+    /// A broker answer that breaks the protocol's promises.
+    pub(crate) fn protocol(message: String) -> Error {
+        Error::Status {
+            code: Code::Internal,
+            message,
+        }
+    }
+
+    /// A failed connection attempt to `address`, reduced to its innermost cause.
+    pub(crate) fn connect(address: &str, error: &tonic::transport::Error) -> Error {
+        Error::Connect {
+            address: address.to_owned(),
+            reason: innermost_reason(error),
+        }
+    }
+}
+
+impl From<tonic::Status> for Error {
+    fn from(status: tonic::Status) -> Self {
+        let message = if status.message().is_empty() {
+            // Transport failures sometimes carry no message; the code alone
+            // still tells the reader what kind of failure it was.
+            status.code().description().to_owned()
+        } else {
+            status.message().to_owned()
+        };
+        Error::Status {
+            code: status.code(),
+            message,
+        }
+    }
+}
+
+/// The canonical gRPC name of a status code, as the protocol documentation
+/// and other gRPC clients spell it.
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// The most specific cause in an error's source chain: the I/O error when
+/// there is one (what the operating system said), else the last source.
+fn innermost_reason(error: &(dyn StdError + 'static)) -> String {
+    let mut innermost = error;
+    let mut current = Some(error);
+    while let Some(cause) = current {
+        if let Some(io_error) = cause.downcast_ref::<io::Error>() {
+            return io_message(io_error);
+        }
+        innermost = cause;
+        current = cause.source();
+    }
+    innermost.to_string()
+}
+
+/// An I/O error as a lower-case phrase without the OS error number:
+/// "Connection refused (os error 111)" becomes "connection refused".
+fn io_message(error: &io::Error) -> String {
+    let text = error.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(cut) if text.ends_with(')') => &text[..cut],
+        _ => text.as_str(),
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_lowercase().chain(chars).collect(),
+        None => format!("{:?}", error.kind()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_displays_message_and_code_name() {
+        let error = Error::from(tonic::Status::not_found("topic orders not found"));
+        assert_eq!(error.to_string(), "topic orders not found (NOT_FOUND)");
+    }
+
+    #[test]
+    fn empty_status_message_falls_back_to_the_code_description() {
+        let error = Error::from(tonic::Status::unavailable(""));
+        assert_eq!(
+            error.to_string(),
+            "The service is currently unavailable (UNAVAILABLE)"
+        );
+    }
+
+    #[test]
+    fn transient_codes_are_retryable_and_request_errors_are_not() {
+        let retryable = [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Aborted,
+            Code::Internal,
+            Code::Unknown,
+            Code::ResourceExhausted,
+            Code::Cancelled,
+        ];
+        let permanent = [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::AlreadyExists,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::DataLoss,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::Unimplemented,
+        ];
+        let status = |code| Error::Status {
+            code,
+            message: String::new(),
+        };
+        for code in retryable {
+            assert!(status(code).is_retryable(), "{code:?}");
+        }
+        for code in permanent {
+            assert!(!status(code).is_retryable(), "{code:?}");
+        }
+        let connect = Error::Connect {
+            address: "http://127.0.0.1:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert!(connect.is_retryable());
+        assert!(!Error::InvalidArgument("bad".into()).is_retryable());
+        assert!(!Error::Closed.is_retryable());
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("tcp connect error")]
+    struct Wrapper(#[source] io::Error);
+
+    #[test]
+    fn reason_is_the_io_error_without_its_os_number() {
+        let io_error = io::Error::from_raw_os_error(111);
+        let wrapped = Wrapper(io_error);
+        let reason = innermost_reason(&wrapped);
+        assert_eq!(reason, "connection refused");
+    }
+
+    #[test]
+    fn reason_without_io_error_is_the_last_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] Inner);
+        #[derive(Debug, thiserror::Error)]
+        #[error("inner cause")]
+        struct Inner;
+        assert_eq!(innermost_reason(&Outer(Inner)), "inner cause");
+    }
+
+    #[test]
+    fn connect_error_is_one_line() {
+        let error = Error::Connect {
+            address: "http://127.0.0.1:1".into(),
+            reason: "connection refused".into(),
+        };
+        assert_eq!(
+            error.to_string(),
+            "cannot reach the broker at http://127.0.0.1:1: connection refused"
+        );
+    }
+}

@@ -1,0 +1,606 @@
+//! Publishing: a background batcher for single records, direct batches, and
+//! retries that cannot duplicate.
+//!
+//! Invariants:
+//! - Every record has its idempotency key (its own, or a UUID v7 in text
+//!   form) before its first attempt, so a retried publish that the broker had
+//!   already appended answers `duplicate = true` instead of appending twice.
+//! - Only errors that [`Error::is_retryable`] accepts are retried, with the
+//!   configured backoff, each attempt within `request_timeout_ms` and over a
+//!   fresh connection when the previous attempt failed in transit.
+//! - Acknowledgments come back in the order records were given.
+//! - [`Producer::send`] queues its record when called, so records keep call
+//!   order however their futures are awaited, spawned or dropped. What it
+//!   holds is bounded: records sent and not yet acknowledged take at most
+//!   `max_queued_bytes`; past that, `send` fails at once with
+//!   RESOURCE_EXHAUSTED rather than grow memory or reorder records.
+//! - With `max_in_flight_batches = 1` (the default) batches are published one
+//!   after the other, so records with the same key keep their order even
+//!   across retries. Above 1, concurrent publishes may be appended in either
+//!   order, and a batch whose first attempt failed can land after a later one.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use postbox_proto::v1 as pb;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::time::Instant;
+
+use crate::batch::{self, BatchBuilder};
+use crate::connection::{Connection, MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS_DEFAULT};
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
+use crate::types::{Ack, OutgoingRecord};
+
+/// Most records in one publish, as the broker's `BATCH_RECORDS_MAX`.
+pub const BATCH_RECORDS_MAX: usize = 10_000;
+
+/// Most bytes in one publish, as the broker's `BATCH_BYTES_MAX` (the broker
+/// counts framing too, so a batch near this may still be refused).
+pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
+
+/// Default records per batch: amortises a round trip and an fsync over many
+/// records while keeping a batch's latency low.
+pub const MAX_BATCH_RECORDS_DEFAULT: usize = 1_000;
+
+/// Default bytes per batch.
+pub const MAX_BATCH_BYTES_DEFAULT: usize = 1024 * 1024;
+
+/// Default time a batch waits for more records before it is sent.
+pub const LINGER_MS_DEFAULT: u64 = 5;
+
+/// Longest linger a producer accepts: records should not wait longer than a
+/// retry sequence takes.
+pub const LINGER_MS_MAX: u64 = 60_000;
+
+/// Most publishes in flight at once per producer.
+pub const IN_FLIGHT_BATCHES_MAX: u32 = 64;
+
+/// Largest record the broker accepts, as its `RECORD_BYTES_MAX`.
+pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
+
+/// Default bound on the bytes of records sent and not yet acknowledged:
+/// tens of thousands of typical records, a few seconds of a fast broker.
+pub const MAX_QUEUED_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
+
+/// Largest `max_queued_bytes`: a producer is not a storage system.
+pub const QUEUED_BYTES_MAX: usize = 1024 * 1024 * 1024;
+
+/// What a queued record costs beyond its data (its reply channel, batch
+/// slot and protobuf framing), so that empty records are bounded too.
+const RECORD_OVERHEAD_BYTES: usize = 128;
+
+const _: () = assert!(MAX_BATCH_RECORDS_DEFAULT <= BATCH_RECORDS_MAX);
+const _: () = assert!(MAX_BATCH_BYTES_DEFAULT <= BATCH_BYTES_MAX);
+const _: () = assert!(BATCH_BYTES_MAX < MESSAGE_BYTES_MAX);
+const _: () = assert!(RECORD_BYTES_MAX + RECORD_OVERHEAD_BYTES <= MAX_QUEUED_BYTES_DEFAULT);
+
+/// How a [`Producer`] batches, paces and retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProducerConfig {
+    /// Most records in one publish (1 to `BATCH_RECORDS_MAX`).
+    pub max_batch_records: usize,
+    /// Most record bytes in one publish (1 to `BATCH_BYTES_MAX`); a single
+    /// larger record goes alone.
+    pub max_batch_bytes: usize,
+    /// How long a batch of [`Producer::send`] records waits for more before
+    /// it is sent, unless it fills first.
+    pub linger_ms: u64,
+    /// Publishes of background batches in flight at once. 1 keeps per-key
+    /// order; above 1, batches may be appended out of order.
+    pub max_in_flight_batches: u32,
+    /// Most bytes of records sent with [`Producer::send`] and not yet
+    /// acknowledged (queued, batching or in flight).
+    pub max_queued_bytes: usize,
+    /// Timeout of one publish attempt.
+    pub request_timeout_ms: u64,
+    /// How failed publishes are retried.
+    pub retry: RetryPolicy,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            max_batch_records: MAX_BATCH_RECORDS_DEFAULT,
+            max_batch_bytes: MAX_BATCH_BYTES_DEFAULT,
+            linger_ms: LINGER_MS_DEFAULT,
+            max_in_flight_batches: 1,
+            max_queued_bytes: MAX_QUEUED_BYTES_DEFAULT,
+            request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl ProducerConfig {
+    /// Checks every setting against its limit, naming the value.
+    pub fn validate(&self) -> Result<()> {
+        check_range(
+            "max_batch_records",
+            self.max_batch_records as u64,
+            1,
+            BATCH_RECORDS_MAX as u64,
+        )?;
+        check_range(
+            "max_batch_bytes",
+            self.max_batch_bytes as u64,
+            1,
+            BATCH_BYTES_MAX as u64,
+        )?;
+        check_range("linger_ms", self.linger_ms, 0, LINGER_MS_MAX)?;
+        check_range(
+            "max_in_flight_batches",
+            self.max_in_flight_batches.into(),
+            1,
+            IN_FLIGHT_BATCHES_MAX.into(),
+        )?;
+        // Every record the broker accepts must fit in the queue on its own.
+        check_range(
+            "max_queued_bytes",
+            self.max_queued_bytes as u64,
+            (RECORD_BYTES_MAX + RECORD_OVERHEAD_BYTES) as u64,
+            QUEUED_BYTES_MAX as u64,
+        )?;
+        check_range("request_timeout_ms", self.request_timeout_ms, 1, u64::MAX)?;
+        self.retry.validate()
+    }
+}
+
+fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<()> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "producer {name} is {value}; it must be between {min} and {max}"
+        )))
+    }
+}
+
+/// Publishes records to one broker. Cheap to share behind an `Arc`; every
+/// method takes `&self`.
+#[derive(Debug)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    /// Unbounded as a channel, bounded by `queued_bytes`: every record in it
+    /// holds permits for its bytes.
+    commands: mpsc::UnboundedSender<Command>,
+    /// One permit per byte of records sent and not yet acknowledged.
+    queued_bytes: Arc<Semaphore>,
+}
+
+impl Producer {
+    /// Connects to the broker at `address` and starts the background batcher.
+    pub async fn connect(address: &str, config: ProducerConfig) -> Result<Producer> {
+        config.validate()?;
+        let connection = Connection::open(address).await?;
+        let shared = Arc::new(Shared { connection, config });
+        let queued_bytes = Arc::new(Semaphore::new(shared.config.max_queued_bytes));
+        let (commands, receiver) = mpsc::unbounded_channel();
+        tokio::spawn(Batcher::new(Arc::clone(&shared), receiver).run());
+        Ok(Producer {
+            shared,
+            commands,
+            queued_bytes,
+        })
+    }
+
+    /// The producer's settings.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.shared.config
+    }
+
+    /// Queues `record` for `topic`; the returned future resolves to its
+    /// acknowledgment once its batch is published.
+    ///
+    /// The record is queued by the call itself, so many sends may be started
+    /// before any is awaited and records keep call order; dropping the future
+    /// does not withdraw the record. When records sent and not yet
+    /// acknowledged already take `max_queued_bytes`, the future fails at once
+    /// with RESOURCE_EXHAUSTED: await earlier acknowledgments first.
+    pub fn send(
+        &self,
+        topic: &str,
+        record: OutgoingRecord,
+    ) -> impl Future<Output = Result<Ack>> + Send + 'static {
+        let record = record.with_idempotency_key();
+        let size_bytes = record.size_bytes();
+        let (reply, ack) = oneshot::channel();
+        let queued = self.reserve(size_bytes).and_then(|room| {
+            let command = Command::Send {
+                topic: topic.to_owned(),
+                record: record.into_proto(),
+                size_bytes,
+                reply: Reply {
+                    sender: reply,
+                    _room: room,
+                },
+            };
+            self.commands.send(command).map_err(|_| Error::Closed)
+        });
+        async move {
+            queued?;
+            ack.await.map_err(|_| Error::Closed)?
+        }
+    }
+
+    /// Takes room for a record of `size_bytes` in the queue, or explains why not.
+    fn reserve(&self, size_bytes: usize) -> Result<OwnedSemaphorePermit> {
+        let cost = size_bytes.saturating_add(RECORD_OVERHEAD_BYTES);
+        let permits = u32::try_from(cost).unwrap_or(u32::MAX);
+        Arc::clone(&self.queued_bytes)
+            .try_acquire_many_owned(permits)
+            .map_err(|error| match error {
+                TryAcquireError::Closed => Error::Closed,
+                TryAcquireError::NoPermits => Error::Status {
+                    code: tonic::Code::ResourceExhausted,
+                    message: format!(
+                        "the producer holds max_queued_bytes ({}) of unacknowledged records; \
+                         await acknowledgments before sending more",
+                        self.shared.config.max_queued_bytes
+                    ),
+                },
+            })
+    }
+
+    /// Publishes `records` now, bypassing the batcher: one publish call, or
+    /// several in order when the records exceed `max_batch_records` or
+    /// `max_batch_bytes`. Acknowledgments come back in input order.
+    ///
+    /// On an error, chunks before the failed one stay published. Generated
+    /// idempotency keys do not survive the call, so a caller that wants to
+    /// re-send a failed batch without duplicates gives each record its own.
+    pub async fn send_batch(&self, topic: &str, records: Vec<OutgoingRecord>) -> Result<Vec<Ack>> {
+        if self.commands.is_closed() {
+            return Err(Error::Closed);
+        }
+        let config = &self.shared.config;
+        let record_count = records.len();
+        let records = records
+            .into_iter()
+            .map(OutgoingRecord::with_idempotency_key)
+            .collect();
+        let chunks = batch::split(
+            records,
+            config.max_batch_records,
+            config.max_batch_bytes,
+            OutgoingRecord::size_bytes,
+        );
+        let mut acks = Vec::with_capacity(record_count);
+        for chunk in chunks {
+            let records = chunk.into_iter().map(OutgoingRecord::into_proto).collect();
+            acks.extend(self.shared.publish(topic, records).await?);
+        }
+        Ok(acks)
+    }
+
+    /// Waits until every record sent before this call is published or failed.
+    pub async fn flush(&self) -> Result<()> {
+        self.round_trip(Command::Flush).await
+    }
+
+    /// Flushes, then stops the batcher: later calls fail with [`Error::Closed`].
+    pub async fn close(&self) -> Result<()> {
+        self.round_trip(Command::Close).await
+    }
+
+    async fn round_trip(&self, command: fn(oneshot::Sender<()>) -> Command) -> Result<()> {
+        let (done, finished) = oneshot::channel();
+        self.commands
+            .send(command(done))
+            .map_err(|_| Error::Closed)?;
+        finished.await.map_err(|_| Error::Closed)
+    }
+}
+
+/// What the producer handle and the batcher's publish tasks share.
+#[derive(Debug)]
+struct Shared {
+    connection: Connection,
+    config: ProducerConfig,
+}
+
+impl Shared {
+    /// Publishes one batch, retrying transient failures.
+    async fn publish(&self, topic: &str, records: Vec<pb::PublishRecord>) -> Result<Vec<Ack>> {
+        let request = pb::PublishRequest {
+            topic: topic.to_owned(),
+            records,
+        };
+        let response = self
+            .connection
+            .call_with_retry(
+                self.config.retry,
+                "publish",
+                self.config.request_timeout_ms,
+                |mut client| {
+                    let request = request.clone();
+                    async move { client.publish(request).await }
+                },
+            )
+            .await?;
+        acks_for(&request.records, response.acks)
+    }
+}
+
+/// Pairs each record with its acknowledgment.
+fn acks_for(records: &[pb::PublishRecord], acks: Vec<pb::PublishAck>) -> Result<Vec<Ack>> {
+    if acks.len() != records.len() {
+        return Err(Error::protocol(format!(
+            "the broker answered {} acknowledgments for {} records",
+            acks.len(),
+            records.len()
+        )));
+    }
+    Ok(records
+        .iter()
+        .zip(acks)
+        .map(|(record, ack)| Ack {
+            partition: ack.partition,
+            offset: ack.offset,
+            duplicate: ack.duplicate,
+            idempotency_key: record.idempotency_key.clone().unwrap_or_default(),
+        })
+        .collect())
+}
+
+/// A request to the batcher.
+enum Command {
+    /// Add a record to its topic's batch.
+    Send {
+        topic: String,
+        record: pb::PublishRecord,
+        size_bytes: usize,
+        reply: Reply,
+    },
+    /// Send every open batch, wait for all publishes, then answer.
+    Flush(oneshot::Sender<()>),
+    /// As `Flush`, then stop.
+    Close(oneshot::Sender<()>),
+}
+
+/// A queued record and where its acknowledgment goes.
+struct Pending {
+    record: pb::PublishRecord,
+    reply: Reply,
+}
+
+/// Where a record's acknowledgment goes, and the queue room it holds until
+/// then.
+struct Reply {
+    sender: oneshot::Sender<Result<Ack>>,
+    _room: OwnedSemaphorePermit,
+}
+
+/// A topic's batch that is still taking records.
+struct OpenBatch {
+    builder: BatchBuilder<Pending>,
+    /// When it is sent even if not full: its first record's arrival plus the linger.
+    deadline: Instant,
+}
+
+/// The background task: groups records into per-topic batches and starts
+/// their publishes, at most `max_in_flight_batches` at a time, in order.
+struct Batcher {
+    shared: Arc<Shared>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    open: HashMap<String, OpenBatch>,
+    /// One permit per publish in flight; taking them all waits for every one.
+    in_flight: Arc<Semaphore>,
+}
+
+impl Batcher {
+    fn new(shared: Arc<Shared>, commands: mpsc::UnboundedReceiver<Command>) -> Batcher {
+        let permits = shared.config.max_in_flight_batches as usize;
+        Batcher {
+            shared,
+            commands,
+            open: HashMap::new(),
+            in_flight: Arc::new(Semaphore::new(permits)),
+        }
+    }
+
+    async fn run(mut self) {
+        loop {
+            let deadline = self.open.values().map(|batch| batch.deadline).min();
+            tokio::select! {
+                // Due batches first, so a steady stream of records cannot
+                // hold back a batch past its linger.
+                biased;
+                () = sleep_until(deadline) => self.send_due().await,
+                command = self.commands.recv() => match command {
+                    Some(Command::Send { topic, record, size_bytes, reply }) => {
+                        self.add(topic, Pending { record, reply }, size_bytes).await;
+                    }
+                    Some(Command::Flush(done)) => {
+                        self.drain().await;
+                        // The caller may have stopped waiting; nothing to do then.
+                        let _ = done.send(());
+                    }
+                    Some(Command::Close(done)) => {
+                        self.drain().await;
+                        let _ = done.send(());
+                        return;
+                    }
+                    // Every producer handle is gone: send what is queued, then stop.
+                    None => {
+                        self.drain().await;
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn add(&mut self, topic: String, pending: Pending, size_bytes: usize) {
+        let linger = Duration::from_millis(self.shared.config.linger_ms);
+        let config = &self.shared.config;
+        let open = self.open.entry(topic.clone()).or_insert_with(|| OpenBatch {
+            builder: BatchBuilder::new(config.max_batch_records, config.max_batch_bytes),
+            deadline: Instant::now() + linger,
+        });
+        let complete = open.builder.push(pending, size_bytes);
+        if complete.is_some() {
+            // The record did not fit and starts a new batch: a new linger.
+            open.deadline = Instant::now() + linger;
+        }
+        let full = open.builder.is_full().then(|| open.builder.take());
+        if full.is_some() {
+            self.open.remove(&topic);
+        }
+        for batch in complete.into_iter().chain(full) {
+            self.start_publish(&topic, batch).await;
+        }
+    }
+
+    async fn send_due(&mut self) {
+        let now = Instant::now();
+        let due: Vec<String> = self
+            .open
+            .iter()
+            .filter(|(_, batch)| batch.deadline <= now)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in due {
+            if let Some(mut batch) = self.open.remove(&topic) {
+                self.start_publish(&topic, batch.builder.take()).await;
+            }
+        }
+    }
+
+    /// Sends every open batch and waits until no publish is in flight.
+    async fn drain(&mut self) {
+        let open: Vec<(String, OpenBatch)> = self.open.drain().collect();
+        for (topic, mut batch) in open {
+            self.start_publish(&topic, batch.builder.take()).await;
+        }
+        let permits = self.shared.config.max_in_flight_batches;
+        // The semaphore is never closed, so this only waits.
+        let _all_idle = self.in_flight.acquire_many(permits).await;
+    }
+
+    /// Starts publishing `batch` once an in-flight slot is free. Waiting here
+    /// (rather than in the task) keeps publishes starting in batch order.
+    async fn start_publish(&self, topic: &str, batch: Vec<Pending>) {
+        let Ok(permit) = Arc::clone(&self.in_flight).acquire_owned().await else {
+            // Never closed; if it were, dropping the batch answers its
+            // senders with `Closed`.
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            let (records, replies): (Vec<_>, Vec<_>) = batch
+                .into_iter()
+                .map(|pending| (pending.record, pending.reply))
+                .unzip();
+            let result = shared.publish(&topic, records).await;
+            deliver(result, replies);
+            drop(permit);
+        });
+    }
+}
+
+/// Answers each record's sender (one that stopped waiting is skipped) and
+/// frees its queue room.
+fn deliver(result: Result<Vec<Ack>>, replies: Vec<Reply>) {
+    match result {
+        Ok(acks) => {
+            for (reply, ack) in replies.into_iter().zip(acks) {
+                let _ = reply.sender.send(Ok(ack));
+            }
+        }
+        Err(error) => {
+            for reply in replies {
+                let _ = reply.sender.send(Err(error.clone()));
+            }
+        }
+    }
+}
+
+/// Sleeps until `deadline`, or forever when there is none.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    #[test]
+    fn default_config_is_valid() {
+        assert_eq!(ProducerConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn config_limits_are_checked_and_named() {
+        let too_many = ProducerConfig {
+            max_batch_records: BATCH_RECORDS_MAX + 1,
+            ..ProducerConfig::default()
+        };
+        assert_eq!(
+            too_many.validate().err().map(|e| e.to_string()).as_deref(),
+            Some("producer max_batch_records is 10001; it must be between 1 and 10000")
+        );
+        let no_in_flight = ProducerConfig {
+            max_in_flight_batches: 0,
+            ..ProducerConfig::default()
+        };
+        assert!(no_in_flight.validate().is_err());
+        let at_limit = ProducerConfig {
+            max_batch_records: BATCH_RECORDS_MAX,
+            max_batch_bytes: BATCH_BYTES_MAX,
+            ..ProducerConfig::default()
+        };
+        assert_eq!(at_limit.validate(), Ok(()));
+    }
+
+    fn record(key: &'static str) -> pb::PublishRecord {
+        pb::PublishRecord {
+            idempotency_key: Some(Bytes::from(key)),
+            ..pb::PublishRecord::default()
+        }
+    }
+
+    fn ack(offset: u64) -> pb::PublishAck {
+        pb::PublishAck {
+            partition: 0,
+            offset,
+            duplicate: offset == 0,
+        }
+    }
+
+    #[test]
+    fn acks_pair_with_records_in_order() {
+        let acks = acks_for(&[record("a"), record("b")], vec![ack(0), ack(1)]);
+        let summary: Option<Vec<(u64, bool, Bytes)>> = acks.ok().map(|acks| {
+            acks.into_iter()
+                .map(|a| (a.offset, a.duplicate, a.idempotency_key))
+                .collect()
+        });
+        assert_eq!(
+            summary,
+            Some(vec![
+                (0, true, Bytes::from("a")),
+                (1, false, Bytes::from("b"))
+            ])
+        );
+    }
+
+    #[test]
+    fn ack_count_mismatch_is_an_error() {
+        let result = acks_for(&[record("a"), record("b")], vec![ack(0)]);
+        assert!(matches!(
+            result,
+            Err(Error::Status {
+                code: tonic::Code::Internal,
+                ..
+            })
+        ));
+    }
+}
