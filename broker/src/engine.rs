@@ -44,7 +44,8 @@ use crate::topic::{PublishResult, Topic, TopicInfo};
 #[derive(Debug)]
 pub struct Engine {
     inner: Arc<Inner>,
-    maintenance: Option<JoinHandle<()>>,
+    /// Taken (and joined) by the first close or drop.
+    maintenance: Mutex<Option<JoinHandle<()>>>,
     /// An exclusive lock on `<data-dir>/LOCK` for the engine's life: two
     /// processes recovering and appending to the same files would overwrite
     /// each other's acknowledged records.
@@ -141,7 +142,7 @@ impl Engine {
             .context(|| "starting the maintenance thread".into())?;
         Ok(Engine {
             inner,
-            maintenance: Some(maintenance),
+            maintenance: Mutex::new(Some(maintenance)),
             data_dir_lock: None,
         })
     }
@@ -283,17 +284,28 @@ impl Engine {
         partition: u32,
         offset: u64,
     ) -> Result<()> {
+        self.commit_offsets(group, topic, &[(partition, offset)])
+    }
+
+    /// Commits a group's offsets, `(partition, offset)`: all of them or, when
+    /// one is bad (no such partition, past the end), none. Durable when it
+    /// returns: an operator who moves a group back must not see it move
+    /// forward again after a crash.
+    pub fn commit_offsets(&self, group: &str, topic: &str, offsets: &[(u32, u64)]) -> Result<()> {
         validate_group(group)?;
         let t = self.topic(topic)?;
-        let end = t.partition(partition)?.end_offset();
-        if offset > end {
-            return Err(Error::InvalidArgument(format!(
-                "offset {offset} is past the end of {topic}/{partition} ({end}); a committed offset is the next offset to read"
-            )));
+        for &(partition, offset) in offsets {
+            let end = t.partition(partition)?.end_offset();
+            if offset > end {
+                return Err(Error::InvalidArgument(format!(
+                    "offset {offset} is past the end of {topic}/{partition} ({end}); a committed offset is the next offset to read"
+                )));
+            }
         }
         self.inner
             .meta
-            .commit_offset(t.store_key(), group, partition, offset)
+            .commit_offsets(t.store_key(), group, offsets)?;
+        self.inner.meta.sync()
     }
 
     /// A group's committed offsets in a topic, clamped to each partition's log.
@@ -327,7 +339,15 @@ impl Engine {
     }
 
     /// Flushes everything (async partitions, dedup, metadata) and stops.
-    pub fn close(mut self) -> Result<()> {
+    pub fn close(self) -> Result<()> {
+        self.shutdown()
+    }
+
+    /// Stops the maintenance thread and flushes everything, without waiting
+    /// for other holders of a shared engine to let go: a server whose
+    /// connections outlive it still closes its engine. Appends that race it
+    /// are still acknowledged only once durable.
+    pub fn shutdown(&self) -> Result<()> {
         self.stop();
         self.flush()
     }
@@ -344,9 +364,14 @@ impl Engine {
         self.inner.meta.sync()
     }
 
-    fn stop(&mut self) {
+    fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
-        if let Some(thread) = self.maintenance.take() {
+        let thread = self
+            .maintenance
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(thread) = thread {
             thread.thread().unpark();
             if thread.join().is_err() {
                 tracing::error!("the maintenance thread panicked");

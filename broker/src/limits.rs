@@ -96,20 +96,21 @@ pub const DEDUP_ROOM_WAIT_MAX: std::time::Duration = std::time::Duration::from_s
 /// Most bytes one read returns (beyond the first frame, which is always whole).
 pub const READ_BYTES_MAX: u32 = 16 * 1024 * 1024;
 
-/// Bytes of records a subscription response carries when the subscriber does
-/// not say (at least one whole batch).
-pub const SUBSCRIBE_MESSAGE_BYTES_DEFAULT: u32 = 1024 * 1024;
+/// Bytes of records a fetch returns, or a subscription response carries, when
+/// the caller does not say (at least one record).
+pub const READ_BYTES_DEFAULT: u32 = 1024 * 1024;
 
 /// Longest a fetch waits for records at the end of a partition.
 pub const FETCH_WAIT_MS_MAX: u32 = 30_000;
 
-/// Largest gRPC message the broker decodes or encodes. Above the largest
-/// batch (plus protobuf framing), so that an oversized batch meets the
-/// broker's own check and its clear message rather than the transport's.
-pub const GRPC_MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Largest gRPC message the broker decodes or encodes: just above the largest
+/// batch or read plus protobuf framing, so that an oversized batch meets the
+/// broker's own check (and its clear message), while a request the broker
+/// must buffer whole before it can refuse it stays small.
+pub const GRPC_MESSAGE_BYTES_MAX: usize = 20 * 1024 * 1024;
 
 const _: () = assert!(RECORD_BYTES_MAX < BATCH_BYTES_MAX);
-const _: () = assert!(SUBSCRIBE_MESSAGE_BYTES_DEFAULT <= READ_BYTES_MAX);
+const _: () = assert!(READ_BYTES_DEFAULT <= READ_BYTES_MAX);
 // A response is cut before it passes its byte target (at most READ_BYTES_MAX),
 // so it holds at most that plus one record and its protobuf framing; a publish
 // request holds at most a batch plus under 64 bytes of framing per record.

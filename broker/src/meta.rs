@@ -50,7 +50,8 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Identifies this store instance; a dedup checkpoint is only valid for the
     /// store it was taken against.
     fn store_id(&self) -> [u8; 16];
-    fn commit_offset(&self, topic: &str, group: &str, partition: u32, offset: u64) -> Result<()>;
+    /// Commits a group's offsets, `(partition, offset)`, all or none.
+    fn commit_offsets(&self, topic: &str, group: &str, offsets: &[(u32, u64)]) -> Result<()>;
     /// Committed offsets of a group in a topic, by partition.
     fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<(u32, u64)>>;
     fn dedup_get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>>;
@@ -221,14 +222,17 @@ impl MetaStore for SledMeta {
         self.store_id
     }
 
-    fn commit_offset(&self, topic: &str, group: &str, partition: u32, offset: u64) -> Result<()> {
-        self.offsets
-            .insert(
+    fn commit_offsets(&self, topic: &str, group: &str, offsets: &[(u32, u64)]) -> Result<()> {
+        let mut batch = sled::Batch::default();
+        for &(partition, offset) in offsets {
+            batch.insert(
                 offset_key(topic, group, Some(partition)),
                 &offset.to_be_bytes(),
-            )
-            .map_err(|e| Error::meta("committing an offset", e))?;
-        Ok(())
+            );
+        }
+        self.offsets
+            .apply_batch(batch)
+            .map_err(|e| Error::meta("committing offsets", e))
     }
 
     fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<(u32, u64)>> {
@@ -424,8 +428,8 @@ mod tests {
         let path = dir.path().join("meta");
         let id = {
             let meta = SledMeta::open(&path, 1 << 20).expect("open");
-            meta.commit_offset("t", "g", 3, 42).expect("commit");
-            meta.commit_offset("t", "g2", 3, 7).expect("commit");
+            meta.commit_offsets("t", "g", &[(3, 42)]).expect("commit");
+            meta.commit_offsets("t", "g2", &[(3, 7)]).expect("commit");
             meta.dedup_insert("t", &[(Bytes::from_static(b"a"), entry(1, 10))], 0, 10)
                 .expect("insert");
             meta.sync().expect("sync");
@@ -497,7 +501,7 @@ mod tests {
         fs::write(path.join("conf"), b"\xff\xff garbage").expect("write");
         fs::write(path.join("db"), vec![0xAB; 4096]).expect("write");
         let meta = SledMeta::open(&path, 1 << 20).expect("opens anyway");
-        meta.commit_offset("t", "g", 0, 1).expect("usable");
+        meta.commit_offsets("t", "g", &[(0, 1)]).expect("usable");
         let aside = fs::read_dir(dir.path())
             .expect("ls")
             .filter_map(|e| e.ok())

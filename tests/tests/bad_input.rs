@@ -363,7 +363,17 @@ async fn records_and_batches_over_a_limit_name_the_limit_and_append_nothing() {
         ),
         ("an empty batch", vec![], "at least one record".into()),
     ];
-    for (what, records, needle) in cases {
+    let mut keys = Vec::new();
+    for (n, (what, mut records, needle)) in cases.into_iter().enumerate() {
+        // Every refused record carries an idempotency key the broker must
+        // not remember: dedup state is part of "nothing changed".
+        for (i, r) in records.iter_mut().enumerate() {
+            if r.idempotency_key.is_none() {
+                let key = format!("refused-{n}-{i}");
+                r.idempotency_key = Some(Bytes::from(key.clone()));
+                keys.push(key);
+            }
+        }
         refused(
             what,
             client.publish(publish(TOPIC, records)).await,
@@ -372,6 +382,123 @@ async fn records_and_batches_over_a_limit_name_the_limit_and_append_nothing() {
         );
         assert_eq!(snapshot(&mut client, &broker).await, before, "{what}");
     }
+    let fresh: Vec<pb::PublishRecord> = keys
+        .iter()
+        .take(BATCH_RECORDS_MAX as usize)
+        .map(|k| pb::PublishRecord {
+            idempotency_key: Some(Bytes::from(k.clone())),
+            ..record("now")
+        })
+        .collect();
+    let acks = client
+        .publish(publish(TOPIC, fresh))
+        .await
+        .expect("publish the refused keys")
+        .into_inner()
+        .acks;
+    assert!(
+        acks.iter().all(|a| !a.duplicate),
+        "no refused key was remembered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_subscriptions_and_names_on_every_call_are_refused() {
+    let (_dir, broker, mut client) = setup().await;
+    let before = snapshot(&mut client, &broker).await;
+    let subscribe = |change: fn(&mut pb::SubscribeRequest)| {
+        let mut req = pb::SubscribeRequest {
+            topic: TOPIC.into(),
+            ..Default::default()
+        };
+        change(&mut req);
+        req
+    };
+    let cases: [(&str, pb::SubscribeRequest, Code, &str); 5] = [
+        (
+            "max_message_bytes over READ_BYTES_MAX",
+            subscribe(|r| r.max_message_bytes = READ_BYTES_MAX + 1),
+            Code::InvalidArgument,
+            "16777216",
+        ),
+        (
+            "an unknown start position",
+            subscribe(|r| r.start = Some(pb::subscribe_request::Start::Position(9))),
+            Code::InvalidArgument,
+            "start position 9",
+        ),
+        (
+            "resume naming a partition not subscribed",
+            subscribe(|r| {
+                r.partition = Some(0);
+                r.resume = vec![pb::PartitionOffset {
+                    partition: 1,
+                    offset: 0,
+                }];
+            }),
+            Code::InvalidArgument,
+            "partition 1",
+        ),
+        (
+            "resume past the end",
+            subscribe(|r| {
+                r.resume = vec![pb::PartitionOffset {
+                    partition: 0,
+                    offset: 99,
+                }];
+            }),
+            Code::OutOfRange,
+            "offset 99",
+        ),
+        (
+            "a bad topic name",
+            subscribe(|r| r.topic = "../x".into()),
+            Code::InvalidArgument,
+            "'/'",
+        ),
+    ];
+    for (what, req, code, needle) in cases {
+        refused(what, client.subscribe(req).await, code, &[needle]);
+    }
+    let bad = "a/b";
+    let fetch = pb::FetchRequest {
+        topic: bad.into(),
+        ..Default::default()
+    };
+    refused(
+        "fetch",
+        client.fetch(fetch).await,
+        Code::InvalidArgument,
+        &["'/'"],
+    );
+    let get = pb::GetOffsetsRequest {
+        group: GROUP.into(),
+        topic: bad.into(),
+    };
+    refused(
+        "get offsets",
+        client.get_offsets(get).await,
+        Code::InvalidArgument,
+        &["'/'"],
+    );
+    let get = pb::GetOffsetsRequest {
+        group: bad.into(),
+        topic: TOPIC.into(),
+    };
+    refused(
+        "get offsets of a bad group",
+        client.get_offsets(get).await,
+        Code::InvalidArgument,
+        &["'/'"],
+    );
+    let delete = pb::DeleteTopicRequest { name: bad.into() };
+    refused(
+        "delete",
+        client.delete_topic(delete).await,
+        Code::InvalidArgument,
+        &["'/'"],
+    );
+    assert_eq!(snapshot(&mut client, &broker).await, before);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -427,11 +554,12 @@ async fn bad_settings_offsets_and_sizes_are_refused_with_the_reason() {
     // Partition 0 holds records 0..5 (round-robin over 2 partitions).
     let past_end = pb::SubscribeRequest {
         topic: TOPIC.into(),
+        partition: Some(0),
         start: Some(pb::subscribe_request::Start::Offset(6)),
         ..Default::default()
     };
     refused(
-        "subscribing past the end",
+        "subscribing to a partition past its end",
         client.subscribe(past_end).await,
         Code::OutOfRange,
         &["offset 6", "0 to 5"],
@@ -507,7 +635,7 @@ async fn bad_settings_offsets_and_sizes_are_refused_with_the_reason() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_request_over_the_grpc_message_limit_is_resource_exhausted() {
+async fn a_request_over_the_grpc_message_limit_is_an_invalid_argument() {
     let (_dir, broker, mut client) = setup().await;
     let before = snapshot(&mut client, &broker).await;
     // A client that sends what the broker will not decode.
@@ -520,9 +648,9 @@ async fn a_request_over_the_grpc_message_limit_is_resource_exhausted() {
         .map(|_| record(payload.clone()))
         .collect();
     refused(
-        "a 66 MiB request",
+        "a request over GRPC_MESSAGE_BYTES_MAX",
         unbounded.publish(publish(TOPIC, records)).await,
-        Code::ResourceExhausted,
+        Code::InvalidArgument,
         &[&GRPC_MESSAGE_BYTES_MAX.to_string()],
     );
     assert_eq!(snapshot(&mut client, &broker).await, before);

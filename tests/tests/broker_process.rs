@@ -16,6 +16,11 @@ const TOPIC: &str = "events";
 const PUBLISHERS: usize = 4;
 const BATCH: usize = 20;
 const RECORD_BYTES: usize = 200;
+/// The grace period the SIGTERM test gives in-flight calls; a subscriber
+/// that reads nothing holds its call open until then.
+const SHUTDOWN_GRACE_MS: u64 = 1000;
+/// What a shutdown may take beyond the grace period (flushing, exiting).
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(4);
 /// SIGKILL cycles; `POSTBOX_BROKER_KILL_CYCLES` raises it for soak runs.
 const KILL_CYCLES_DEFAULT: usize = 3;
 
@@ -116,19 +121,34 @@ async fn a_broker_killed_with_sigkill_serves_every_acknowledged_record_after_res
 async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_record() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
-    let mut broker = BrokerProcess::start(&data, &[]);
+    let grace = SHUTDOWN_GRACE_MS.to_string();
+    let mut broker = BrokerProcess::start(&data, &["--shutdown-grace-ms", &grace]);
     create_topic(&broker).await;
     let journal: Journal = Arc::new(Mutex::new(Vec::new()));
     let publishers = start_publishers(&broker, 0, &journal).await;
+    // A subscriber that reads nothing must not hold the shutdown up.
+    let mut stalled = broker.client().await;
+    let _stream = stalled
+        .subscribe(pb::SubscribeRequest {
+            topic: TOPIC.into(),
+            follow: true,
+            max_message_bytes: 4096,
+            ..Default::default()
+        })
+        .await
+        .expect("subscribe");
     tokio::time::sleep(Duration::from_millis(1000)).await;
+    let stopping = std::time::Instant::now();
     broker.sigterm();
     let status = broker.wait();
+    let stop_time = stopping.elapsed();
+    let log = broker.log();
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    assert!(log.contains("stopped cleanly"), "{log}");
     assert!(
-        status.success(),
-        "exit status {status:?}; log:\n{}",
-        broker.log()
+        stop_time < Duration::from_millis(SHUTDOWN_GRACE_MS) + SHUTDOWN_MARGIN,
+        "stopped in {stop_time:?}: the grace period bounds the shutdown"
     );
-    assert!(broker.log().contains("stopped cleanly"), "{}", broker.log());
     for p in publishers {
         let refusal = p.await.expect("a publisher task");
         // Refused, never half-done: the connection went away or the broker

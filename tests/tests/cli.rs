@@ -178,7 +178,7 @@ fn subscribe_follow_prints_records_published_after_it_started() {
         b"",
     );
     let mut follower = Command::new(postbox_tests::bin("postbox"))
-        .args(["subscribe", "live", "--from", "latest", "--follow"])
+        .args(["subscribe", "live", "--from", "earliest", "--follow"])
         .env("POSTBOX_BROKER", &url)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -194,17 +194,18 @@ fn subscribe_follow_prints_records_published_after_it_started() {
             }
         }
     });
-    // Records published before the subscription started are not printed.
-    std::thread::sleep(Duration::from_millis(500));
-    postbox_json(&url, &["publish", "live"], b"one\ntwo\nthree\n");
-    let mut payloads = Vec::new();
-    while payloads.len() < 3 {
+    // Once a first record printed, the follower is caught up and waiting.
+    let next_payload = || -> String {
         let line = rx
             .recv_timeout(Duration::from_secs(20))
             .expect("the follower prints new records");
         let record: Value = serde_json::from_str(&line).expect("a JSON line");
-        payloads.push(record["payload"].as_str().expect("text").to_string());
-    }
+        record["payload"].as_str().expect("text").to_string()
+    };
+    postbox_json(&url, &["publish", "live", "marker"], b"");
+    assert_eq!(next_payload(), "marker");
+    postbox_json(&url, &["publish", "live"], b"one\ntwo\nthree\n");
+    let mut payloads: Vec<String> = (0..3).map(|_| next_payload()).collect();
     payloads.sort();
     assert_eq!(payloads, ["one", "three", "two"]);
     let _ = follower.kill();
@@ -306,8 +307,17 @@ fn a_replay_past_the_end_is_a_clear_error_and_a_range_beyond_it_stops_at_the_end
     let url = broker.url();
     postbox_json(&url, &["topics", "create", "short"], b"");
     postbox_json(&url, &["publish", "short"], b"x\ny\n");
-    let out = postbox(&url, &["replay", "short", "--from-offset", "5"], b"");
+    let out = postbox(
+        &url,
+        &["replay", "short", "--from-offset", "5", "--partition", "0"],
+        b"",
+    );
     fails_cleanly(&out, &["offset 5", "out of range"]);
+    let every_partition = postbox_json(&url, &["replay", "short", "--from-offset", "5"], b"");
+    assert!(
+        every_partition.is_empty(),
+        "partitions not that long give nothing"
+    );
     let at_end = postbox_json(&url, &["replay", "short", "--from-offset", "2"], b"");
     assert!(at_end.is_empty(), "from the end: nothing");
     let beyond = postbox_json(

@@ -7,10 +7,23 @@ use bytes::Bytes;
 use postbox_proto::v1 as pb;
 use tonic::Status;
 
+use super::status::status;
 use crate::config::{Durability, TopicConfig};
+use crate::error::Error;
+use crate::limits::{READ_BYTES_DEFAULT, READ_BYTES_MAX};
 use crate::storage::batch::{Header, Record, RecordInput};
 use crate::storage::partition::PartitionInfo;
 use crate::topic::{PublishResult, TopicInfo};
+
+/// A read size from a request: 0 means the default; above `READ_BYTES_MAX`
+/// is refused rather than quietly cut.
+pub fn read_bytes(what: &str, requested: u32) -> Result<u32, Status> {
+    match requested {
+        0 => Ok(READ_BYTES_DEFAULT),
+        n if n > READ_BYTES_MAX => Err(status(Error::limit(what, READ_BYTES_MAX.into(), n.into()))),
+        n => Ok(n),
+    }
+}
 
 /// A topic's settings from a create request; absent fields take defaults.
 pub fn topic_config(req: &pb::CreateTopicRequest) -> Result<TopicConfig, Status> {

@@ -52,10 +52,18 @@ pub const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 /// The server's settings (the engine has its own).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerConfig {
+    /// Open client connections; further clients wait to be accepted, so that
+    /// each connection's buffers and tasks are paid for a bounded number.
     pub max_connections: usize,
+    /// Concurrent calls (HTTP/2 streams) per connection.
     pub max_streams_per_connection: u32,
+    /// Open subscriptions across connections; each holds up to three
+    /// responses of its `max_message_bytes`.
     pub max_subscriptions: usize,
+    /// Time in-flight calls get to answer once shutdown starts.
     pub shutdown_grace_ms: u64,
+    /// HTTP/2 keepalive ping interval, and how long an answer may take
+    /// before the connection is closed: finds clients that vanished.
     pub keepalive_interval_ms: u64,
 }
 
@@ -124,6 +132,10 @@ pub async fn serve(
             "shutting down: no new connections; subscriptions end; in-flight calls finish"
         );
         health.set_not_serving::<Service>().await;
+        // "" is the server as a whole, what most load balancers ask about.
+        health
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
         shutdown_tx.send_replace(true);
     };
     let keepalive = Duration::from_millis(config.keepalive_interval_ms);
@@ -134,7 +146,7 @@ pub async fn serve(
         .initial_stream_window_size(STREAM_WINDOW_BYTES)
         .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
         .layer(tower::util::MapResponseLayer::new(
-            status::oversized_is_resource_exhausted,
+            status::refused_requests_are_invalid,
         ))
         .add_service(health_service)
         .add_service(reflection)

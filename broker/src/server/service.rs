@@ -19,8 +19,7 @@ use super::status::{blocking, status};
 use super::subscribe::{self, SubscriptionStream};
 use crate::engine::Engine;
 use crate::error::Error;
-use crate::limits::{FETCH_WAIT_MS_MAX, READ_BYTES_MAX, SUBSCRIBE_MESSAGE_BYTES_DEFAULT};
-use crate::names::validate_group;
+use crate::limits::FETCH_WAIT_MS_MAX;
 use crate::storage::batch::RecordInput;
 
 /// The service over one engine.
@@ -46,16 +45,6 @@ impl BrokerService {
             max_subscriptions,
             shutdown,
         }
-    }
-}
-
-/// A read size from a request: 0 means the default; above `READ_BYTES_MAX`
-/// is refused rather than quietly cut.
-pub(super) fn read_bytes(what: &str, requested: u32) -> Result<u32, Status> {
-    match requested {
-        0 => Ok(SUBSCRIBE_MESSAGE_BYTES_DEFAULT),
-        n if n > READ_BYTES_MAX => Err(status(Error::limit(what, READ_BYTES_MAX.into(), n.into()))),
-        n => Ok(n),
     }
 }
 
@@ -147,7 +136,7 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::FetchRequest>,
     ) -> Result<Response<pb::FetchResponse>, Status> {
         let req = request.into_inner();
-        let max_bytes = read_bytes("max_bytes", req.max_bytes)?;
+        let max_bytes = convert::read_bytes("max_bytes", req.max_bytes)?;
         if req.max_wait_ms > FETCH_WAIT_MS_MAX {
             return Err(status(Error::limit(
                 "max_wait_ms",
@@ -160,9 +149,15 @@ impl pb::broker_server::Broker for BrokerService {
         let mut end = blocking(move || engine.watch_end(&topic, partition)).await?;
         if req.max_wait_ms > 0 && *end.borrow_and_update() == req.offset {
             let wait = Duration::from_millis(req.max_wait_ms.into());
-            // Timing out or the topic going away both mean: answer with what
-            // there is now, which the read below finds out.
-            let _ = tokio::time::timeout(wait, end.wait_for(|end| *end > req.offset)).await;
+            let mut shutdown = self.shutdown.clone();
+            tokio::select! {
+                // Timing out or the topic going away both mean: answer with
+                // what there is now, which the read below finds out.
+                _ = tokio::time::timeout(wait, end.wait_for(|end| *end > req.offset)) => {}
+                _ = shutdown.wait_for(|stopping| *stopping) => {
+                    return Err(Status::unavailable("the broker is shutting down"));
+                }
+            }
         }
         let engine = self.engine.clone();
         let topic = req.topic.clone();
@@ -193,32 +188,13 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::CommitOffsetsRequest>,
     ) -> Result<Response<pb::CommitOffsetsResponse>, Status> {
         let req = request.into_inner();
+        let offsets: Vec<(u32, u64)> = req
+            .offsets
+            .iter()
+            .map(|o| (o.partition, o.offset))
+            .collect();
         let engine = self.engine.clone();
-        blocking(move || {
-            validate_group(&req.group)?;
-            let info = engine.describe_topic(&req.topic)?;
-            // Check every offset before committing any.
-            for o in &req.offsets {
-                let Some(p) = info.partitions.get(o.partition as usize) else {
-                    return Err(Error::PartitionNotFound {
-                        topic: req.topic.clone(),
-                        partition: o.partition,
-                        partitions: info.config.partitions,
-                    });
-                };
-                if o.offset > p.end_offset {
-                    return Err(Error::InvalidArgument(format!(
-                        "offset {} is past the end of {}/{} ({}); a committed offset is the next offset to read",
-                        o.offset, req.topic, o.partition, p.end_offset
-                    )));
-                }
-            }
-            for o in &req.offsets {
-                engine.commit_offset(&req.group, &req.topic, o.partition, o.offset)?;
-            }
-            Ok(())
-        })
-        .await?;
+        blocking(move || engine.commit_offsets(&req.group, &req.topic, &offsets)).await?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
     }
 

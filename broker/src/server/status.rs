@@ -32,18 +32,26 @@ fn code(error: &Error) -> Code {
     }
 }
 
-/// tonic refuses a message over `GRPC_MESSAGE_BYTES_MAX` with OUT_OF_RANGE;
-/// contract 7 says an oversized request is RESOURCE_EXHAUSTED (the message,
-/// which names the limit, is kept). Applied to every response as a layer.
-pub fn oversized_is_resource_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+/// tonic refuses a request it cannot take with codes that say "retry" or
+/// "our fault": a message over `GRPC_MESSAGE_BYTES_MAX` with OUT_OF_RANGE,
+/// one that is not valid protobuf (a header name that is not UTF-8, say)
+/// with INTERNAL. Both are the request's fault and permanent, so contract 7
+/// wants INVALID_ARGUMENT: a client must not retry them. The message, which
+/// names the limit or the reason, is kept. Applied to every response.
+pub fn refused_requests_are_invalid<B>(mut response: http::Response<B>) -> http::Response<B> {
     let Some(refusal) = Status::from_header_map(response.headers()) else {
         return response;
     };
-    if refusal.code() == Code::OutOfRange && refusal.message().contains("message length too large")
-    {
-        let exhausted = Status::resource_exhausted(refusal.message());
-        if let Err(e) = exhausted.add_header(response.headers_mut()) {
-            tracing::warn!(error = %e, "rewriting an oversized-message status");
+    let oversized = refusal.code() == Code::OutOfRange
+        && refusal.message().contains("message length too large");
+    let undecodable = refusal.code() == Code::Internal
+        && refusal
+            .message()
+            .contains("failed to decode Protobuf message");
+    if oversized || undecodable {
+        let invalid = Status::invalid_argument(refusal.message());
+        if let Err(e) = invalid.add_header(response.headers_mut()) {
+            tracing::warn!(error = %e, "rewriting the status of a refused request");
         }
     }
     response

@@ -4,17 +4,24 @@
 //! Invariants:
 //! - No polling: at the end of every partition the task sleeps on the
 //!   partitions' end-offset watches (and on shutdown and on the subscriber
-//!   going away) until something changes.
+//!   going away) until something changes. A pass that sent records is
+//!   followed by another pass at once, never by a sleep.
 //! - Bounded memory, whatever the subscriber's speed: the task holds at most
 //!   one read in hand and `QUEUE_MESSAGES` responses queued, each cut near the
 //!   subscriber's byte target; HTTP/2 flow control stops the task when the
 //!   subscriber stops reading. Publishers never wait for subscribers.
 //! - Records of a partition go out in offset order, each exactly once, from
 //!   the start offset up to (not including) the stop offset.
+//! - The task reads through the topic it resolved at the start, held weakly:
+//!   if the topic is deleted (even if recreated under the same name at once),
+//!   its partitions' watches close and the stream ends with NOT_FOUND rather
+//!   than serving another topic's records.
+//! - At shutdown the task ends at once, even while a subscriber is not
+//!   reading, so that shutdown never waits on a stalled subscriber.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use futures_util::future::select_all;
 use postbox_proto::v1 as pb;
@@ -24,18 +31,21 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::convert;
-use super::service::read_bytes;
-use super::status::{blocking, status};
+use super::status::blocking;
 use crate::engine::Engine;
 use crate::error::Error;
 use crate::storage::batch::Record;
-use crate::topic::TopicInfo;
+use crate::topic::{Topic, TopicInfo};
 
 /// Responses queued between the subscription task and the transport.
 const QUEUE_MESSAGES: usize = 2;
 
 /// The stream a subscriber receives.
 pub type SubscriptionStream = ReceiverStream<Result<pb::SubscribeResponse, Status>>;
+
+fn shutting_down() -> Status {
+    Status::unavailable("the broker is shutting down; resubscribe from your position")
+}
 
 /// Resolves the request's start positions and starts the subscription task.
 /// Errors in the request (unknown topic, offset out of range) are returned
@@ -46,24 +56,12 @@ pub async fn start(
     shutdown: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) -> Result<SubscriptionStream, Status> {
-    let max_message_bytes = read_bytes("max_message_bytes", req.max_message_bytes)?;
-    let topic = req.topic.clone();
-    let planner = engine.clone();
-    let plan = blocking(move || plan(&planner, &req)).await?;
-    let mut cursors = Vec::with_capacity(plan.len());
-    for (partition, next, stop) in plan {
-        let end = engine.watch_end(&topic, partition).map_err(status)?;
-        cursors.push(Cursor {
-            partition,
-            next,
-            stop,
-            end,
-        });
-    }
+    let max_message_bytes = convert::read_bytes("max_message_bytes", req.max_message_bytes)?;
+    let (topic, cursors) = blocking(move || plan(&engine, &req)).await?;
     let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
     let subscription = Subscription {
-        engine,
-        topic,
+        name: topic.name().to_string(),
+        topic: Arc::downgrade(&topic),
         cursors,
         max_message_bytes,
         tx,
@@ -74,18 +72,12 @@ pub async fn start(
     Ok(ReceiverStream::new(rx))
 }
 
-/// Per subscribed partition: (partition, first offset, stop offset).
-fn plan(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<Vec<(u32, u64, u64)>> {
-    let info = engine.describe_topic(&req.topic)?;
+/// The topic and a cursor per subscribed partition.
+fn plan(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<(Arc<Topic>, Vec<Cursor>)> {
+    let topic = engine.topic(&req.topic)?;
+    let info = topic.info();
     let partitions: Vec<u32> = match req.partition {
-        Some(p) if p >= info.config.partitions => {
-            return Err(Error::PartitionNotFound {
-                topic: req.topic.clone(),
-                partition: p,
-                partitions: info.config.partitions,
-            })
-        }
-        Some(p) => vec![p],
+        Some(p) => vec![topic.partition(p)?.id()],
         None => (0..info.config.partitions).collect(),
     };
     let committed = committed(engine, req)?;
@@ -95,20 +87,25 @@ fn plan(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<Vec<(u32, 
             "resume names partition {p}, which this subscription does not cover"
         )));
     }
-    let mut plan = Vec::with_capacity(partitions.len());
+    let mut cursors = Vec::with_capacity(partitions.len());
     for partition in partitions {
         let p = &info.partitions[partition as usize];
         let next = match resume.get(&partition) {
-            Some(&offset) => checked_offset(&info, partition, offset)?,
-            None => start_offset(engine, req, &info, partition, &committed)?,
+            Some(&offset) => checked_offset(&info, partition, offset, false)?,
+            None => start_offset(&topic, req, &info, partition, &committed)?,
         };
         let mut stop = req.stop_offset.unwrap_or(u64::MAX);
         if !req.follow {
             stop = stop.min(p.end_offset);
         }
-        plan.push((partition, next, stop));
+        cursors.push(Cursor {
+            partition,
+            next,
+            stop,
+            end: topic.partition(partition)?.watch_end(),
+        });
     }
-    Ok(plan)
+    Ok((topic, cursors))
 }
 
 /// The group's committed offsets when the request starts from them.
@@ -130,7 +127,7 @@ fn committed(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<BTree
 }
 
 fn start_offset(
-    engine: &Engine,
+    topic: &Topic,
     req: &pb::SubscribeRequest,
     info: &TopicInfo,
     partition: u32,
@@ -140,8 +137,12 @@ fn start_offset(
     let p = &info.partitions[partition as usize];
     match req.start {
         None => Ok(p.earliest_offset),
-        Some(Start::Offset(offset)) => checked_offset(info, partition, offset),
-        Some(Start::TimestampMs(ms)) => engine.offset_for_timestamp(&req.topic, partition, ms),
+        // One offset for every partition: a partition that has not reached
+        // it yet starts at its end. One partition named: it must be there.
+        Some(Start::Offset(offset)) => {
+            checked_offset(info, partition, offset, req.partition.is_none())
+        }
+        Some(Start::TimestampMs(ms)) => topic.partition(partition)?.offset_for_timestamp(ms),
         Some(Start::Position(position)) => match pb::StartPosition::try_from(position) {
             Ok(pb::StartPosition::Unspecified | pb::StartPosition::Earliest) => {
                 Ok(p.earliest_offset)
@@ -158,8 +159,19 @@ fn start_offset(
     }
 }
 
-fn checked_offset(info: &TopicInfo, partition: u32, offset: u64) -> crate::Result<u64> {
+/// `offset` if the partition holds it (or it is the end); past the end, the
+/// end when `past_end_is_end`. Before the earliest offset is always an error:
+/// those records are gone, and starting later would skip them silently.
+fn checked_offset(
+    info: &TopicInfo,
+    partition: u32,
+    offset: u64,
+    past_end_is_end: bool,
+) -> crate::Result<u64> {
     let p = &info.partitions[partition as usize];
+    if offset > p.end_offset && past_end_is_end {
+        return Ok(p.end_offset);
+    }
     if offset < p.earliest_offset || offset > p.end_offset {
         return Err(Error::OffsetOutOfRange {
             topic: info.name.clone(),
@@ -172,6 +184,7 @@ fn checked_offset(info: &TopicInfo, partition: u32, offset: u64) -> crate::Resul
     Ok(offset)
 }
 
+#[derive(Debug)]
 struct Cursor {
     partition: u32,
     next: u64,
@@ -187,8 +200,9 @@ impl Cursor {
 }
 
 struct Subscription {
-    engine: Arc<Engine>,
-    topic: String,
+    name: String,
+    /// Weak, so that a deleted topic's partitions (and their watches) go.
+    topic: Weak<Topic>,
     cursors: Vec<Cursor>,
     max_message_bytes: u32,
     tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
@@ -197,11 +211,12 @@ struct Subscription {
     _permit: OwnedSemaphorePermit,
 }
 
-/// What the pump loop found.
+/// What a pass over the partitions found.
+#[derive(Debug, PartialEq, Eq)]
 enum Pumped {
     /// Records went out; look again at once.
     Progress,
-    /// Every partition is at its end; wait for more.
+    /// Every unfinished partition is at its end; wait for more.
     Idle,
     /// Every partition reached its stop offset, or the subscriber left.
     Done,
@@ -209,11 +224,12 @@ enum Pumped {
 
 impl Subscription {
     async fn run(mut self) {
-        tracing::debug!(topic = %self.topic, partitions = self.cursors.len(), "subscription started");
+        let topic = self.name.clone();
+        tracing::debug!(%topic, partitions = self.cursors.len(), "subscription started");
         if let Err(status) = self.serve().await {
-            tracing::debug!(topic = %self.topic, %status, "subscription ended with an error");
-            // The subscriber may be gone already; nothing more to do then.
-            let _ = self.tx.send(Err(status)).await;
+            tracing::debug!(%topic, %status, "subscription ended with an error");
+            // The subscriber may be gone, or not reading: either way, do not wait.
+            let _ = self.tx.try_send(Err(status));
         }
     }
 
@@ -223,9 +239,7 @@ impl Subscription {
                 return Ok(());
             }
             if *self.shutdown.borrow() {
-                return Err(Status::unavailable(
-                    "the broker is shutting down; resubscribe from your position",
-                ));
+                return Err(shutting_down());
             }
             match self.pump().await? {
                 Pumped::Progress => {}
@@ -245,7 +259,9 @@ impl Subscription {
             }
             let end = (*cursor.end.borrow_and_update()).min(cursor.stop);
             if cursor.next >= end {
-                pumped = Pumped::Idle;
+                if pumped == Pumped::Done {
+                    pumped = Pumped::Idle;
+                }
                 continue;
             }
             let (partition, from, stop) = (cursor.partition, cursor.next, cursor.stop);
@@ -253,11 +269,11 @@ impl Subscription {
             let Some(last) = records.iter().rev().find(|r| r.offset < stop) else {
                 return Err(Status::internal(format!(
                     "{}/{partition}: a read from {from} before the end {end} returned nothing",
-                    self.topic
+                    self.name
                 )));
             };
             self.cursors[i].next = last.offset + 1;
-            if !self.send(partition, records, stop).await {
+            if !self.send(partition, records, stop).await? {
                 return Ok(Pumped::Done);
             }
             pumped = Pumped::Progress;
@@ -266,15 +282,18 @@ impl Subscription {
     }
 
     async fn read(&self, partition: u32, from: u64) -> Result<Vec<Record>, Status> {
-        let engine = self.engine.clone();
-        let topic = self.topic.clone();
+        let topic = self.topic.upgrade().ok_or_else(|| self.deleted())?;
         let max_bytes = self.max_message_bytes;
-        blocking(move || engine.read(&topic, partition, from, max_bytes)).await
+        blocking(move || {
+            let _live = topic.live()?;
+            topic.partition(partition)?.read(from, max_bytes)
+        })
+        .await
     }
 
     /// Sends the records before `stop`, cut into responses near the byte
     /// target. False when the subscriber is gone.
-    async fn send(&self, partition: u32, records: Vec<Record>, stop: u64) -> bool {
+    async fn send(&self, partition: u32, records: Vec<Record>, stop: u64) -> Result<bool, Status> {
         let target = self.max_message_bytes as usize;
         let mut response = pb::SubscribeResponse::default();
         let mut bytes = 0;
@@ -283,28 +302,39 @@ impl Subscription {
             bytes += record.encoded_len();
             response.records.push(record);
             if bytes >= target {
-                if self
-                    .tx
-                    .send(Ok(std::mem::take(&mut response)))
-                    .await
-                    .is_err()
-                {
-                    return false;
+                if !self.deliver(std::mem::take(&mut response)).await? {
+                    return Ok(false);
                 }
                 bytes = 0;
             }
         }
-        response.records.is_empty() || self.tx.send(Ok(response)).await.is_ok()
+        if response.records.is_empty() {
+            return Ok(true);
+        }
+        self.deliver(response).await
+    }
+
+    /// Queues one response, unless the broker starts shutting down first.
+    async fn deliver(&self, response: pb::SubscribeResponse) -> Result<bool, Status> {
+        let mut shutdown = self.shutdown.clone();
+        tokio::select! {
+            sent = self.tx.send(Ok(response)) => Ok(sent.is_ok()),
+            _ = shutdown.wait_for(|stopping| *stopping) => Err(shutting_down()),
+        }
+    }
+
+    fn deleted(&self) -> Status {
+        Status::not_found(format!("topic {:?} was deleted", self.name))
     }
 
     /// Sleeps until a partition's end moves, the broker shuts down or the
     /// subscriber leaves.
     async fn wait(&mut self) -> Result<(), Status> {
+        let deleted = self.deleted();
         let Subscription {
             cursors,
             shutdown,
             tx,
-            topic,
             ..
         } = self;
         let changes: Vec<Pin<Box<_>>> = cursors
@@ -313,13 +343,9 @@ impl Subscription {
             .map(|c| Box::pin(c.end.changed()))
             .collect();
         tokio::select! {
-            (changed, _, _) = select_all(changes) => changed.map_err(|_| {
-                Status::not_found(format!("topic {topic:?} was deleted"))
-            }),
+            (changed, _, _) = select_all(changes) => changed.map_err(|_| deleted),
             // A closed shutdown channel means the server is gone: stop too.
-            changed = shutdown.changed() => changed.map_err(|_| {
-                Status::unavailable("the broker is shutting down; resubscribe from your position")
-            }),
+            changed = shutdown.changed() => changed.map_err(|_| shutting_down()),
             _ = tx.closed() => Ok(()),
         }
     }

@@ -431,16 +431,17 @@ impl crate::meta::MetaStore for SimMeta {
         [7; 16]
     }
 
-    fn commit_offset(
+    fn commit_offsets(
         &self,
         topic: &str,
         group: &str,
-        partition: u32,
-        offset: u64,
+        offsets: &[(u32, u64)],
     ) -> crate::Result<()> {
         self.with(|m| {
-            m.offsets
-                .insert((topic.into(), group.into(), partition), offset)
+            for &(partition, offset) in offsets {
+                m.offsets
+                    .insert((topic.into(), group.into(), partition), offset);
+            }
         });
         Ok(())
     }

@@ -12,7 +12,7 @@ mod settings;
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Context;
 use postbox_broker::{server, Engine};
@@ -62,6 +62,7 @@ fn init_logs(format: LogFormat) {
 async fn run(settings: Settings) -> anyhow::Result<()> {
     let engine_config = settings.engine();
     let server_config = settings.server();
+    // Checked before the data directory is opened (and perhaps created).
     server_config.validate()?;
     let listen = settings.listen()?;
     let data_dir = engine_config.data_dir.clone();
@@ -86,11 +87,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(%addr, "listening");
     announce(addr)?;
     server::serve(engine.clone(), listener, &server_config, shutdown_signal()).await?;
-    close(
-        engine,
-        Duration::from_millis(server_config.shutdown_grace_ms),
-    )
-    .await?;
+    close(engine).await?;
     tracing::info!("stopped cleanly");
     Ok(())
 }
@@ -125,29 +122,11 @@ async fn shutdown_signal() {
     }
 }
 
-/// Flushes and closes the engine once the calls still holding it are done
-/// (they finish in the blocking pool even after the server stopped waiting).
-async fn close(mut engine: Arc<Engine>, grace: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + grace;
-    loop {
-        match Arc::try_unwrap(engine) {
-            Ok(engine) => {
-                return tokio::task::spawn_blocking(move || engine.close())
-                    .await
-                    .context("closing the engine")?
-                    .context("flushing the data directory");
-            }
-            Err(shared) if Instant::now() < deadline => {
-                engine = shared;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            Err(shared) => {
-                tracing::warn!("calls still hold the engine; flushing without closing");
-                return tokio::task::spawn_blocking(move || shared.flush())
-                    .await
-                    .context("flushing the engine")?
-                    .context("flushing the data directory");
-            }
-        }
-    }
+/// Stops the engine's maintenance and flushes it. Connections that outlived
+/// the grace period may still hold the engine; they end with the process.
+async fn close(engine: Arc<Engine>) -> anyhow::Result<()> {
+    tokio::task::spawn_blocking(move || engine.shutdown())
+        .await
+        .context("closing the engine")?
+        .context("flushing the data directory")
 }
