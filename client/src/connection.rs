@@ -15,6 +15,7 @@ use postbox_proto::v1::broker_client::BrokerClient;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
+use crate::limits::MESSAGE_BYTES_MAX;
 use crate::retry::{retry, RetryPolicy};
 
 /// Where the broker listens by default.
@@ -27,11 +28,6 @@ pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
 /// Default timeout of one call (one attempt). A sync publish waits for an
 /// fsync, which on a loaded disk can take seconds, but not this long.
 pub const REQUEST_TIMEOUT_MS_DEFAULT: u64 = 30_000;
-
-/// Largest gRPC message the client encodes or decodes, as the broker's
-/// `GRPC_MESSAGE_BYTES_MAX`: above the largest batch (16 MiB) and the largest
-/// read response, so oversized requests meet the broker's own clear check.
-pub const MESSAGE_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// HTTP/2 ping interval: a consumer tailing an idle stream notices a broker
 /// host that vanished without closing the connection.

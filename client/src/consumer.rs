@@ -10,11 +10,18 @@
 //!   partition's end offset before the first subscription, so a
 //!   resubscription cannot skip records appended in between.
 //! - `next` is cancel safe: a record is removed from the buffer only when it
-//!   is returned, and a stream only replaces `None` once it is open.
+//!   is returned, a stream only replaces `None` once it is open, and a
+//!   backoff sleep or a subscribe call in progress is resumed by the next
+//!   call rather than restarted or skipped. A caller that races `next`
+//!   against a timer (the CLI's commit tick) keeps the retry schedule, the
+//!   failure count and each call's timeout.
 //! - No background task: auto-commit happens inside `next`, before the next
 //!   record is taken (the caller is done with the previous ones).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use postbox_proto::v1 as pb;
@@ -24,12 +31,9 @@ use tonic::Streaming;
 use crate::admin::Admin;
 use crate::connection::{Connection, REQUEST_TIMEOUT_MS_DEFAULT};
 use crate::error::{Error, Result};
+use crate::limits::SUBSCRIBE_MESSAGE_BYTES_MAX;
 use crate::retry::{duration_ms, Backoff, RetryPolicy};
 use crate::types::{Record, StartFrom};
-
-/// Largest `max_message_bytes` a subscription may ask for, as the broker's
-/// `READ_BYTES_MAX`.
-pub const SUBSCRIBE_MESSAGE_BYTES_MAX: u32 = 16 * 1024 * 1024;
 
 /// What to subscribe to, from where, and how.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,6 +110,9 @@ pub struct Consumer {
     config: ConsumerConfig,
     /// The open stream; `None` after a failure until resubscribed.
     stream: Option<Streaming<pb::SubscribeResponse>>,
+    /// The subscribe call in flight, if one is; kept here rather than in a
+    /// `next` future so that a cancelled `next` resumes it.
+    opening: Option<SubscribeCall>,
     /// Records received but not yet yielded (a stream message is a batch).
     buffered: VecDeque<pb::Record>,
     /// Per partition, the offset after the last record yielded.
@@ -134,6 +141,7 @@ impl Consumer {
             backoff: Backoff::new(config.retry),
             config,
             stream: None,
+            opening: None,
             buffered: VecDeque::new(),
             positions: BTreeMap::new(),
             committed: BTreeMap::new(),
@@ -258,18 +266,20 @@ impl Consumer {
         }
     }
 
-    /// Opens the stream from the current positions, retrying transient failures.
+    /// Opens the stream from the current positions, retrying transient
+    /// failures. Cancel safe: the next call resumes a pending backoff sleep
+    /// or subscribe call.
     async fn open_stream(&mut self) -> Result<Streaming<pb::SubscribeResponse>> {
         loop {
-            let request = self.request();
-            let opened = self
-                .connection()
-                .call(
-                    "subscribe",
-                    self.config.request_timeout_ms,
-                    |mut client| async move { client.subscribe(request).await },
-                )
-                .await;
+            let call = match self.opening.take() {
+                Some(call) => call,
+                None => {
+                    self.backoff.ready().await;
+                    self.subscribe_call()
+                }
+            };
+            let opened = self.opening.insert(call).0.as_mut().await;
+            self.opening = None;
             match opened {
                 Ok(stream) => {
                     self.stream_opened_at = Instant::now();
@@ -288,6 +298,20 @@ impl Consumer {
             self.backoff.reset();
         }
         waited
+    }
+
+    /// One subscribe attempt from the current positions, not yet started.
+    fn subscribe_call(&self) -> SubscribeCall {
+        let connection = Arc::clone(self.connection());
+        let request = self.request();
+        let timeout_ms = self.config.request_timeout_ms;
+        SubscribeCall(Box::pin(async move {
+            connection
+                .call("subscribe", timeout_ms, |mut client| async move {
+                    client.subscribe(request).await
+                })
+                .await
+        }))
     }
 
     fn request(&self) -> pb::SubscribeRequest {
@@ -319,8 +343,20 @@ impl Consumer {
             .collect())
     }
 
-    fn connection(&self) -> &Connection {
+    fn connection(&self) -> &Arc<Connection> {
         self.admin.connection()
+    }
+}
+
+/// A subscribe call: it owns what it needs, so that it can outlive the
+/// `next` call that started it.
+struct SubscribeCall(
+    Pin<Box<dyn Future<Output = Result<Streaming<pb::SubscribeResponse>>> + Send>>,
+);
+
+impl fmt::Debug for SubscribeCall {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubscribeCall")
     }
 }
 

@@ -14,6 +14,13 @@
 //!   holds is bounded: records sent and not yet acknowledged take at most
 //!   `max_queued_bytes`; past that, `send` fails at once with
 //!   RESOURCE_EXHAUSTED rather than grow memory or reorder records.
+//! - A record the broker would refuse (over `RECORD_BYTES_MAX` or another
+//!   per-record limit) fails at once with INVALID_ARGUMENT: it never waits
+//!   for room it cannot use, and never joins a batch whose other records the
+//!   broker would then refuse with it.
+//! - Batches are cut by the sizes the broker counts (records with their
+//!   length fields, plus its batch header), so no batch exceeds
+//!   `BATCH_BYTES_MAX` whatever `max_batch_bytes` allows.
 //! - With `max_in_flight_batches = 1` (the default) batches are published one
 //!   after the other, so records with the same key keep their order even
 //!   across retries. Above 1, concurrent publishes may be appended in either
@@ -29,17 +36,11 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireErro
 use tokio::time::Instant;
 
 use crate::batch::{self, BatchBuilder};
-use crate::connection::{Connection, MESSAGE_BYTES_MAX, REQUEST_TIMEOUT_MS_DEFAULT};
+use crate::connection::{Connection, REQUEST_TIMEOUT_MS_DEFAULT};
 use crate::error::{Error, Result};
+use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, RECORD_BYTES_MAX};
 use crate::retry::RetryPolicy;
 use crate::types::{Ack, OutgoingRecord};
-
-/// Most records in one publish, as the broker's `BATCH_RECORDS_MAX`.
-pub const BATCH_RECORDS_MAX: usize = 10_000;
-
-/// Most bytes in one publish, as the broker's `BATCH_BYTES_MAX` (the broker
-/// counts framing too, so a batch near this may still be refused).
-pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Default records per batch: amortises a round trip and an fsync over many
 /// records while keeping a batch's latency low.
@@ -58,9 +59,6 @@ pub const LINGER_MS_MAX: u64 = 60_000;
 /// Most publishes in flight at once per producer.
 pub const IN_FLIGHT_BATCHES_MAX: u32 = 64;
 
-/// Largest record the broker accepts, as its `RECORD_BYTES_MAX`.
-pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
-
 /// Default bound on the bytes of records sent and not yet acknowledged:
 /// tens of thousands of typical records, a few seconds of a fast broker.
 pub const MAX_QUEUED_BYTES_DEFAULT: usize = 64 * 1024 * 1024;
@@ -74,7 +72,6 @@ const RECORD_OVERHEAD_BYTES: usize = 128;
 
 const _: () = assert!(MAX_BATCH_RECORDS_DEFAULT <= BATCH_RECORDS_MAX);
 const _: () = assert!(MAX_BATCH_BYTES_DEFAULT <= BATCH_BYTES_MAX);
-const _: () = assert!(BATCH_BYTES_MAX < MESSAGE_BYTES_MAX);
 const _: () = assert!(RECORD_BYTES_MAX + RECORD_OVERHEAD_BYTES <= MAX_QUEUED_BYTES_DEFAULT);
 
 /// How a [`Producer`] batches, paces and retries.
@@ -82,8 +79,10 @@ const _: () = assert!(RECORD_BYTES_MAX + RECORD_OVERHEAD_BYTES <= MAX_QUEUED_BYT
 pub struct ProducerConfig {
     /// Most records in one publish (1 to `BATCH_RECORDS_MAX`).
     pub max_batch_records: usize,
-    /// Most record bytes in one publish (1 to `BATCH_BYTES_MAX`); a single
-    /// larger record goes alone.
+    /// Most bytes of records in one publish, counted as the broker counts
+    /// them ([`OutgoingRecord::encoded_bytes`]), 1 to `BATCH_BYTES_MAX`; a
+    /// single larger record goes alone. Batches also leave room for the
+    /// broker's `BATCH_HEADER_BYTES` within `BATCH_BYTES_MAX`.
     pub max_batch_bytes: usize,
     /// How long a batch of [`Producer::send`] records waits for more before
     /// it is sent, unless it fills first.
@@ -146,6 +145,13 @@ impl ProducerConfig {
         check_range("request_timeout_ms", self.request_timeout_ms, 1, u64::MAX)?;
         self.retry.validate()
     }
+
+    /// The bytes of records a batch may hold: `max_batch_bytes`, less the
+    /// broker's batch header when it would push a batch past `BATCH_BYTES_MAX`.
+    fn batch_record_bytes_max(&self) -> usize {
+        self.max_batch_bytes
+            .min(BATCH_BYTES_MAX - BATCH_HEADER_BYTES)
+    }
 }
 
 fn check_range(name: &str, value: u64, min: u64, max: u64) -> Result<()> {
@@ -198,20 +204,23 @@ impl Producer {
     /// before any is awaited and records keep call order; dropping the future
     /// does not withdraw the record. When records sent and not yet
     /// acknowledged already take `max_queued_bytes`, the future fails at once
-    /// with RESOURCE_EXHAUSTED: await earlier acknowledgments first.
+    /// with RESOURCE_EXHAUSTED: await earlier acknowledgments first. A record
+    /// the broker would refuse (see [`OutgoingRecord::validate`]) fails at
+    /// once with INVALID_ARGUMENT, and is not retryable.
     pub fn send(
         &self,
         topic: &str,
         record: OutgoingRecord,
     ) -> impl Future<Output = Result<Ack>> + Send + 'static {
         let record = record.with_idempotency_key();
-        let size_bytes = record.size_bytes();
+        let encoded_bytes = record.encoded_bytes();
         let (reply, ack) = oneshot::channel();
-        let queued = self.reserve(size_bytes).and_then(|room| {
+        let queued = record.validate().and_then(|()| {
+            let room = self.reserve(record.size_bytes())?;
             let command = Command::Send {
                 topic: topic.to_owned(),
                 record: record.into_proto(),
-                size_bytes,
+                encoded_bytes,
                 reply: Reply {
                     sender: reply,
                     _room: room,
@@ -225,9 +234,14 @@ impl Producer {
         }
     }
 
-    /// Takes room for a record of `size_bytes` in the queue, or explains why not.
+    /// Takes room for a record of `size_bytes` in the queue, or explains why
+    /// not. Only for a record that passed [`OutgoingRecord::validate`]: such
+    /// a record always fits in an empty queue (`ProducerConfig::validate`
+    /// makes room for the largest record the broker accepts), so
+    /// RESOURCE_EXHAUSTED here always means "wait", never "cannot fit".
     fn reserve(&self, size_bytes: usize) -> Result<OwnedSemaphorePermit> {
         let cost = size_bytes.saturating_add(RECORD_OVERHEAD_BYTES);
+        let max_queued_bytes = self.shared.config.max_queued_bytes;
         let permits = u32::try_from(cost).unwrap_or(u32::MAX);
         Arc::clone(&self.queued_bytes)
             .try_acquire_many_owned(permits)
@@ -236,9 +250,8 @@ impl Producer {
                 TryAcquireError::NoPermits => Error::Status {
                     code: tonic::Code::ResourceExhausted,
                     message: format!(
-                        "the producer holds max_queued_bytes ({}) of unacknowledged records; \
-                         await acknowledgments before sending more",
-                        self.shared.config.max_queued_bytes
+                        "the producer holds max_queued_bytes ({max_queued_bytes}) of \
+                         unacknowledged records; await acknowledgments before sending more"
                     ),
                 },
             })
@@ -248,7 +261,9 @@ impl Producer {
     /// several in order when the records exceed `max_batch_records` or
     /// `max_batch_bytes`. Acknowledgments come back in input order.
     ///
-    /// On an error, chunks before the failed one stay published. Generated
+    /// A record the broker would refuse (see [`OutgoingRecord::validate`])
+    /// fails the call with INVALID_ARGUMENT before anything is published. On
+    /// any other error, chunks before the failed one stay published. Generated
     /// idempotency keys do not survive the call, so a caller that wants to
     /// re-send a failed batch without duplicates gives each record its own.
     pub async fn send_batch(&self, topic: &str, records: Vec<OutgoingRecord>) -> Result<Vec<Ack>> {
@@ -257,15 +272,20 @@ impl Producer {
         }
         let config = &self.shared.config;
         let record_count = records.len();
-        let records = records
+        let records: Vec<OutgoingRecord> = records
             .into_iter()
             .map(OutgoingRecord::with_idempotency_key)
             .collect();
+        for (index, record) in records.iter().enumerate() {
+            record.validate().map_err(|error| {
+                Error::InvalidArgument(format!("record {index} of {record_count}: {error}"))
+            })?;
+        }
         let chunks = batch::split(
             records,
             config.max_batch_records,
-            config.max_batch_bytes,
-            OutgoingRecord::size_bytes,
+            config.batch_record_bytes_max(),
+            OutgoingRecord::encoded_bytes,
         );
         let mut acks = Vec::with_capacity(record_count);
         for chunk in chunks {
@@ -351,7 +371,8 @@ enum Command {
     Send {
         topic: String,
         record: pb::PublishRecord,
-        size_bytes: usize,
+        /// What the record counts towards its batch's bytes.
+        encoded_bytes: usize,
         reply: Reply,
     },
     /// Send every open batch, wait for all publishes, then answer.
@@ -410,8 +431,8 @@ impl Batcher {
                 biased;
                 () = sleep_until(deadline) => self.send_due().await,
                 command = self.commands.recv() => match command {
-                    Some(Command::Send { topic, record, size_bytes, reply }) => {
-                        self.add(topic, Pending { record, reply }, size_bytes).await;
+                    Some(Command::Send { topic, record, encoded_bytes, reply }) => {
+                        self.add(topic, Pending { record, reply }, encoded_bytes).await;
                     }
                     Some(Command::Flush(done)) => {
                         self.drain().await;
@@ -433,14 +454,14 @@ impl Batcher {
         }
     }
 
-    async fn add(&mut self, topic: String, pending: Pending, size_bytes: usize) {
+    async fn add(&mut self, topic: String, pending: Pending, encoded_bytes: usize) {
         let linger = Duration::from_millis(self.shared.config.linger_ms);
         let config = &self.shared.config;
         let open = self.open.entry(topic.clone()).or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::new(config.max_batch_records, config.max_batch_bytes),
+            builder: BatchBuilder::new(config.max_batch_records, config.batch_record_bytes_max()),
             deadline: Instant::now() + linger,
         });
-        let complete = open.builder.push(pending, size_bytes);
+        let complete = open.builder.push(pending, encoded_bytes);
         if complete.is_some() {
             // The record did not fit and starts a new batch: a new linger.
             open.deadline = Instant::now() + linger;
@@ -530,6 +551,7 @@ async fn sleep_until(deadline: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::{KEY_BYTES_MAX, RECORD_FRAMING_BYTES};
     use bytes::Bytes;
 
     #[test]
@@ -558,6 +580,113 @@ mod tests {
             ..ProducerConfig::default()
         };
         assert_eq!(at_limit.validate(), Ok(()));
+    }
+
+    #[test]
+    fn batches_leave_room_for_the_broker_batch_header() {
+        let config = ProducerConfig {
+            max_batch_bytes: BATCH_BYTES_MAX,
+            ..ProducerConfig::default()
+        };
+        assert_eq!(
+            config.batch_record_bytes_max(),
+            BATCH_BYTES_MAX - BATCH_HEADER_BYTES
+        );
+        assert_eq!(
+            ProducerConfig::default().batch_record_bytes_max(),
+            MAX_BATCH_BYTES_DEFAULT
+        );
+        // Sixteen records of RECORD_BYTES_MAX each (length fields included):
+        // exactly BATCH_BYTES_MAX of records, so one batch would be the
+        // broker's header over its limit.
+        let payload = Bytes::from(vec![0u8; RECORD_BYTES_MAX - RECORD_FRAMING_BYTES - 1]);
+        let records: Vec<OutgoingRecord> = (0..BATCH_BYTES_MAX / RECORD_BYTES_MAX)
+            .map(|_| OutgoingRecord::new(payload.clone()).idempotency_key("k"))
+            .collect();
+        assert!(records
+            .iter()
+            .all(|r| r.encoded_bytes() == RECORD_BYTES_MAX));
+        let batches = batch::split(
+            records,
+            config.max_batch_records,
+            config.batch_record_bytes_max(),
+            OutgoingRecord::encoded_bytes,
+        );
+        assert_eq!(batches.len(), 2);
+        for batch in &batches {
+            let bytes: usize = batch.iter().map(OutgoingRecord::encoded_bytes).sum();
+            assert!(BATCH_HEADER_BYTES + bytes <= BATCH_BYTES_MAX);
+        }
+    }
+
+    /// A producer connected to a listener that accepts and never answers:
+    /// enough for calls that must fail before sending anything.
+    async fn silent_producer(config: ProducerConfig) -> (Producer, tokio::net::TcpListener) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await;
+        let Ok(listener) = listener else {
+            panic!("cannot listen: {listener:?}");
+        };
+        let address = listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default();
+        let producer = Producer::connect(&address, config).await;
+        let Ok(producer) = producer else {
+            panic!("cannot connect: {producer:?}");
+        };
+        (producer, listener)
+    }
+
+    fn invalid_message(result: Result<impl std::fmt::Debug>) -> String {
+        match result {
+            Err(Error::InvalidArgument(message)) => message,
+            other => format!("not InvalidArgument: {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_that_can_never_fit_is_invalid_not_resource_exhausted() {
+        // The smallest queue: exactly room for the largest record. A record
+        // over RECORD_BYTES_MAX, or over max_queued_bytes, once failed as
+        // "wait" (RESOURCE_EXHAUSTED), retryable, although it never could fit.
+        let config = ProducerConfig {
+            max_queued_bytes: RECORD_BYTES_MAX + RECORD_OVERHEAD_BYTES,
+            ..ProducerConfig::default()
+        };
+        let (producer, _listener) = silent_producer(config).await;
+        // With the producer's generated idempotency key (a 36-byte UUID).
+        let payload_max = RECORD_BYTES_MAX - RECORD_FRAMING_BYTES - 36;
+        let over = OutgoingRecord::new(vec![0u8; payload_max + 1]);
+        let message = invalid_message(producer.send("t", over).await);
+        assert!(message.contains("(RECORD_BYTES_MAX)"), "{message}");
+        let way_over = OutgoingRecord::new(vec![0u8; 2 * RECORD_BYTES_MAX]);
+        let message = invalid_message(producer.send("t", way_over).await);
+        assert!(message.contains("(RECORD_BYTES_MAX)"), "{message}");
+        assert_eq!(
+            producer.queued_bytes.available_permits(),
+            RECORD_BYTES_MAX + RECORD_OVERHEAD_BYTES,
+            "refused records take no room"
+        );
+        // At the limit, the record is queued (and waits for the broker).
+        let at_limit = producer.send("t", OutgoingRecord::new(vec![0u8; payload_max]));
+        assert!(producer.queued_bytes.available_permits() < RECORD_OVERHEAD_BYTES);
+        drop(at_limit);
+    }
+
+    #[tokio::test]
+    async fn a_batch_with_a_record_the_broker_would_refuse_fails_whole_before_sending() {
+        let (producer, _listener) = silent_producer(ProducerConfig::default()).await;
+        let records = vec![
+            OutgoingRecord::new("fine"),
+            OutgoingRecord::new("bad key").key(vec![0u8; KEY_BYTES_MAX + 1]),
+        ];
+        // Returns at once: the silent listener would hold a publish until
+        // its timeout.
+        let message = invalid_message(producer.send_batch("t", records).await);
+        assert!(
+            message.starts_with("record 1 of 2: ") && message.contains("(KEY_BYTES_MAX)"),
+            "{message}"
+        );
     }
 
     fn record(key: &'static str) -> pb::PublishRecord {

@@ -13,6 +13,10 @@ use postbox_proto::v1 as pb;
 use serde::Serialize;
 
 use crate::error::Error;
+use crate::limits::{
+    HEADERS_PER_RECORD_MAX, HEADER_FRAMING_BYTES, HEADER_NAME_BYTES_MAX, IDEMPOTENCY_KEY_BYTES_MAX,
+    KEY_BYTES_MAX, RECORD_BYTES_MAX, RECORD_FRAMING_BYTES,
+};
 
 /// A stored record, as a consumer or fetcher gets it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,7 +115,7 @@ impl OutgoingRecord {
     }
 
     /// Bytes of data in the record (payload, keys, header names and values),
-    /// without protobuf framing: what batch size limits count.
+    /// without any framing: what the producer's `max_queued_bytes` counts.
     pub fn size_bytes(&self) -> usize {
         let headers: usize = self
             .headers
@@ -122,6 +126,68 @@ impl OutgoingRecord {
             + self.key.as_ref().map_or(0, Bytes::len)
             + self.idempotency_key.as_ref().map_or(0, Bytes::len)
             + headers
+    }
+
+    /// Bytes the record takes in the broker's log, its length fields
+    /// included: what the broker checks against [`RECORD_BYTES_MAX`] and
+    /// [`BATCH_BYTES_MAX`](crate::BATCH_BYTES_MAX). Counts the idempotency key
+    /// only when one is set.
+    pub fn encoded_bytes(&self) -> usize {
+        self.size_bytes() + RECORD_FRAMING_BYTES + HEADER_FRAMING_BYTES * self.headers.len()
+    }
+
+    /// Checks the record against the broker's per-record limits, as the
+    /// producer will send it: a record without an idempotency key counts the
+    /// UUID the producer generates for it. These are the broker's own checks
+    /// ([`RECORD_BYTES_MAX`] first), so the producer refuses before sending
+    /// exactly the records the broker would refuse, with INVALID_ARGUMENT.
+    pub fn validate(&self) -> Result<(), Error> {
+        let generated_key_bytes = match self.idempotency_key {
+            Some(_) => 0,
+            None => uuid::fmt::Hyphenated::LENGTH,
+        };
+        check_limit(
+            "record size in bytes (length fields included)",
+            self.encoded_bytes() + generated_key_bytes,
+            RECORD_BYTES_MAX,
+            "RECORD_BYTES_MAX",
+        )?;
+        if let Some(key) = &self.key {
+            check_limit(
+                "record key size in bytes",
+                key.len(),
+                KEY_BYTES_MAX,
+                "KEY_BYTES_MAX",
+            )?;
+        }
+        if let Some(idempotency_key) = &self.idempotency_key {
+            if idempotency_key.is_empty() {
+                return Err(Error::InvalidArgument(
+                    "an idempotency key, when set, must not be empty".into(),
+                ));
+            }
+            check_limit(
+                "idempotency key size in bytes",
+                idempotency_key.len(),
+                IDEMPOTENCY_KEY_BYTES_MAX,
+                "IDEMPOTENCY_KEY_BYTES_MAX",
+            )?;
+        }
+        check_limit(
+            "header count",
+            self.headers.len(),
+            HEADERS_PER_RECORD_MAX,
+            "HEADERS_PER_RECORD_MAX",
+        )?;
+        for (name, _) in &self.headers {
+            check_limit(
+                "header name size in bytes",
+                name.len(),
+                HEADER_NAME_BYTES_MAX,
+                "HEADER_NAME_BYTES_MAX",
+            )?;
+        }
+        Ok(())
     }
 
     /// The record with an idempotency key: its own, or a fresh UUID v7 in
@@ -148,6 +214,16 @@ impl OutgoingRecord {
             partition: self.partition,
         }
     }
+}
+
+/// Fails with a message naming the broker's limit when `value` is over it.
+fn check_limit(what: &str, value: usize, limit: usize, limit_name: &str) -> Result<(), Error> {
+    if value <= limit {
+        return Ok(());
+    }
+    Err(Error::InvalidArgument(format!(
+        "{what} is {value}; the broker accepts at most {limit} ({limit_name})"
+    )))
 }
 
 /// The broker's acknowledgment of one published record.
@@ -450,6 +526,103 @@ mod tests {
             .idempotency_key("xyz")
             .header("h", "vv");
         assert_eq!(record.size_bytes(), 5 + 2 + 3 + 1 + 2);
+    }
+
+    #[test]
+    fn encoded_size_adds_the_length_fields_the_broker_counts() {
+        let record = OutgoingRecord::new("12345")
+            .key("ab")
+            .idempotency_key("xyz")
+            .header("h", "vv");
+        // As `postbox_broker::RecordInput::encoded_bytes`: record length, key
+        // length and key, idempotency key length and key, header count,
+        // header name length, name, value length, value, payload.
+        assert_eq!(
+            record.encoded_bytes(),
+            4 + (4 + 2) + (4 + 3) + 2 + (2 + 1 + 4 + 2) + 5
+        );
+        assert_eq!(OutgoingRecord::new("").encoded_bytes(), 4 + 4 + 4 + 2);
+    }
+
+    fn invalid_message(record: &OutgoingRecord) -> String {
+        match record.validate() {
+            Err(Error::InvalidArgument(message)) => message,
+            other => format!("not InvalidArgument: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn record_size_is_checked_just_under_and_just_over_the_limit() {
+        // With its own one-byte idempotency key: 14 bytes of length fields.
+        let payload_max = RECORD_BYTES_MAX - RECORD_FRAMING_BYTES - 1;
+        let at_limit = OutgoingRecord::new(vec![0u8; payload_max]).idempotency_key("k");
+        assert_eq!(at_limit.encoded_bytes(), RECORD_BYTES_MAX);
+        assert_eq!(at_limit.validate(), Ok(()));
+        let over = OutgoingRecord::new(vec![0u8; payload_max + 1]).idempotency_key("k");
+        assert_eq!(
+            invalid_message(&over),
+            "record size in bytes (length fields included) is 1048577; the broker accepts \
+             at most 1048576 (RECORD_BYTES_MAX)"
+        );
+    }
+
+    #[test]
+    fn record_size_counts_the_idempotency_key_the_producer_will_generate() {
+        let payload_max = RECORD_BYTES_MAX - RECORD_FRAMING_BYTES - 36;
+        assert_eq!(
+            OutgoingRecord::new(vec![0u8; payload_max]).validate(),
+            Ok(())
+        );
+        let over = OutgoingRecord::new(vec![0u8; payload_max + 1]);
+        assert!(invalid_message(&over).contains("RECORD_BYTES_MAX"));
+        // Exactly what the producer sends, once it added the key.
+        assert_eq!(
+            OutgoingRecord::new(vec![0u8; payload_max])
+                .with_idempotency_key()
+                .encoded_bytes(),
+            RECORD_BYTES_MAX
+        );
+    }
+
+    #[test]
+    fn record_size_is_checked_before_the_other_limits() {
+        let both =
+            OutgoingRecord::new(vec![0u8; RECORD_BYTES_MAX]).key(vec![0u8; KEY_BYTES_MAX + 1]);
+        assert!(invalid_message(&both).contains("(RECORD_BYTES_MAX)"));
+    }
+
+    #[test]
+    fn per_record_limits_are_checked_at_and_over_each_and_named() {
+        let record = || OutgoingRecord::new("x");
+        let cases = [
+            (
+                record().key(vec![1u8; KEY_BYTES_MAX]),
+                record().key(vec![1u8; KEY_BYTES_MAX + 1]),
+                "KEY_BYTES_MAX",
+            ),
+            (
+                record().idempotency_key(vec![1u8; IDEMPOTENCY_KEY_BYTES_MAX]),
+                record().idempotency_key(vec![1u8; IDEMPOTENCY_KEY_BYTES_MAX + 1]),
+                "IDEMPOTENCY_KEY_BYTES_MAX",
+            ),
+            (
+                (0..HEADERS_PER_RECORD_MAX).fold(record(), |r, _| r.header("h", "v")),
+                (0..=HEADERS_PER_RECORD_MAX).fold(record(), |r, _| r.header("h", "v")),
+                "HEADERS_PER_RECORD_MAX",
+            ),
+            (
+                record().header("h".repeat(HEADER_NAME_BYTES_MAX), "v"),
+                record().header("h".repeat(HEADER_NAME_BYTES_MAX + 1), "v"),
+                "HEADER_NAME_BYTES_MAX",
+            ),
+        ];
+        for (at_limit, over, limit_name) in cases {
+            assert_eq!(at_limit.validate(), Ok(()), "{limit_name}");
+            let message = invalid_message(&over);
+            assert!(message.contains(&format!("({limit_name})")), "{message}");
+        }
+        let empty_key = record().idempotency_key("");
+        assert!(invalid_message(&empty_key).contains("must not be empty"));
     }
 
     #[test]

@@ -74,9 +74,12 @@ pub enum Command {
     /// Each record prints as one JSON line: {"partition","offset","timestamp"
     /// (ms since the epoch),"key","idempotency_key","headers","payload"}. Keys
     /// and payloads that are not UTF-8 print as key_base64,
-    /// idempotency_key_base64 and payload_base64 instead, header values that
-    /// are not UTF-8 in a headers_base64 object. --output raw prints only
-    /// each payload and a newline.
+    /// idempotency_key_base64 and payload_base64 instead. "headers" maps each
+    /// header name to its value; a name that repeats maps to an array of its
+    /// values in order ({"trace":["a","b"]}), so no name appears twice. A
+    /// header name with any value that is not UTF-8 moves, with all its
+    /// values, to a headers_base64 object of the same shape. --output raw
+    /// prints only each payload and a newline.
     Subscribe(SubscribeArgs),
     /// Print the records from --from-offset (inclusive) to --to-offset
     /// (EXCLUSIVE) of one partition, or of every partition (the same offsets in
@@ -86,7 +89,9 @@ pub enum Command {
     /// retained record) fails with the broker's OUT_OF_RANGE error and exit
     /// status 1; a --to-offset past the end stops at the end. A progress bar
     /// shows on stderr when it is a terminal. Records print as with
-    /// `postbox subscribe`.
+    /// `postbox subscribe`: one JSON line each, "headers" mapping each header
+    /// name to its value, or to an array of its values in order when the
+    /// name repeats.
     Replay(ReplayArgs),
     /// Read or set a consumer group's committed offsets.
     #[command(subcommand)]

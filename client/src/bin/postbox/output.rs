@@ -4,9 +4,12 @@
 //! Invariants: stdout carries data only, one JSON object per line with its
 //! fields in a fixed order; bytes that are not UTF-8 are never mangled: they
 //! move to a `*_base64` field instead (`key_base64`, `idempotency_key_base64`,
-//! `payload_base64`, and a `headers_base64` object for header values).
+//! `payload_base64`, and a `headers_base64` object for header values). No
+//! JSON object has a key twice (most JSON readers keep only one of them): a
+//! header name that repeats maps to the array of its values, in order.
 //! Output is buffered; callers flush when they would otherwise wait.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 
 use anyhow::{Context, Result};
@@ -141,48 +144,82 @@ fn bytes_entry<M: SerializeMap>(
     }
 }
 
-/// The headers whose values are (or are not) UTF-8, as a JSON object of
-/// name to text (or to base64). Repeated names appear as repeated keys, in
-/// record order.
+/// One of a record's two header objects, each mapping a header name to its
+/// value, or to the array of its values in record order when the name
+/// repeats. A name whose values are all UTF-8 goes to `headers` as text; a
+/// name with any other value goes to `headers_base64`, every value of it in
+/// base64, so that each name appears once and keeps the order of its values.
 struct Headers<'a> {
     headers: &'a [(String, Bytes)],
-    utf8: bool,
+    base64: bool,
 }
 
 impl<'a> Headers<'a> {
+    /// The `headers` object.
     fn text(headers: &'a [(String, Bytes)]) -> Self {
         Headers {
             headers,
-            utf8: true,
+            base64: false,
         }
     }
 
+    /// The `headers_base64` object.
     fn binary(headers: &'a [(String, Bytes)]) -> Self {
         Headers {
             headers,
-            utf8: false,
+            base64: true,
         }
     }
 
-    fn matching(&self) -> impl Iterator<Item = (&'a str, &'a [u8])> + '_ {
+    /// The names this object holds, once each, in order of first appearance.
+    /// Quadratic in the header count, which the broker bounds (64).
+    fn names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        let headers = self.headers;
+        headers
+            .iter()
+            .enumerate()
+            .filter(|&(index, (name, _))| headers[..index].iter().all(|(seen, _)| seen != name))
+            .map(|(_, (name, _))| name.as_str())
+            .filter(|&name| self.holds(name))
+    }
+
+    /// Whether `name` belongs in this object.
+    fn holds(&self, name: &str) -> bool {
+        let all_text = self
+            .values(name)
+            .all(|value| std::str::from_utf8(value).is_ok());
+        all_text != self.base64
+    }
+
+    fn values(&self, name: &'a str) -> impl Iterator<Item = &'a [u8]> + 'a {
         self.headers
             .iter()
-            .filter(|(_, value)| std::str::from_utf8(value).is_ok() == self.utf8)
-            .map(|(name, value)| (name.as_str(), value.as_ref()))
+            .filter(move |(header, _)| header == name)
+            .map(|(_, value)| value.as_ref())
+    }
+
+    /// A value as this object writes it.
+    fn render(&self, value: &'a [u8]) -> Cow<'a, str> {
+        match std::str::from_utf8(value) {
+            Ok(text) if !self.base64 => Cow::Borrowed(text),
+            _ => Cow::Owned(BASE64.encode(value)),
+        }
     }
 
     fn is_empty(&self) -> bool {
-        self.matching().next().is_none()
+        self.names().next().is_none()
     }
 }
 
 impl Serialize for Headers<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        for (name, value) in self.matching() {
-            match std::str::from_utf8(value) {
-                Ok(text) => map.serialize_entry(name, text)?,
-                Err(_) => map.serialize_entry(name, &BASE64.encode(value))?,
+        for name in self.names() {
+            let values: Vec<Cow<'_, str>> =
+                self.values(name).map(|value| self.render(value)).collect();
+            match values.as_slice() {
+                [single] => map.serialize_entry(name, single)?,
+                _ => map.serialize_entry(name, &values)?,
             }
         }
         map.end()
@@ -264,6 +301,57 @@ mod tests {
                 r#""headers_base64":{"blob":"/gE="},"payload_base64":"gIGC"}"#,
                 "\n"
             )
+        );
+    }
+
+    fn headers_json(headers: Vec<(&str, &'static [u8])>) -> serde_json::Value {
+        let record = Record {
+            headers: headers
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), Bytes::from_static(value)))
+                .collect(),
+            ..record()
+        };
+        let line = render(OutputFormat::Json, &record);
+        serde_json::from_str(&line).unwrap_or_default()
+    }
+
+    #[test]
+    fn repeated_header_names_become_arrays_of_their_values_in_order() {
+        let headers = vec![
+            ("trace", &b"a"[..]),
+            ("type", b"created"),
+            ("trace", b"b"),
+            ("trace", b"c"),
+        ];
+        let record = Record {
+            headers: headers
+                .iter()
+                .map(|&(name, value)| (name.to_owned(), Bytes::from_static(value)))
+                .collect(),
+            ..record()
+        };
+        // Checked as text, not only as parsed JSON: a parser would hide a
+        // repeated key by keeping one of its values.
+        assert!(render(OutputFormat::Json, &record)
+            .contains(r#""headers":{"trace":["a","b","c"],"type":"created"},"payload""#));
+        let json = headers_json(headers);
+        assert_eq!(json["headers"]["trace"], serde_json::json!(["a", "b", "c"]));
+        assert_eq!(json.get("headers_base64"), None);
+    }
+
+    #[test]
+    fn a_name_with_any_binary_value_moves_whole_to_headers_base64() {
+        let json = headers_json(vec![
+            ("blob", &b"ok"[..]),
+            ("type", b"created"),
+            ("blob", &[0xfe, 0x01]),
+            ("raw", &[0xff]),
+        ]);
+        assert_eq!(json["headers"], serde_json::json!({"type": "created"}));
+        assert_eq!(
+            json["headers_base64"],
+            serde_json::json!({"blob": ["b2s=", "/gE="], "raw": "/w=="})
         );
     }
 

@@ -4,7 +4,11 @@
 //! Invariants: a position is committed only after the records before it were
 //! flushed to stdout, so a crash or a closed pipe re-delivers rather than
 //! loses (at least once); stdout is flushed whenever the consumer has nothing
-//! buffered, so a following subscription prints records as they arrive.
+//! buffered, so a following subscription prints records as they arrive; a
+//! signal is heard at once, even while a commit is retrying against a broker
+//! that is down. The commit tick drops the pending `Consumer::next` every
+//! second: that is safe only because `next` is cancel safe, resubscription
+//! backoff and subscribe calls included (see `postbox_client::Consumer`).
 
 use std::io::{self, IsTerminal};
 use std::pin::pin;
@@ -123,7 +127,16 @@ async fn print_records<W: io::Write>(
             }
             _ = commit_timer.tick(), if commit => {
                 output.flush()?;
-                consumer.commit().await.context("cannot commit offsets")?;
+                tokio::select! {
+                    biased;
+                    signal = &mut shutdown => {
+                        signal.context("cannot listen for signals")?;
+                        break;
+                    }
+                    committed = consumer.commit() => {
+                        committed.context("cannot commit offsets")?;
+                    }
+                }
             }
             next = consumer.next() => {
                 let Some(record) = next else { break };
