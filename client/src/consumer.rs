@@ -405,6 +405,13 @@ mod tests {
     }
 
     #[test]
+    fn a_consumer_can_move_to_another_task() {
+        // It keeps an in-flight subscribe call across cancelled `next` calls.
+        fn assert_send<T: Send>() {}
+        assert_send::<Consumer>();
+    }
+
+    #[test]
     fn default_config_is_valid() {
         assert_eq!(ConsumerConfig::new("orders").validate(), Ok(()));
     }

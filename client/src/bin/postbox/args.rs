@@ -85,9 +85,12 @@ pub enum Command {
     /// (EXCLUSIVE) of one partition, or of every partition (the same offsets in
     /// each), then exit.
     ///
-    /// A range that starts past a partition's end (or before its earliest
-    /// retained record) fails with the broker's OUT_OF_RANGE error and exit
-    /// status 1; a --to-offset past the end stops at the end. A progress bar
+    /// With --partition, a range that starts past the partition's end fails
+    /// with the broker's OUT_OF_RANGE error and exit status 1; without it,
+    /// partitions that have not reached --from-offset print nothing. A start
+    /// before a partition's earliest retained record always fails
+    /// (OUT_OF_RANGE: those records are gone). A --to-offset past the end
+    /// stops at the end. A progress bar
     /// shows on stderr when it is a terminal. Records print as with
     /// `postbox subscribe`: one JSON line each, "headers" mapping each header
     /// name to its value, or to an array of its values in order when the
