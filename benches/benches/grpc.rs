@@ -119,6 +119,7 @@ fn request(topic: &str, batch: usize, record_bytes: usize) -> pb::PublishRequest
                 ..Default::default()
             })
             .collect(),
+        fence: None,
     }
 }
 

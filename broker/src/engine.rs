@@ -21,7 +21,7 @@
 //! - Dropping the engine stops its thread and syncs nothing (like a crash);
 //!   [`Engine::close`] flushes everything first.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -32,10 +32,10 @@ use tokio::sync::watch;
 
 use crate::config::{Durability, EngineConfig, TopicConfig};
 use crate::error::{Error, IoContext, Result};
-use crate::limits::{DEDUP_MEMORY_KEYS_MAX, READ_BYTES_MAX};
+use crate::limits::{DEDUP_MEMORY_KEYS_MAX, FENCED_PRODUCERS_MAX, READ_BYTES_MAX};
 use crate::meta::{MetaStore, SledMeta};
-use crate::names::{validate_group, validate_topic};
-use crate::storage::batch::{Record, RecordInput};
+use crate::names::{validate_group, validate_producer, validate_topic};
+use crate::storage::batch::{validate_batch, Record, RecordInput};
 use crate::storage::group_commit::now_ms;
 use crate::storage::io::{RealFs, Vfs};
 use crate::topic::{PublishResult, Topic, TopicInfo};
@@ -88,6 +88,16 @@ struct Inner {
     admin: Mutex<()>,
     /// Tells the maintenance thread to stop.
     stopping: AtomicBool,
+    /// Per fenced producer, its highest epoch (loaded from the metadata store
+    /// on first use); the lock serialises the producer's publishes.
+    fences: Mutex<HashMap<String, Arc<Mutex<Option<u64>>>>>,
+}
+
+/// A fenced publisher's identity and epoch; see [`Engine::publish_fenced`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fence<'a> {
+    pub producer: &'a str,
+    pub epoch: u64,
 }
 
 /// A group's committed offset for one partition.
@@ -133,6 +143,7 @@ impl Engine {
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
             stopping: AtomicBool::new(false),
+            fences: Mutex::new(HashMap::new()),
         });
         inner.open_topics()?;
         let thread_inner = inner.clone();
@@ -243,6 +254,57 @@ impl Engine {
     /// Appends records and waits for their acknowledgment; see [`Topic::publish`].
     pub fn publish(&self, topic: &str, records: &[RecordInput]) -> Result<Vec<PublishResult>> {
         self.topic(topic)?.publish(records)
+    }
+
+    /// Publishes as [`Engine::publish`] for a fenced producer (an outbox
+    /// relay's leader): refused with [`Error::Fenced`] when the producer has
+    /// published with a higher epoch before, so a leader that lost its
+    /// leadership without noticing cannot publish. A higher epoch is made
+    /// durable before anything is appended under it, so an older one stays
+    /// refused across crashes. A producer's publishes are serialised, so a
+    /// refusal and an acceptance never overlap. A request that is refused
+    /// for any reason leaves the epoch as it was.
+    pub fn publish_fenced(
+        &self,
+        topic: &str,
+        records: &[RecordInput],
+        fence: Fence<'_>,
+    ) -> Result<Vec<PublishResult>> {
+        validate_producer(fence.producer)?;
+        let t = self.topic(topic)?;
+        for record in records {
+            record.validate()?;
+            if let Some(partition) = record.partition {
+                t.partition(partition)?;
+            }
+        }
+        validate_batch(records)?;
+        let slot = self.inner.fence_slot(fence.producer)?;
+        let mut highest = lock(&slot);
+        let current = match *highest {
+            Some(epoch) => epoch,
+            None => self.inner.meta.fence_epoch(fence.producer)?.unwrap_or(0),
+        };
+        *highest = Some(current);
+        if fence.epoch < current {
+            return Err(Error::Fenced {
+                producer: fence.producer.to_string(),
+                epoch: fence.epoch,
+                current,
+            });
+        }
+        if fence.epoch > current {
+            self.inner
+                .meta
+                .set_fence_epoch(fence.producer, fence.epoch)?;
+            *highest = Some(fence.epoch);
+            tracing::info!(
+                producer = fence.producer,
+                epoch = fence.epoch,
+                "fenced producer has a new epoch"
+            );
+        }
+        t.publish(records)
     }
 
     /// Reads records of one partition from `from` on, about `max_bytes` of them.
@@ -394,6 +456,10 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Inner {
     fn topic(&self, name: &str) -> Result<Arc<Topic>> {
         validate_topic(name)?;
@@ -401,6 +467,24 @@ impl Inner {
             .get(name)
             .cloned()
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))
+    }
+
+    /// The lock and cached epoch of a fenced producer.
+    fn fence_slot(&self, producer: &str) -> Result<Arc<Mutex<Option<u64>>>> {
+        let mut fences = lock(&self.fences);
+        if let Some(slot) = fences.get(producer) {
+            return Ok(slot.clone());
+        }
+        if fences.len() >= FENCED_PRODUCERS_MAX {
+            return Err(Error::limit(
+                "fenced producers",
+                FENCED_PRODUCERS_MAX as u64,
+                fences.len() as u64 + 1,
+            ));
+        }
+        let slot = Arc::new(Mutex::new(None));
+        fences.insert(producer.to_string(), slot.clone());
+        Ok(slot)
     }
 
     fn all_topics(&self) -> Vec<Arc<Topic>> {

@@ -32,6 +32,14 @@ pub enum Error {
         limit: u64,
         actual: u64,
     },
+    /// A fenced producer published with an epoch older than one it used
+    /// before: another instance has taken over. Nothing was appended.
+    #[error("producer {producer:?} is fenced: epoch {epoch} is older than its epoch {current}; a newer instance has taken over")]
+    Fenced {
+        producer: String,
+        epoch: u64,
+        current: u64,
+    },
     #[error("topic {0:?} does not exist")]
     TopicNotFound(String),
     #[error("topic {0:?} already exists")]

@@ -23,7 +23,7 @@ mod power_loss_tests;
 mod recovery_tests;
 
 pub use config::{Durability, EngineConfig, TopicConfig};
-pub use engine::{CommittedOffset, Engine};
+pub use engine::{CommittedOffset, Engine, Fence};
 pub use error::{Error, Result};
 pub use storage::batch::{Header, Record, RecordInput};
 pub use topic::{PublishResult, TopicInfo};

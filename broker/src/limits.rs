@@ -96,6 +96,14 @@ pub const DEDUP_ROOM_WAIT_MAX: std::time::Duration = std::time::Duration::from_s
 /// Most bytes one read returns (beyond the first frame, which is always whole).
 pub const READ_BYTES_MAX: u32 = 16 * 1024 * 1024;
 
+/// Longest name of a fenced producer (a relay's identity), like topic names.
+pub const PRODUCER_NAME_BYTES_MAX: usize = TOPIC_NAME_BYTES_MAX;
+
+/// Fenced producers the broker remembers. Each is one small metadata entry
+/// and one lock in memory; a deployment has a handful (one per relayed
+/// table), so the bound only stops a client that invents names.
+pub const FENCED_PRODUCERS_MAX: usize = 10_000;
+
 /// Bytes of records a fetch returns, or a subscription response carries, when
 /// the caller does not say (at least one record).
 pub const READ_BYTES_DEFAULT: u32 = 1024 * 1024;

@@ -68,6 +68,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     ) -> Result<()>;
     /// Removes everything about a topic.
     fn delete_topic(&self, topic: &str) -> Result<()>;
+    /// The highest epoch a fenced producer has published with.
+    fn fence_epoch(&self, producer: &str) -> Result<Option<u64>>;
+    /// Raises a fenced producer's epoch; durable when this returns.
+    fn set_fence_epoch(&self, producer: &str, epoch: u64) -> Result<()>;
     /// Makes everything written so far durable (flush, then a real fsync).
     fn sync(&self) -> Result<()>;
 }
@@ -78,6 +82,8 @@ pub struct SledMeta {
     db: sled::Db,
     path: PathBuf,
     offsets: sled::Tree,
+    /// Fenced producers' highest epochs: producer name -> epoch (u64 BE).
+    fences: sled::Tree,
     store_id: [u8; 16],
     /// Per topic: keys remembered and the next checkpoint number, read from the
     /// tree once and then kept up to date here.
@@ -158,10 +164,14 @@ impl SledMeta {
         let offsets = db
             .open_tree("offsets")
             .map_err(|e| Error::meta("opening offsets", e))?;
+        let fences = db
+            .open_tree("fences")
+            .map_err(|e| Error::meta("opening fences", e))?;
         let meta = SledMeta {
             db,
             path: path.to_path_buf(),
             offsets,
+            fences,
             store_id,
             dedup_totals: Default::default(),
             dedup_trees: Default::default(),
@@ -313,6 +323,21 @@ impl MetaStore for SledMeta {
                 .map_err(|e| Error::meta("removing offsets", e))?;
         }
         Ok(())
+    }
+
+    fn fence_epoch(&self, producer: &str) -> Result<Option<u64>> {
+        let value = self
+            .fences
+            .get(producer.as_bytes())
+            .map_err(|e| Error::meta("reading a fence", e))?;
+        Ok(value.and_then(|v| v.as_ref().try_into().ok().map(u64::from_be_bytes)))
+    }
+
+    fn set_fence_epoch(&self, producer: &str, epoch: u64) -> Result<()> {
+        self.fences
+            .insert(producer.as_bytes(), &epoch.to_be_bytes())
+            .map_err(|e| Error::meta("raising a fence", e))?;
+        self.sync()
     }
 
     fn sync(&self) -> Result<()> {

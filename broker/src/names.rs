@@ -5,11 +5,16 @@
 //! outside the data directory or hide as a path trick.
 
 use crate::error::{Error, Result};
-use crate::limits::{GROUP_NAME_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
+use crate::limits::{GROUP_NAME_BYTES_MAX, PRODUCER_NAME_BYTES_MAX, TOPIC_NAME_BYTES_MAX};
 
 /// Checks a topic name.
 pub fn validate_topic(name: &str) -> Result<()> {
     validate("topic", name, TOPIC_NAME_BYTES_MAX)
+}
+
+/// Checks a fenced producer's name.
+pub fn validate_producer(name: &str) -> Result<()> {
+    validate("producer", name, PRODUCER_NAME_BYTES_MAX)
 }
 
 /// Checks a consumer group name.

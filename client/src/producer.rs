@@ -327,6 +327,7 @@ impl Shared {
         let request = pb::PublishRequest {
             topic: topic.to_owned(),
             records,
+            fence: None,
         };
         let response = self
             .connection

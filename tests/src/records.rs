@@ -63,6 +63,7 @@ pub async fn publish_until_error(
         let request = pb::PublishRequest {
             topic: topic.into(),
             records,
+            fence: None,
         };
         match client.publish(request).await {
             Ok(response) => {

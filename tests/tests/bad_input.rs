@@ -77,6 +77,7 @@ fn publish(topic: &str, records: Vec<pb::PublishRecord>) -> pb::PublishRequest {
     pb::PublishRequest {
         topic: topic.into(),
         records,
+        fence: None,
     }
 }
 

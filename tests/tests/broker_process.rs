@@ -69,6 +69,7 @@ async fn check_duplicates(broker: &BrokerProcess, acked: &[postbox_tests::record
             .publish(pb::PublishRequest {
                 topic: TOPIC.into(),
                 records,
+                fence: None,
             })
             .await
             .expect("publish again")

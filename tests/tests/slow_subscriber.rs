@@ -33,6 +33,7 @@ fn batch(n: usize) -> pb::PublishRequest {
     pb::PublishRequest {
         topic: TOPIC.into(),
         records,
+        fence: None,
     }
 }
 

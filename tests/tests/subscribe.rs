@@ -58,6 +58,7 @@ async fn fill(
             .publish(pb::PublishRequest {
                 topic: topic.into(),
                 records,
+                fence: None,
             })
             .await
             .expect("publish");

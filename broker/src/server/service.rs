@@ -17,7 +17,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::status::{blocking, status};
 use super::subscribe::{self, SubscriptionStream};
-use crate::engine::Engine;
+use crate::engine::{Engine, Fence};
 use crate::error::Error;
 use crate::limits::FETCH_WAIT_MS_MAX;
 use crate::storage::batch::RecordInput;
@@ -103,7 +103,17 @@ impl pb::broker_server::Broker for BrokerService {
         let records: Vec<RecordInput> =
             req.records.into_iter().map(convert::record_input).collect();
         let engine = self.engine.clone();
-        let results = blocking(move || engine.publish(&req.topic, &records)).await?;
+        let results = blocking(move || match &req.fence {
+            None => engine.publish(&req.topic, &records),
+            Some(fence) => {
+                let fence = Fence {
+                    producer: &fence.producer,
+                    epoch: fence.epoch,
+                };
+                engine.publish_fenced(&req.topic, &records, fence)
+            }
+        })
+        .await?;
         Ok(Response::new(pb::PublishResponse {
             acks: results.into_iter().map(convert::ack).collect(),
         }))

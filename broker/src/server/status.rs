@@ -21,6 +21,7 @@ fn code(error: &Error) -> Code {
         Error::Busy { .. } => Code::ResourceExhausted,
         Error::TopicNotFound(_) | Error::PartitionNotFound { .. } => Code::NotFound,
         Error::TopicExists(_) => Code::AlreadyExists,
+        Error::Fenced { .. } => Code::FailedPrecondition,
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::DataLoss { .. } => Code::DataLoss,
         // A failed partition or a closing broker: another attempt (after a

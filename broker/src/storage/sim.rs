@@ -412,6 +412,7 @@ struct SimMetaState {
 #[derive(Debug, Default, Clone)]
 struct MetaMaps {
     offsets: BTreeMap<(String, String, u32), u64>,
+    fences: BTreeMap<String, u64>,
     dedup: BTreeMap<(String, Vec<u8>), crate::meta::DedupEntry>,
 }
 
@@ -429,6 +430,15 @@ impl SimMeta {
 impl crate::meta::MetaStore for SimMeta {
     fn store_id(&self) -> [u8; 16] {
         [7; 16]
+    }
+
+    fn fence_epoch(&self, producer: &str) -> crate::Result<Option<u64>> {
+        Ok(self.with(|m| m.fences.get(producer).copied()))
+    }
+
+    fn set_fence_epoch(&self, producer: &str, epoch: u64) -> crate::Result<()> {
+        self.with(|m| m.fences.insert(producer.to_string(), epoch));
+        self.sync()
     }
 
     fn commit_offsets(

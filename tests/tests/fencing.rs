@@ -1,0 +1,183 @@
+//! Fenced publishing (what the outbox relay's leaders use), against the real
+//! broker: an older epoch is refused with FAILED_PRECONDITION and appends
+//! nothing, across a broker crash too; a refused request leaves the epoch
+//! as it was; and once a newer epoch published, nothing of the older one
+//! lands after it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use postbox_proto::v1 as pb;
+use postbox_proto::v1::broker_client::BrokerClient;
+use postbox_tests::broker::BrokerProcess;
+use postbox_tests::records::read_topic;
+use tonic::transport::Channel;
+use tonic::Code;
+
+const TOPIC: &str = "outbox.events";
+
+fn fenced(producer: &str, epoch: u64, payloads: &[&str]) -> pb::PublishRequest {
+    pb::PublishRequest {
+        topic: TOPIC.into(),
+        records: payloads
+            .iter()
+            .map(|p| pb::PublishRecord {
+                payload: Bytes::from(p.to_string()),
+                ..Default::default()
+            })
+            .collect(),
+        fence: Some(pb::Fence {
+            producer: producer.into(),
+            epoch,
+        }),
+    }
+}
+
+async fn start(data: &std::path::Path) -> (BrokerProcess, BrokerClient<Channel>) {
+    let broker = BrokerProcess::start(data, &[]);
+    let client = broker.client().await;
+    (broker, client)
+}
+
+async fn end_offset(client: &mut BrokerClient<Channel>) -> u64 {
+    client
+        .describe_topic(pb::DescribeTopicRequest { name: TOPIC.into() })
+        .await
+        .expect("describe")
+        .into_inner()
+        .partition_info[0]
+        .end_offset
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_older_epoch_is_refused_and_stays_refused_after_a_crash() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let data = dir.path().join("data");
+    let (mut broker, mut client) = start(&data).await;
+    client
+        .create_topic(pb::CreateTopicRequest {
+            name: TOPIC.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let relay = "relay.orders";
+    client
+        .publish(fenced(relay, 1, &["a"]))
+        .await
+        .expect("epoch 1");
+    client
+        .publish(fenced(relay, 5, &["b"]))
+        .await
+        .expect("epoch 5 takes over");
+    client
+        .publish(fenced(relay, 5, &["c"]))
+        .await
+        .expect("epoch 5 again");
+    let before = end_offset(&mut client).await;
+    let refused = client
+        .publish(fenced(relay, 4, &["stale"]))
+        .await
+        .expect_err("epoch 4 is older");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    for needle in ["relay.orders", "epoch 4", "epoch 5"] {
+        assert!(
+            refused.message().contains(needle),
+            "{needle}: {}",
+            refused.message()
+        );
+    }
+    assert_eq!(end_offset(&mut client).await, before, "nothing appended");
+
+    // Other producers and unfenced publishes are unaffected.
+    client
+        .publish(fenced("relay.billing", 1, &["d"]))
+        .await
+        .expect("another producer");
+    let mut plain = fenced(relay, 0, &["e"]);
+    plain.fence = None;
+    client.publish(plain).await.expect("unfenced");
+
+    // A request refused for another reason leaves the epoch alone.
+    let mut oversized = fenced(relay, 9, &["x"]);
+    oversized.records[0].key = Some(Bytes::from(vec![0u8; 64 * 1024]));
+    let refused = client
+        .publish(oversized)
+        .await
+        .expect_err("key over the limit");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+    client
+        .publish(fenced(relay, 6, &["f"]))
+        .await
+        .expect("epoch 6 is still newer");
+
+    let refused = client
+        .publish(fenced("bad/name", 1, &["x"]))
+        .await
+        .expect_err("a bad producer name");
+    assert_eq!(refused.code(), Code::InvalidArgument);
+
+    broker.kill9();
+    let (_broker, mut client) = start(&data).await;
+    let refused = client
+        .publish(fenced(relay, 5, &["stale after the crash"]))
+        .await
+        .expect_err("the epoch survived the crash");
+    assert_eq!(refused.code(), Code::FailedPrecondition);
+    client
+        .publish(fenced(relay, 6, &["g"]))
+        .await
+        .expect("the current epoch");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn once_a_newer_epoch_published_nothing_older_lands_after_it() {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (_broker, mut client) = start(&dir.path().join("data")).await;
+    client
+        .create_topic(pb::CreateTopicRequest {
+            name: TOPIC.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    // The old leader publishes as fast as it can until it is refused.
+    let mut old = client.clone();
+    let old_leader = tokio::spawn(async move {
+        let mut published = 0u32;
+        loop {
+            match old.publish(fenced("relay", 1, &["old", "old"])).await {
+                Ok(_) => published += 1,
+                Err(status) => return (published, status),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client
+        .publish(fenced("relay", 2, &["new"]))
+        .await
+        .expect("the new leader");
+    let (published, refusal) = old_leader.await.expect("the old leader's task");
+    assert!(
+        published > 0,
+        "the old leader published before the takeover"
+    );
+    assert_eq!(refusal.code(), Code::FailedPrecondition, "{refusal:?}");
+
+    let records = read_topic(&mut client, TOPIC).await;
+    let first_new = records
+        .values()
+        .find(|r| r.payload == "new")
+        .expect("the new leader's record")
+        .offset;
+    let last_old = records
+        .values()
+        .filter(|r| r.payload == "old")
+        .map(|r| r.offset)
+        .max()
+        .expect("the old leader's records");
+    assert!(
+        last_old < first_new,
+        "an old-epoch record at {last_old} after the new epoch's {first_new}"
+    );
+}
