@@ -56,6 +56,6 @@ pub use retry::{
 };
 pub use tonic::Code;
 pub use types::{
-    Ack, Durability, Fetched, OutgoingRecord, PartitionInfo, Record, StartFrom, TopicInfo,
+    Ack, Durability, Fence, Fetched, OutgoingRecord, PartitionInfo, Record, StartFrom, TopicInfo,
     TopicSettings,
 };

@@ -40,7 +40,7 @@ use crate::connection::{Connection, REQUEST_TIMEOUT_MS_DEFAULT};
 use crate::error::{Error, Result};
 use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, RECORD_BYTES_MAX};
 use crate::retry::RetryPolicy;
-use crate::types::{Ack, OutgoingRecord};
+use crate::types::{Ack, Fence, OutgoingRecord};
 
 /// Default records per batch: amortises a round trip and an fsync over many
 /// records while keeping a batch's latency low.
@@ -97,6 +97,10 @@ pub struct ProducerConfig {
     pub request_timeout_ms: u64,
     /// How failed publishes are retried.
     pub retry: RetryPolicy,
+    /// Publish as a fenced producer (an outbox relay's leader): the broker
+    /// refuses this producer's publishes, with FAILED_PRECONDITION and no
+    /// retry, once a newer epoch of the same producer has published.
+    pub fence: Option<Fence>,
 }
 
 impl Default for ProducerConfig {
@@ -109,6 +113,7 @@ impl Default for ProducerConfig {
             max_queued_bytes: MAX_QUEUED_BYTES_DEFAULT,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             retry: RetryPolicy::default(),
+            fence: None,
         }
     }
 }
@@ -327,7 +332,10 @@ impl Shared {
         let request = pb::PublishRequest {
             topic: topic.to_owned(),
             records,
-            fence: None,
+            fence: self.config.fence.as_ref().map(|f| pb::Fence {
+                producer: f.producer.clone(),
+                epoch: f.epoch,
+            }),
         };
         let response = self
             .connection

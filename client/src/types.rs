@@ -226,6 +226,16 @@ fn check_limit(what: &str, value: usize, limit: usize, limit_name: &str) -> Resu
     )))
 }
 
+/// A fenced producer's identity and epoch (see `ProducerConfig::fence`): the
+/// broker remembers each producer's highest epoch and refuses older ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// 1 to 249 characters of `[A-Za-z0-9._-]`, like topic names.
+    pub producer: String,
+    /// Raised by each new instance, for example a leadership term.
+    pub epoch: u64,
+}
+
 /// The broker's acknowledgment of one published record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {

@@ -181,3 +181,47 @@ async fn once_a_newer_epoch_published_nothing_older_lands_after_it() {
         "an old-epoch record at {last_old} after the new epoch's {first_new}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fenced_client_producer_is_refused_at_once_after_a_takeover() {
+    use postbox_client::{Code, Fence, OutgoingRecord, Producer, ProducerConfig};
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (broker, mut client) = start(&dir.path().join("data")).await;
+    client
+        .create_topic(pb::CreateTopicRequest {
+            name: TOPIC.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+    let leader = |epoch| ProducerConfig {
+        fence: Some(Fence {
+            producer: "relay".into(),
+            epoch,
+        }),
+        ..ProducerConfig::default()
+    };
+    let old = Producer::connect(&broker.url(), leader(1))
+        .await
+        .expect("connect");
+    let new = Producer::connect(&broker.url(), leader(2))
+        .await
+        .expect("connect");
+    old.send(TOPIC, OutgoingRecord::new("old"))
+        .await
+        .expect("the old leader publishes");
+    new.send(TOPIC, OutgoingRecord::new("new"))
+        .await
+        .expect("the new leader takes over");
+    let started = std::time::Instant::now();
+    let refused = old
+        .send(TOPIC, OutgoingRecord::new("stale"))
+        .await
+        .expect_err("the old leader is fenced");
+    assert_eq!(refused.code(), Some(Code::FailedPrecondition), "{refused}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "refused without retries"
+    );
+    assert_eq!(end_offset(&mut client).await, 2);
+}
