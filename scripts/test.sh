@@ -12,6 +12,10 @@ if ! command -v cargo >/dev/null; then
     exit 1
 fi
 
+# The relay's tests need a PostgreSQL at 127.0.0.1:5432 (user postgres, no
+# password): start or install one if none answers.
+./scripts/postgres.sh
+
 # The integration tests in tests/ start the real binaries (postbox-broker,
 # postbox) from target/debug: build them first, with the profile the tests use.
 cargo build --workspace --bins --locked
