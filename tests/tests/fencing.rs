@@ -39,6 +39,16 @@ async fn start(data: &std::path::Path) -> (BrokerProcess, BrokerClient<Channel>)
     (broker, client)
 }
 
+async fn create_topic(client: &mut BrokerClient<Channel>) {
+    client
+        .create_topic(pb::CreateTopicRequest {
+            name: TOPIC.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("create");
+}
+
 async fn end_offset(client: &mut BrokerClient<Channel>) -> u64 {
     client
         .describe_topic(pb::DescribeTopicRequest { name: TOPIC.into() })
@@ -54,13 +64,7 @@ async fn an_older_epoch_is_refused_and_stays_refused_after_a_crash() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let data = dir.path().join("data");
     let (mut broker, mut client) = start(&data).await;
-    client
-        .create_topic(pb::CreateTopicRequest {
-            name: TOPIC.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create");
+    create_topic(&mut client).await;
     let relay = "relay.orders";
     client
         .publish(fenced(relay, 1, &["a"]))
@@ -134,13 +138,7 @@ async fn an_older_epoch_is_refused_and_stays_refused_after_a_crash() {
 async fn once_a_newer_epoch_published_nothing_older_lands_after_it() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (_broker, mut client) = start(&dir.path().join("data")).await;
-    client
-        .create_topic(pb::CreateTopicRequest {
-            name: TOPIC.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create");
+    create_topic(&mut client).await;
     // The old leader publishes as fast as it can until it is refused.
     let mut old = client.clone();
     let old_leader = tokio::spawn(async move {
@@ -187,13 +185,7 @@ async fn a_fenced_client_producer_is_refused_at_once_after_a_takeover() {
     use postbox_client::{Code, Fence, OutgoingRecord, Producer, ProducerConfig};
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (broker, mut client) = start(&dir.path().join("data")).await;
-    client
-        .create_topic(pb::CreateTopicRequest {
-            name: TOPIC.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("create");
+    create_topic(&mut client).await;
     let leader = |epoch| ProducerConfig {
         fence: Some(Fence {
             producer: "relay".into(),
