@@ -9,6 +9,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod postgres;
 pub mod proxy;
 pub mod records;
 
