@@ -5,7 +5,7 @@
 mod common;
 
 use common::TestDatabase;
-use postbox_relay::{Error, Leadership, Schema, TableName, ADVISORY_LOCK_NAMESPACE};
+use postbox_relay::{Error, Leadership, Lease, Schema, TableName, ADVISORY_LOCK_NAMESPACE};
 use tokio_postgres::Client;
 
 /// A test database with the default outbox schema.
@@ -21,6 +21,15 @@ async fn initialised() -> TestDatabase {
 
 fn leadership(holder: &str) -> Leadership {
     Leadership::new(TableName::default(), holder).expect("valid holder")
+}
+
+/// Acquires leadership for `holder`, which must get it (`why` says why).
+async fn lead(holder: &str, client: &Client, why: &str) -> Lease {
+    leadership(holder)
+        .acquire(client)
+        .await
+        .expect("acquire")
+        .expect(why)
 }
 
 async fn backend_pid(client: &Client) -> i32 {
@@ -75,11 +84,7 @@ async fn standby_takes_over_with_a_higher_epoch_when_the_leaders_session_is_term
     let second = db.connect().await;
     let operator = db.connect().await;
 
-    let first_lease = leadership("relay-a")
-        .acquire(&first)
-        .await
-        .expect("acquire")
-        .expect("the first relay leads");
+    let first_lease = lead("relay-a", &first, "the first relay leads").await;
     assert_eq!(first_lease.epoch(), 1);
     assert!(first_lease.still_held(&first).await.expect("check"));
     assert!(leadership("relay-b")
@@ -91,11 +96,7 @@ async fn standby_takes_over_with_a_higher_epoch_when_the_leaders_session_is_term
     // The server ends the leader's session; the leader is not told.
     terminate(&operator, first_lease.backend_pid()).await;
 
-    let second_lease = leadership("relay-b")
-        .acquire(&second)
-        .await
-        .expect("acquire")
-        .expect("the standby takes over");
+    let second_lease = lead("relay-b", &second, "the standby takes over").await;
     assert_eq!(second_lease.epoch(), 2);
     assert!(second_lease.epoch() > first_lease.epoch());
     assert!(!first_lease.still_held(&first).await.expect("check"));
@@ -162,11 +163,7 @@ async fn lease_is_lost_when_a_newer_epoch_exists_even_with_the_lock_still_held()
     let db = initialised().await;
     let client = db.connect().await;
     let operator = db.connect().await;
-    let lease = leadership("relay-a")
-        .acquire(&client)
-        .await
-        .expect("acquire")
-        .expect("leads");
+    let lease = lead("relay-a", &client, "leads").await;
 
     operator
         .batch_execute("UPDATE postbox_relay_leader SET epoch = epoch + 1")
@@ -185,11 +182,7 @@ async fn lease_is_not_held_on_another_session() {
     let db = initialised().await;
     let client = db.connect().await;
     let other = db.connect().await;
-    let lease = leadership("relay-a")
-        .acquire(&client)
-        .await
-        .expect("acquire")
-        .expect("leads");
+    let lease = lead("relay-a", &client, "leads").await;
 
     assert!(!lease.still_held(&other).await.expect("check"));
     assert!(lease.still_held(&client).await.expect("check"));
@@ -200,11 +193,7 @@ async fn the_lock_is_the_documented_key_and_visible_to_operators() {
     let db = initialised().await;
     let client = db.connect().await;
     let operator = db.connect().await;
-    let lease = leadership("relay-a")
-        .acquire(&client)
-        .await
-        .expect("acquire")
-        .expect("leads");
+    let lease = lead("relay-a", &client, "leads").await;
 
     // The query the module documentation gives operators.
     let rows = operator
@@ -304,11 +293,7 @@ async fn still_held_reports_a_closed_session_as_lost_not_as_an_error() {
     let db = initialised().await;
     let client = db.connect().await;
     let operator = db.connect().await;
-    let lease = leadership("relay-a")
-        .acquire(&client)
-        .await
-        .expect("acquire")
-        .expect("leads");
+    let lease = lead("relay-a", &client, "leads").await;
     terminate(&operator, lease.backend_pid()).await;
 
     // Twice: the first query may meet the server's goodbye, the second a
