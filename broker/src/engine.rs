@@ -280,7 +280,30 @@ impl Engine {
         }
         validate_batch(records)?;
         let slot = self.inner.fence_slot(fence.producer)?;
-        let mut highest = lock(&slot);
+        let _serialised = self.enter_fence(&slot, fence)?;
+        t.publish(records)
+    }
+
+    /// Raises a fenced producer's epoch without publishing (an outbox relay's
+    /// new leader announcing itself), so that an older instance is refused
+    /// from now on even before the new one publishes. Waits for the
+    /// producer's publishes in flight. Refused with [`Error::Fenced`] when a
+    /// higher epoch was seen; the same epoch again is accepted.
+    pub fn advance_fence(&self, fence: Fence<'_>) -> Result<()> {
+        validate_producer(fence.producer)?;
+        let slot = self.inner.fence_slot(fence.producer)?;
+        self.enter_fence(&slot, fence).map(drop)
+    }
+
+    /// Checks `fence` against the producer's highest epoch and raises it
+    /// (durably) when `fence` is higher. The returned guard serialises the
+    /// producer: hold it while appending under the epoch.
+    fn enter_fence<'s>(
+        &self,
+        slot: &'s Mutex<Option<u64>>,
+        fence: Fence<'_>,
+    ) -> Result<std::sync::MutexGuard<'s, Option<u64>>> {
+        let mut highest = lock(slot);
         let current = match *highest {
             Some(epoch) => epoch,
             None => self.inner.meta.fence_epoch(fence.producer)?.unwrap_or(0),
@@ -304,7 +327,7 @@ impl Engine {
                 "fenced producer has a new epoch"
             );
         }
-        t.publish(records)
+        Ok(highest)
     }
 
     /// Reads records of one partition from `from` on, about `max_bytes` of them.

@@ -300,6 +300,33 @@ impl Producer {
         Ok(acks)
     }
 
+    /// Announces this producer's fence (`ProducerConfig::fence`) without
+    /// publishing: from then on the broker refuses publishes of the same
+    /// producer with an older epoch. A new leader calls it as it takes over.
+    /// Fails with INVALID_ARGUMENT when the producer has no fence, and with
+    /// FAILED_PRECONDITION (not retried) when a newer epoch was seen.
+    pub async fn advance_fence(&self) -> Result<()> {
+        let fence = self.shared.config.fence.as_ref().ok_or_else(|| {
+            Error::InvalidArgument("advance_fence needs a producer with a fence".to_owned())
+        })?;
+        let request = pb::AdvanceFenceRequest {
+            fence: Some(fence.to_proto()),
+        };
+        self.shared
+            .connection
+            .call_with_retry(
+                self.shared.config.retry,
+                "advance fence",
+                self.shared.config.request_timeout_ms,
+                |mut client| {
+                    let request = request.clone();
+                    async move { client.advance_fence(request).await }
+                },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Waits until every record sent before this call is published or failed.
     pub async fn flush(&self) -> Result<()> {
         self.round_trip(Command::Flush).await
@@ -332,10 +359,7 @@ impl Shared {
         let request = pb::PublishRequest {
             topic: topic.to_owned(),
             records,
-            fence: self.config.fence.as_ref().map(|f| pb::Fence {
-                producer: f.producer.clone(),
-                epoch: f.epoch,
-            }),
+            fence: self.config.fence.as_ref().map(Fence::to_proto),
         };
         let response = self
             .connection

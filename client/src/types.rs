@@ -236,6 +236,15 @@ pub struct Fence {
     pub epoch: u64,
 }
 
+impl Fence {
+    pub(crate) fn to_proto(&self) -> pb::Fence {
+        pb::Fence {
+            producer: self.producer.clone(),
+            epoch: self.epoch,
+        }
+    }
+}
+
 /// The broker's acknowledgment of one published record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Ack {

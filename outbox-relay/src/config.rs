@@ -79,6 +79,11 @@ impl DatabaseConfig {
         Ok(DatabaseConfig { config })
     }
 
+    /// The tokio-postgres configuration, defaults filled in.
+    pub(crate) fn config(&self) -> &tokio_postgres::Config {
+        &self.config
+    }
+
     /// Host(s), port(s) and database, for messages: never the credentials.
     pub fn target(&self) -> String {
         let hosts: Vec<String> = self

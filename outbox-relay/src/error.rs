@@ -59,6 +59,39 @@ pub enum Error {
         /// The table name as configured.
         table: String,
     },
+    /// A relay setting is out of its range or malformed.
+    #[error("invalid setting {name}: {reason}")]
+    InvalidSetting {
+        /// The setting, as its flag is named without dashes.
+        name: String,
+        /// What is wrong with it, with the limit.
+        reason: String,
+    },
+    /// The outbox table lacks a column the layout names, or has it with a
+    /// type the relay cannot read.
+    #[error("outbox table {table}: {reason}")]
+    Layout {
+        /// The table as configured.
+        table: String,
+        /// Which role and column, and what to do.
+        reason: String,
+    },
+    /// A PostgreSQL call did not answer in time; its session is dropped.
+    #[error("cannot {action}: no answer from PostgreSQL within {timeout_ms} ms")]
+    Timeout {
+        /// What the relay was doing, as a phrase after "cannot".
+        action: String,
+        /// The limit that passed.
+        timeout_ms: u64,
+    },
+    /// A call to the broker failed.
+    #[error("cannot {action}: {error}")]
+    Broker {
+        /// What the relay was doing.
+        action: String,
+        /// What the client reported.
+        error: postbox_client::Error,
+    },
     /// PostgreSQL answered something the relay's own SQL rules out.
     #[error("unexpected answer from PostgreSQL while trying to {action}: {detail}")]
     Unexpected {
@@ -78,6 +111,21 @@ impl Error {
         }
     }
 
+    /// Whether retrying cannot help until an operator changes something: a
+    /// setting, a missing table or column. The relay stops on these and
+    /// retries everything else with backoff.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Error::InvalidTableName { .. }
+                | Error::InvalidHolder { .. }
+                | Error::InvalidDatabaseUrl { .. }
+                | Error::InvalidSetting { .. }
+                | Error::TableMissing { .. }
+                | Error::Layout { .. }
+        )
+    }
+
     /// The PostgreSQL error underneath, if there is one.
     pub fn postgres_error(&self) -> Option<&tokio_postgres::Error> {
         match self {
@@ -91,7 +139,7 @@ impl Error {
     /// administrator, shutting down, crashed). Everything the session held,
     /// its advisory locks included, is then released by the server.
     pub fn session_lost(&self) -> bool {
-        self.postgres_error().is_some_and(session_lost)
+        matches!(self, Error::Timeout { .. }) || self.postgres_error().is_some_and(session_lost)
     }
 }
 

@@ -80,6 +80,9 @@ pub struct Lease {
     table: TableName,
     /// This leader's epoch, higher than every earlier leader's of the table.
     epoch: u64,
+    /// The table's relay identity at the broker (the fence's producer): made
+    /// once per table, kept in the leadership table, shared by its leaders.
+    producer: String,
     /// Who leads, as written to the leadership table.
     holder: String,
     /// The lock's second key: the table's OID as PostgreSQL's `int4`.
@@ -151,9 +154,10 @@ impl Leadership {
             return Ok(None);
         }
         match self.raise_epoch(client).await {
-            Ok(epoch) => Ok(Some(Lease {
+            Ok((epoch, producer)) => Ok(Some(Lease {
                 table: self.table.clone(),
                 epoch,
+                producer,
                 holder: self.holder.clone(),
                 lock_objid,
                 backend_pid,
@@ -165,16 +169,18 @@ impl Leadership {
         }
     }
 
-    /// Raises the table's epoch by one (or starts it at 1) and records this
-    /// holder. One statement, so atomic on its own.
-    async fn raise_epoch(&self, client: &Client) -> Result<u64> {
+    /// Raises the table's epoch by one (or starts it at 1, with a new random
+    /// producer identity) and records this holder. One statement, so atomic
+    /// on its own. Returns the epoch and the producer identity.
+    async fn raise_epoch(&self, client: &Client) -> Result<(u64, String)> {
         let leader = self.table.leader_table_quoted();
         let sql = format!(
-            "INSERT INTO {leader} AS leader (outbox_table, epoch, holder, acquired_at) \
-             VALUES ($1, 1, $2, now()) \
+            "INSERT INTO {leader} AS leader (outbox_table, epoch, producer, holder, acquired_at) \
+             VALUES ($1, 1, 'postbox-relay.' || $1 || '.' || \
+                            replace(gen_random_uuid()::text, '-', ''), $2, now()) \
              ON CONFLICT (outbox_table) DO UPDATE \
              SET epoch = leader.epoch + 1, holder = EXCLUDED.holder, acquired_at = now() \
-             RETURNING epoch"
+             RETURNING epoch, producer"
         );
         let action = || format!("raise the leader epoch of {} in {leader}", self.table);
         let row = client
@@ -182,10 +188,12 @@ impl Leadership {
             .await
             .map_err(|error| Error::postgres(action(), error))?;
         let epoch: i64 = column(&row, "epoch", action)?;
-        u64::try_from(epoch).map_err(|_| Error::Unexpected {
+        let producer: String = column(&row, "producer", action)?;
+        let epoch = u64::try_from(epoch).map_err(|_| Error::Unexpected {
             action: action(),
             detail: format!("epoch {epoch} is negative"),
-        })
+        })?;
+        Ok((epoch, producer))
     }
 }
 
@@ -203,6 +211,11 @@ impl Lease {
     /// Who leads.
     pub fn holder(&self) -> &str {
         &self.holder
+    }
+
+    /// The relay identity to publish as, with [`Lease::epoch`] as its fence.
+    pub fn producer(&self) -> &str {
+        &self.producer
     }
 
     /// The server process of the session that holds the lock.

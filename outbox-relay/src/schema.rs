@@ -47,6 +47,9 @@ pub struct Schema {
     table: TableName,
     /// Whether to install the optional NOTIFY trigger.
     notify_trigger: bool,
+    /// Whether to create the outbox table itself (the default layout), or
+    /// only the relay's own tables beside an existing one (another layout).
+    outbox_table: bool,
 }
 
 impl Schema {
@@ -55,7 +58,16 @@ impl Schema {
         Schema {
             table,
             notify_trigger: false,
+            outbox_table: true,
         }
+    }
+
+    /// Leaves the outbox table as it is and creates only the relay's own
+    /// tables (dead letters, leadership): for an existing table in another
+    /// layout, such as Debezium's.
+    pub fn existing_outbox_table(mut self) -> Schema {
+        self.outbox_table = false;
+        self
     }
 
     /// Also installs (when `install` is true) the trigger that notifies
@@ -101,7 +113,9 @@ impl Schema {
     /// The script's statements, without the transaction around them.
     fn statements(&self) -> String {
         let mut sql = self.preamble();
-        sql.push_str(&self.outbox_table());
+        if self.outbox_table {
+            sql.push_str(&self.outbox_table());
+        }
         sql.push_str(&self.dead_letters_table());
         sql.push_str(&self.leader_table());
         if self.notify_trigger {
@@ -123,6 +137,7 @@ impl Schema {
     fn outbox_table(&self) -> String {
         let table = self.table.quoted();
         let index = self.table.unpublished_index_quoted();
+        let published_index = self.table.published_index_quoted();
         format!(
             "-- The outbox: the application inserts one row per event, in the transaction\n\
              -- that makes the change the event describes.\n\
@@ -141,27 +156,34 @@ impl Schema {
              -- alone would serve; when they are only marked, they stay until cleanup, and\n\
              -- this partial index, which holds unpublished rows only, keeps the claim from\n\
              -- walking past them and stays small however many wait for cleanup.\n\
-             CREATE INDEX IF NOT EXISTS {index} ON {table} (id) WHERE published_at IS NULL;\n\n"
+             CREATE INDEX IF NOT EXISTS {index} ON {table} (id) WHERE published_at IS NULL;\n\n\
+             -- Cleanup in mark mode deletes rows published before the retention period,\n\
+             -- oldest first, in small batches; this index finds them without a scan.\n\
+             CREATE INDEX IF NOT EXISTS {published_index} ON {table} (published_at)\n    \
+                 WHERE published_at IS NOT NULL;\n\n"
         )
     }
 
     fn dead_letters_table(&self) -> String {
         let dead_letters = self.table.dead_letters_quoted();
+        let held_index = self.table.held_index_quoted();
         format!(
             "-- Rows the broker refuses for good move here with the reason, so that none\n\
-             -- vanishes. The outbox row's columns (its id kept, so that a row moved back\n\
-             -- keeps its place in id order), less published_at: these were never published.\n\
+             -- vanishes: the whole outbox row as JSON (row_data, put back as it was by\n\
+             -- `dead-letters retry`, its id and so its place in the order kept), and what the\n\
+             -- relay made of it. Later rows with the same topic and partition key wait\n\
+             -- while one is here, so that per-key order holds.\n\
              CREATE TABLE IF NOT EXISTS {dead_letters} (\n    \
-                 id              bigint PRIMARY KEY,\n    \
+                 row_id          text PRIMARY KEY,\n    \
                  topic           text NOT NULL,\n    \
                  partition_key   text,\n    \
-                 idempotency_key uuid NOT NULL UNIQUE,\n    \
-                 headers         jsonb NOT NULL,\n    \
-                 payload         bytea NOT NULL,\n    \
-                 created_at      timestamptz NOT NULL,\n    \
+                 idempotency_key text NOT NULL,\n    \
+                 row_data        jsonb NOT NULL,\n    \
                  error           text NOT NULL,\n    \
                  failed_at       timestamptz NOT NULL DEFAULT now()\n\
-             );\n\n"
+             );\n\n\
+             -- The claim asks, for each row, whether its key is held here.\n\
+             CREATE INDEX IF NOT EXISTS {held_index} ON {dead_letters} (topic, partition_key);\n\n"
         )
     }
 
@@ -171,9 +193,11 @@ impl Schema {
             "-- Leadership: one row per outbox table. A relay that takes the table's advisory\n\
              -- lock raises its epoch by one; it sends the epoch with every publish and the\n\
              -- broker refuses older ones, so a relay that lost its lock cannot publish.\n\
+             -- producer: the relay's identity at the broker, random, made with the row.\n\
              CREATE TABLE IF NOT EXISTS {leader} (\n    \
                  outbox_table text PRIMARY KEY,\n    \
                  epoch        bigint NOT NULL CHECK (epoch > 0),\n    \
+                 producer     text NOT NULL,\n    \
                  holder       text,\n    \
                  acquired_at  timestamptz\n\
              );\n\n"

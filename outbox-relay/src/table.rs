@@ -37,6 +37,11 @@ pub const IDENTIFIER_BYTES_MAX: usize = 63;
 const DEAD_LETTERS_SUFFIX: &str = "_dead_letters";
 /// Suffix of the partial index over unpublished rows.
 const UNPUBLISHED_INDEX_SUFFIX: &str = "_unpublished_idx";
+/// Suffix of the partial index over published rows (cleanup in mark mode).
+const PUBLISHED_INDEX_SUFFIX: &str = "_published_idx";
+/// Suffix of the dead-letter table's index by topic and partition key, which
+/// the claim consults to hold back later rows of a dead-lettered key.
+const HELD_INDEX_SUFFIX: &str = "_held_idx";
 /// Suffix of the NOTIFY trigger and of its function.
 const NOTIFY_SUFFIX: &str = "_notify";
 
@@ -48,6 +53,8 @@ const _: () = assert!(TABLE_NAME_BYTES_MAX + DEAD_LETTERS_SUFFIX.len() <= IDENTI
 const _: () =
     assert!(TABLE_NAME_BYTES_MAX + UNPUBLISHED_INDEX_SUFFIX.len() <= IDENTIFIER_BYTES_MAX);
 const _: () = assert!(TABLE_NAME_BYTES_MAX + NOTIFY_SUFFIX.len() <= IDENTIFIER_BYTES_MAX);
+const _: () = assert!(TABLE_NAME_BYTES_MAX + PUBLISHED_INDEX_SUFFIX.len() <= IDENTIFIER_BYTES_MAX);
+const _: () = assert!(TABLE_NAME_BYTES_MAX + HELD_INDEX_SUFFIX.len() <= IDENTIFIER_BYTES_MAX);
 const _: () = assert!(LEADER_TABLE.len() <= IDENTIFIER_BYTES_MAX);
 const _: () = assert!(DEFAULT_TABLE.len() <= TABLE_NAME_BYTES_MAX);
 
@@ -122,6 +129,16 @@ impl TableName {
     /// `CREATE INDEX` wants it (an index lives in its table's schema).
     pub fn unpublished_index_quoted(&self) -> String {
         quote_identifier(&format!("{}{UNPUBLISHED_INDEX_SUFFIX}", self.name))
+    }
+
+    /// The partial index over published rows, quoted and unqualified.
+    pub fn published_index_quoted(&self) -> String {
+        quote_identifier(&format!("{}{PUBLISHED_INDEX_SUFFIX}", self.name))
+    }
+
+    /// The dead-letter table's index by topic and key, quoted and unqualified.
+    pub fn held_index_quoted(&self) -> String {
+        quote_identifier(&format!("{}{HELD_INDEX_SUFFIX}", self.name))
     }
 
     /// The NOTIFY trigger function, quoted and qualified like the table.

@@ -200,7 +200,7 @@ fn help_warns_about_transaction_pooling_and_hides_environment_values() {
 }
 
 #[test]
-fn no_command_pretends_to_run_the_relay() {
+fn run_is_not_a_subcommand_the_relay_runs_without_one() {
     let output = relay(&["run", "--database-url", "postgres://127.0.0.1/x"]);
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(

@@ -139,6 +139,8 @@ async fn init_creates_the_default_table_exactly_as_designed() {
             "CREATE UNIQUE INDEX postbox_outbox_idempotency_key_key ON public.postbox_outbox \
              USING btree (idempotency_key)",
             "CREATE UNIQUE INDEX postbox_outbox_pkey ON public.postbox_outbox USING btree (id)",
+            "CREATE INDEX postbox_outbox_published_idx ON public.postbox_outbox \
+             USING btree (published_at) WHERE (published_at IS NOT NULL)",
             "CREATE INDEX postbox_outbox_unpublished_idx ON public.postbox_outbox \
              USING btree (id) WHERE (published_at IS NULL)",
         ]
@@ -146,15 +148,22 @@ async fn init_creates_the_default_table_exactly_as_designed() {
     assert_eq!(
         columns(&client, "public", "postbox_outbox_dead_letters").await,
         [
-            "id bigint NO",
+            "row_id text NO",
             "topic text NO",
             "partition_key text YES",
-            "idempotency_key uuid NO",
-            "headers jsonb NO",
-            "payload bytea NO",
-            "created_at timestamp with time zone NO",
+            "idempotency_key text NO",
+            "row_data jsonb NO",
             "error text NO",
             "failed_at timestamp with time zone NO now()",
+        ]
+    );
+    assert_eq!(
+        indexes(&client, "postbox_outbox_dead_letters").await,
+        [
+            "CREATE INDEX postbox_outbox_held_idx ON public.postbox_outbox_dead_letters \
+             USING btree (topic, partition_key)",
+            "CREATE UNIQUE INDEX postbox_outbox_dead_letters_pkey \
+             ON public.postbox_outbox_dead_letters USING btree (row_id)",
         ]
     );
     assert_eq!(
@@ -162,6 +171,7 @@ async fn init_creates_the_default_table_exactly_as_designed() {
         [
             "outbox_table text NO",
             "epoch bigint NO",
+            "producer text NO",
             "holder text YES",
             "acquired_at timestamp with time zone YES",
         ]
@@ -204,10 +214,10 @@ async fn init_again_changes_nothing_and_keeps_every_row() {
              INSERT INTO postbox_outbox (topic, payload, published_at) \
                  VALUES ('billing', '\\x03', now()); \
              INSERT INTO postbox_outbox_dead_letters \
-                 (id, topic, idempotency_key, headers, payload, created_at, error) \
-                 VALUES (9, 'orders', gen_random_uuid(), '{}', '\\x', now(), 'too large'); \
-             INSERT INTO postbox_relay_leader (outbox_table, epoch, holder) \
-                 VALUES ('postbox_outbox', 7, 'relay-a');",
+                 (row_id, topic, idempotency_key, row_data, error) \
+                 VALUES ('9', 'orders', gen_random_uuid(), '{}', 'too large'); \
+             INSERT INTO postbox_relay_leader (outbox_table, epoch, producer, holder) \
+                 VALUES ('postbox_outbox', 7, 'postbox-relay.postbox_outbox.1', 'relay-a');",
         )
         .await
         .expect("rows");

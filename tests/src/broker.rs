@@ -28,6 +28,12 @@ pub struct BrokerProcess {
 impl BrokerProcess {
     /// Starts a broker on an ephemeral port over `data_dir`, with extra flags.
     pub fn start(data_dir: &Path, extra_args: &[&str]) -> BrokerProcess {
+        BrokerProcess::start_at(data_dir, "127.0.0.1:0", extra_args)
+    }
+
+    /// Starts a broker listening on `listen` (a restart on the address a
+    /// killed broker had, so that its clients find it again).
+    pub fn start_at(data_dir: &Path, listen: &str, extra_args: &[&str]) -> BrokerProcess {
         let log = data_dir.with_extension("broker.log");
         let log_file = File::options()
             .create(true)
@@ -35,7 +41,7 @@ impl BrokerProcess {
             .open(&log)
             .expect("opening the broker's log file");
         let mut child = Command::new(crate::bin("postbox-broker"))
-            .args(["--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["--listen", listen, "--data-dir"])
             .arg(data_dir)
             .args(extra_args)
             .env("POSTBOX_LOG", "info")

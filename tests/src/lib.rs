@@ -1,7 +1,8 @@
 //! The harness of Postbox's integration tests: the real `postbox-broker`
 //! process on an ephemeral port with a temporary data directory, the real
 //! `postbox` CLI as a subprocess, a raw gRPC client, and a TCP proxy that can
-//! cut a connection at a chosen moment.
+//! cut a connection at a chosen moment, the real `postbox-relay` process and
+//! PostgreSQL databases of a test's own.
 //!
 //! The binaries are found next to the test executable (`target/<profile>/`),
 //! where `cargo test --workspace` and `cargo nextest run --workspace` build
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod postgres;
 pub mod proxy;
 pub mod records;
+pub mod relay;
 
 use std::path::PathBuf;
 

@@ -119,6 +119,25 @@ impl pb::broker_server::Broker for BrokerService {
         }))
     }
 
+    async fn advance_fence(
+        &self,
+        request: Request<pb::AdvanceFenceRequest>,
+    ) -> Result<Response<pb::AdvanceFenceResponse>, Status> {
+        let fence = request
+            .into_inner()
+            .fence
+            .ok_or_else(|| Status::invalid_argument("AdvanceFence needs a fence"))?;
+        let engine = self.engine.clone();
+        blocking(move || {
+            engine.advance_fence(Fence {
+                producer: &fence.producer,
+                epoch: fence.epoch,
+            })
+        })
+        .await?;
+        Ok(Response::new(pb::AdvanceFenceResponse {}))
+    }
+
     type SubscribeStream = SubscriptionStream;
 
     async fn subscribe(

@@ -1,0 +1,548 @@
+//! The outbox table as the relay reads and changes it: claim, finish, dead
+//! letter, cleanup and lag, as prepared SQL.
+//!
+//! Role: checks a [`Layout`] against the real table once per session, then
+//! builds and prepares every statement the leader runs from it.
+//!
+//! Invariants:
+//! - The claim never uses an `id > last_seen` cursor: it takes the first
+//!   unpublished rows in claim order every time, so a row whose transaction
+//!   commits late, with a lower id than rows already published, is claimed by
+//!   the next claim after its commit.
+//! - The claim skips rows whose topic and partition key have a dead letter,
+//!   so that a key's later rows wait behind it.
+//! - The claim takes no row locks: leadership makes the leader the only
+//!   claimer, and a leader that lost its session lost its transaction with
+//!   it. Rows are deleted or marked, and dead-lettered, only by the caller's
+//!   claim transaction, after the broker's acknowledgment.
+//! - Rows and bytes per claim are bounded: at most `max_rows` rows, and rows
+//!   are taken only while the payloads before them sum to less than
+//!   `max_bytes` (the first row always, however large).
+
+use std::collections::HashMap;
+
+use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
+
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::session::timed;
+use crate::table::{quote_identifier, TableName};
+
+/// What happens to a published row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Delete it (the default): the table holds only unpublished rows.
+    #[default]
+    Delete,
+    /// Set its `published_at`; cleanup deletes it after the retention period.
+    Mark,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Mode> {
+        match text {
+            "delete" => Ok(Mode::Delete),
+            "mark" => Ok(Mode::Mark),
+            other => Err(Error::InvalidSetting {
+                name: "mode".to_owned(),
+                reason: format!("{other:?} is not a mode; use delete or mark"),
+            }),
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Mode::Delete => "delete",
+            Mode::Mark => "mark",
+        })
+    }
+}
+
+/// One claimed row, as the relay publishes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxRow {
+    /// The row's identity, as text.
+    pub row_id: String,
+    /// The topic, prefix included.
+    pub topic: String,
+    /// The record key.
+    pub partition_key: Option<String>,
+    /// The idempotency key, as text.
+    pub idempotency_key: String,
+    /// The headers column as JSON text.
+    pub headers: Option<String>,
+    /// The event type column, as text.
+    pub event_type: Option<String>,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+impl OutboxRow {
+    /// The payload's size in bytes.
+    pub fn payload_bytes(&self) -> usize {
+        self.payload.len()
+    }
+}
+
+/// How far behind the relay is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Lag {
+    /// Rows not yet published (those held behind dead letters included).
+    pub unpublished_rows: i64,
+    /// Age of the oldest of them in ms; `None` when there are none or the
+    /// layout has no creation time.
+    pub oldest_unpublished_age_ms: Option<i64>,
+    /// Unpublished rows whose key has a dead letter: they wait for it.
+    pub held_rows: i64,
+    /// Rows in the dead-letter table.
+    pub dead_letters: i64,
+}
+
+/// The outbox table's statements, prepared on one session.
+#[derive(Debug)]
+pub struct Outbox {
+    table: TableName,
+    mode: Mode,
+    topic_prefix: String,
+    claim: Statement,
+    finish: Statement,
+    dead_letter: Statement,
+    cleanup: Option<Statement>,
+    lag: Statement,
+}
+
+/// SQL fragments derived from a layout checked against the table.
+struct Fragments {
+    table: String,
+    dead_letters: String,
+    id: String,
+    id_type: String,
+    /// The topic column as text, without the prefix.
+    topic: String,
+    /// The partition key column as text.
+    partition_key: Option<String>,
+    select: String,
+    payload: String,
+    unpublished: String,
+    order: String,
+    published_at: Option<String>,
+    created_at: Option<String>,
+}
+
+impl Outbox {
+    /// Checks `layout` against `table` and prepares the statements on
+    /// `client`'s session. Fails with [`Error::TableMissing`] or
+    /// [`Error::Layout`] (both fatal) when the table cannot be read so.
+    pub async fn prepare(
+        client: &Client,
+        timeout_ms: u64,
+        table: &TableName,
+        layout: &Layout,
+        mode: Mode,
+    ) -> Result<Outbox> {
+        let types = column_types(client, timeout_ms, table).await?;
+        let sql = Fragments::new(table, layout, mode, &types)?;
+        let prepare = |text: String| async move {
+            timed(
+                timeout_ms,
+                &format!("prepare the relay's statements on {table}"),
+                client.prepare(&text),
+            )
+            .await
+        };
+        let cleanup = match mode {
+            Mode::Mark => Some(prepare(sql.cleanup()).await?),
+            Mode::Delete => None,
+        };
+        Ok(Outbox {
+            table: table.clone(),
+            mode,
+            topic_prefix: layout.topic_prefix.clone(),
+            claim: prepare(sql.claim()).await?,
+            finish: prepare(sql.finish(mode)).await?,
+            dead_letter: prepare(sql.dead_letter()).await?,
+            cleanup,
+            lag: prepare(sql.lag()).await?,
+        })
+    }
+
+    /// The table.
+    pub fn table(&self) -> &TableName {
+        &self.table
+    }
+
+    /// Claims the first unpublished rows in claim order (see the module's
+    /// invariants for the bounds).
+    pub async fn claim(
+        &self,
+        transaction: &Transaction<'_>,
+        timeout_ms: u64,
+        max_rows: u32,
+        max_bytes: u64,
+    ) -> Result<Vec<OutboxRow>> {
+        let max_rows = i64::from(max_rows);
+        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        let rows = timed(
+            timeout_ms,
+            &format!("claim rows of {}", self.table),
+            transaction.query(&self.claim, &[&max_rows, &max_bytes, &self.topic_prefix]),
+        )
+        .await?;
+        rows.iter().map(|row| self.row(row)).collect()
+    }
+
+    fn row(&self, row: &Row) -> Result<OutboxRow> {
+        let get = |index: usize| -> Result<Option<String>> {
+            row.try_get(index).map_err(|error| {
+                Error::postgres(format!("read a claimed row of {}", self.table), error)
+            })
+        };
+        let required = |index: usize, what: &str| -> Result<String> {
+            get(index)?.ok_or_else(|| Error::Unexpected {
+                action: format!("read a claimed row of {}", self.table),
+                detail: format!("its {what} is NULL"),
+            })
+        };
+        Ok(OutboxRow {
+            row_id: required(0, "id")?,
+            topic: required(1, "topic")?,
+            partition_key: get(2)?,
+            idempotency_key: required(3, "idempotency key")?,
+            headers: get(4)?,
+            event_type: get(5)?,
+            payload: row
+                .try_get::<_, Option<Vec<u8>>>(6)
+                .map_err(|error| {
+                    Error::postgres(format!("read a claimed row of {}", self.table), error)
+                })?
+                .unwrap_or_default(),
+        })
+    }
+
+    /// Deletes (or marks) published rows; returns how many it changed.
+    pub async fn finish(
+        &self,
+        transaction: &Transaction<'_>,
+        timeout_ms: u64,
+        row_ids: &[String],
+    ) -> Result<u64> {
+        let verb = match self.mode {
+            Mode::Delete => "delete",
+            Mode::Mark => "mark",
+        };
+        timed(
+            timeout_ms,
+            &format!("{verb} published rows of {}", self.table),
+            transaction.execute(&self.finish, &[&row_ids]),
+        )
+        .await
+    }
+
+    /// Moves `row` to the dead-letter table with `reason`.
+    pub async fn dead_letter(
+        &self,
+        transaction: &Transaction<'_>,
+        timeout_ms: u64,
+        row: &OutboxRow,
+        reason: &str,
+    ) -> Result<()> {
+        timed(
+            timeout_ms,
+            &format!(
+                "move row {} of {} to its dead letters",
+                row.row_id, self.table
+            ),
+            transaction.execute(
+                &self.dead_letter,
+                &[
+                    &row.row_id,
+                    &row.topic,
+                    &row.partition_key,
+                    &row.idempotency_key,
+                    &reason,
+                ],
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// Mark mode: deletes up to `batch_rows` rows published more than
+    /// `retention_ms` ago, oldest first; returns how many. Nothing in delete
+    /// mode.
+    pub async fn cleanup(
+        &self,
+        client: &Client,
+        timeout_ms: u64,
+        retention_ms: u64,
+        batch_rows: u32,
+    ) -> Result<u64> {
+        let Some(cleanup) = &self.cleanup else {
+            return Ok(0);
+        };
+        let retention_ms = i64::try_from(retention_ms).unwrap_or(i64::MAX);
+        timed(
+            timeout_ms,
+            &format!("clean up published rows of {}", self.table),
+            client.execute(cleanup, &[&retention_ms, &i64::from(batch_rows)]),
+        )
+        .await
+    }
+
+    /// The lag, on any session.
+    pub async fn lag(&self, client: &impl GenericClient, timeout_ms: u64) -> Result<Lag> {
+        let action = format!("measure the lag of {}", self.table);
+        let row = timed(
+            timeout_ms,
+            &action,
+            client.query_one(&self.lag, &[&self.topic_prefix]),
+        )
+        .await?;
+        let get = |index: usize| -> Result<Option<i64>> {
+            row.try_get(index)
+                .map_err(|error| Error::postgres(action.clone(), error))
+        };
+        Ok(Lag {
+            unpublished_rows: get(0)?.unwrap_or(0),
+            oldest_unpublished_age_ms: get(1)?,
+            held_rows: get(2)?.unwrap_or(0),
+            dead_letters: get(3)?.unwrap_or(0),
+        })
+    }
+}
+
+/// The table's columns and their types (`format_type`), by name.
+async fn column_types(
+    client: &Client,
+    timeout_ms: u64,
+    table: &TableName,
+) -> Result<HashMap<String, String>> {
+    let rows = timed(
+        timeout_ms,
+        &format!("read the columns of {table}"),
+        client.query(
+            "SELECT to_regclass($1) IS NOT NULL, a.attname::text, \
+                    format_type(a.atttypid, a.atttypmod) \
+             FROM (SELECT 1) one LEFT JOIN pg_attribute a \
+               ON a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
+            &[&table.quoted()],
+        ),
+    )
+    .await?;
+    let exists = rows.first().is_some_and(|row| row.get::<_, bool>(0));
+    if !exists {
+        return Err(Error::TableMissing {
+            table: table.to_string(),
+        });
+    }
+    Ok(rows
+        .iter()
+        .filter_map(|row| Some((row.get::<_, Option<String>>(1)?, row.get(2))))
+        .collect())
+}
+
+impl Fragments {
+    fn new(
+        table: &TableName,
+        layout: &Layout,
+        mode: Mode,
+        types: &HashMap<String, String>,
+    ) -> Result<Fragments> {
+        let invalid = |reason: String| Error::Layout {
+            table: table.to_string(),
+            reason,
+        };
+        for (role, column) in layout.columns() {
+            if !types.contains_key(column) {
+                return Err(invalid(format!(
+                    "it has no column {column:?} (the {role} of the {} layout); \
+                     name the right one with --column {role}=COLUMN",
+                    layout.kind
+                )));
+            }
+        }
+        if mode == Mode::Mark && layout.published_at.is_none() {
+            return Err(invalid(
+                "mark mode needs a published_at column (--column published_at=COLUMN); \
+                 use --mode delete"
+                    .to_owned(),
+            ));
+        }
+        let column = |name: &str| format!("o.{}", quote_identifier(name));
+        let type_of = |name: &str| types.get(name).cloned().unwrap_or_default();
+        if let Some(headers) = &layout.headers {
+            let kind = type_of(headers);
+            if kind != "jsonb" && kind != "json" {
+                return Err(invalid(format!(
+                    "its headers column {headers:?} is {kind}; it must be json or jsonb"
+                )));
+            }
+        }
+        let text_or_null = |name: &Option<String>| match name {
+            Some(name) => format!("{}::text", column(name)),
+            None => "NULL::text".to_owned(),
+        };
+        let payload = if type_of(&layout.payload) == "bytea" {
+            column(&layout.payload)
+        } else {
+            format!("convert_to({}::text, 'UTF8')", column(&layout.payload))
+        };
+        let id = column(&layout.id);
+        let topic = format!("{}::text", column(&layout.topic));
+        let partition_key = layout
+            .partition_key
+            .as_ref()
+            .map(|key| format!("{}::text", column(key)));
+        let idempotency_key = text_or_null(&Some(
+            layout
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| layout.id.clone()),
+        ));
+        let select = format!(
+            "{id}::text AS row_id, $3::text || {topic} AS topic, {key} AS partition_key, \
+             {idempotency_key} AS idempotency_key, {headers} AS headers, \
+             {event_type} AS event_type, {payload} AS payload",
+            key = text_or_null(&layout.partition_key),
+            headers = text_or_null(&layout.headers),
+            event_type = text_or_null(&layout.event_type),
+        );
+        let unpublished = match &layout.published_at {
+            Some(published_at) => format!("{} IS NULL", column(published_at)),
+            None => "TRUE".to_owned(),
+        };
+        let dead_letters = table.dead_letters_quoted();
+        Ok(Fragments {
+            table: format!("{} o", table.quoted()),
+            dead_letters,
+            id,
+            id_type: type_of(&layout.id),
+            topic,
+            partition_key,
+            select,
+            payload,
+            unpublished,
+            order: layout
+                .order_by
+                .as_deref()
+                .map_or_else(|| "o.ctid".to_owned(), column),
+            published_at: layout.published_at.as_deref().map(quote_identifier),
+            created_at: layout.created_at.as_deref().map(column),
+        })
+    }
+
+    /// Whether the row's key has a dead letter, with the topic prefix bound
+    /// to `prefix` (a parameter such as `$3`).
+    fn held(&self, prefix: &str) -> String {
+        let Fragments {
+            dead_letters,
+            topic,
+            ..
+        } = self;
+        match &self.partition_key {
+            Some(key) => format!(
+                "EXISTS (SELECT FROM {dead_letters} d \
+                 WHERE d.topic = {prefix}::text || {topic} AND d.partition_key = {key})"
+            ),
+            None => "FALSE".to_owned(),
+        }
+    }
+
+    /// $1 most rows, $2 most payload bytes, $3 topic prefix.
+    fn claim(&self) -> String {
+        let Fragments {
+            table,
+            select,
+            payload,
+            unpublished,
+            order,
+            ..
+        } = self;
+        let held = self.held("$3");
+        format!(
+            "SELECT row_id, topic, partition_key, idempotency_key, headers, event_type, payload \
+             FROM (SELECT {select}, \
+                          sum(octet_length({payload})) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) \
+                            - octet_length({payload}) AS bytes_before \
+                   FROM {table} \
+                   WHERE {unpublished} AND NOT {held} \
+                   ORDER BY {order} \
+                   LIMIT $1::int8) claim \
+             WHERE bytes_before < $2::int8"
+        )
+    }
+
+    /// $1 the row ids, as text.
+    fn finish(&self, mode: Mode) -> String {
+        let Fragments {
+            table, id, id_type, ..
+        } = self;
+        match (mode, &self.published_at) {
+            (Mode::Mark, Some(published_at)) => format!(
+                "UPDATE {table} SET {published_at} = now() \
+                 WHERE {id} = ANY($1::text[]::{id_type}[]) AND o.{published_at} IS NULL"
+            ),
+            _ => format!("DELETE FROM {table} WHERE {id} = ANY($1::text[]::{id_type}[])"),
+        }
+    }
+
+    /// $1 row id, $2 topic, $3 partition key, $4 idempotency key, $5 reason.
+    fn dead_letter(&self) -> String {
+        let Fragments {
+            table,
+            dead_letters,
+            id,
+            id_type,
+            ..
+        } = self;
+        format!(
+            "WITH moved AS (DELETE FROM {table} WHERE {id} = $1::text::{id_type} RETURNING o.*) \
+             INSERT INTO {dead_letters} \
+                 (row_id, topic, partition_key, idempotency_key, row_data, error) \
+             SELECT $1::text, $2::text, $3::text, $4::text, to_jsonb(moved), $5::text FROM moved \
+             ON CONFLICT (row_id) DO UPDATE SET topic = EXCLUDED.topic, \
+                 partition_key = EXCLUDED.partition_key, \
+                 idempotency_key = EXCLUDED.idempotency_key, row_data = EXCLUDED.row_data, \
+                 error = EXCLUDED.error, failed_at = now()"
+        )
+    }
+
+    /// $1 retention in ms, $2 most rows.
+    fn cleanup(&self) -> String {
+        let Fragments { table, id, .. } = self;
+        let published_at = self.published_at.as_deref().unwrap_or("published_at");
+        format!(
+            "DELETE FROM {table} WHERE {id} IN ( \
+                 SELECT {id} FROM {table} \
+                 WHERE o.{published_at} < now() - $1::int8 * interval '1 millisecond' \
+                 ORDER BY o.{published_at} LIMIT $2::int8)"
+        )
+    }
+
+    /// $1 topic prefix.
+    fn lag(&self) -> String {
+        let Fragments {
+            table,
+            dead_letters,
+            unpublished,
+            ..
+        } = self;
+        let held = self.held("$1");
+        let age = match &self.created_at {
+            Some(created_at) => format!(
+                "(SELECT (extract(epoch FROM now() - min({created_at})) * 1000)::int8 \
+                  FROM {table} WHERE {unpublished})"
+            ),
+            None => "NULL::int8".to_owned(),
+        };
+        format!(
+            "SELECT (SELECT count(*) FROM {table} WHERE {unpublished}), {age}, \
+                    (SELECT count(*) FROM {table} WHERE {unpublished} AND {held}), \
+                    (SELECT count(*) FROM {dead_letters})"
+        )
+    }
+}

@@ -1,0 +1,194 @@
+//! `postbox-relay status`: who leads, how far behind, and what stalls it.
+//!
+//! Role: reads, on a session of its own, the leadership row, the lag
+//! ([`Lag`]), the leader's session as PostgreSQL sees it (what it waits for,
+//! and which sessions block it) and the oldest open transaction in the
+//! database (a transaction still open may yet commit outbox rows, and holds
+//! back vacuum of the rows the relay deleted).
+//!
+//! Invariants: read-only; it takes no lock the relay or the application
+//! could wait on (catalog views and counts only).
+
+use serde::Serialize;
+use tokio_postgres::Client;
+
+use crate::error::{Error, Result};
+use crate::layout::Layout;
+use crate::leader::ADVISORY_LOCK_NAMESPACE;
+use crate::outbox::{Lag, Mode, Outbox};
+use crate::session::timed;
+use crate::table::TableName;
+
+/// Longest query text shown for a session.
+pub const QUERY_TEXT_CHARS_MAX: i32 = 200;
+
+/// The relay's state as `status` reports it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// The outbox table.
+    pub table: String,
+    /// The latest leader, if any relay ever led.
+    pub leader: Option<LeaderInfo>,
+    /// How far behind.
+    #[serde(flatten)]
+    pub lag: Lag,
+    /// The oldest open transaction in the database other than the leader's.
+    pub oldest_transaction: Option<SessionInfo>,
+}
+
+/// The leadership row, and the leader's session when it holds the lock.
+#[derive(Debug, Clone, Serialize)]
+pub struct LeaderInfo {
+    /// Who leads (or led last).
+    pub holder: Option<String>,
+    /// The latest epoch.
+    pub epoch: i64,
+    /// The relay identity at the broker.
+    pub producer: String,
+    /// When the latest leader took over.
+    pub acquired_at: Option<String>,
+    /// The leader's session, when one holds the lock now.
+    pub session: Option<SessionInfo>,
+    /// Sessions the leader's session waits for.
+    pub blocked_by: Vec<SessionInfo>,
+}
+
+/// One server session.
+#[derive(Debug, Clone, Serialize)]
+pub struct SessionInfo {
+    /// Its server process.
+    pub pid: i32,
+    /// `active`, `idle in transaction`, ...
+    pub state: Option<String>,
+    /// What it waits for (`Lock: transactionid`), if anything.
+    pub waiting_for: Option<String>,
+    /// How long its transaction has been open, in ms.
+    pub transaction_age_ms: Option<i64>,
+    /// The start of its current or last query.
+    pub query: Option<String>,
+}
+
+const SESSION_COLUMNS: &str = "pid, state, wait_event_type || ': ' || wait_event, \
+     (extract(epoch FROM now() - xact_start) * 1000)::int8, left(query, $1)";
+
+impl Status {
+    /// Reads the status of `table` in `layout`.
+    pub async fn read(
+        client: &Client,
+        timeout_ms: u64,
+        table: &TableName,
+        layout: &Layout,
+    ) -> Result<Status> {
+        let outbox = Outbox::prepare(client, timeout_ms, table, layout, Mode::Delete).await?;
+        let lag = outbox.lag(client, timeout_ms).await?;
+        let leader = leader(client, timeout_ms, table).await?;
+        let leader_pid = leader
+            .as_ref()
+            .and_then(|leader| leader.session.as_ref())
+            .map(|session| session.pid);
+        let oldest = sessions(
+            client,
+            timeout_ms,
+            &format!(
+                "SELECT {SESSION_COLUMNS} FROM pg_stat_activity \
+                 WHERE datname = current_database() AND xact_start IS NOT NULL \
+                   AND backend_type = 'client backend' \
+                   AND pid <> pg_backend_pid() AND pid IS DISTINCT FROM $2 \
+                 ORDER BY xact_start LIMIT 1"
+            ),
+            &leader_pid,
+        )
+        .await?;
+        Ok(Status {
+            table: table.to_string(),
+            leader,
+            lag,
+            oldest_transaction: oldest.into_iter().next(),
+        })
+    }
+}
+
+async fn leader(client: &Client, timeout_ms: u64, table: &TableName) -> Result<Option<LeaderInfo>> {
+    let action = format!("read the leader of {table}");
+    let sql = format!(
+        "SELECT holder, epoch, producer, acquired_at::text, \
+                (SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                   AND classid = $2::int4::oid AND objid = to_regclass($3)::oid \
+                   AND objsubid = 2 LIMIT 1) \
+         FROM {} WHERE outbox_table = $1",
+        table.leader_table_quoted()
+    );
+    let row = timed(
+        timeout_ms,
+        &action,
+        client.query_opt(
+            &sql,
+            &[&table.name(), &ADVISORY_LOCK_NAMESPACE, &table.quoted()],
+        ),
+    )
+    .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let read = |error| Error::postgres(action.clone(), error);
+    let pid: Option<i32> = row.try_get(4).map_err(read)?;
+    let (session, blocked_by) = match pid {
+        Some(pid) => {
+            let session = sessions(
+                client,
+                timeout_ms,
+                &format!("SELECT {SESSION_COLUMNS} FROM pg_stat_activity WHERE pid = $2"),
+                &Some(pid),
+            )
+            .await?;
+            let blockers = sessions(
+                client,
+                timeout_ms,
+                &format!(
+                    "SELECT {SESSION_COLUMNS} FROM pg_stat_activity \
+                     WHERE pid = ANY(pg_blocking_pids($2)) ORDER BY pid"
+                ),
+                &Some(pid),
+            )
+            .await?;
+            (session.into_iter().next(), blockers)
+        }
+        None => (None, Vec::new()),
+    };
+    Ok(Some(LeaderInfo {
+        holder: row.try_get(0).map_err(read)?,
+        epoch: row.try_get(1).map_err(read)?,
+        producer: row.try_get(2).map_err(read)?,
+        acquired_at: row.try_get(3).map_err(read)?,
+        session,
+        blocked_by,
+    }))
+}
+
+/// Sessions from `sql`, which selects [`SESSION_COLUMNS`] with `pid` as $2.
+async fn sessions(
+    client: &Client,
+    timeout_ms: u64,
+    sql: &str,
+    pid: &Option<i32>,
+) -> Result<Vec<SessionInfo>> {
+    let action = "read the server's sessions";
+    let rows = timed(
+        timeout_ms,
+        action,
+        client.query(sql, &[&QUERY_TEXT_CHARS_MAX, pid]),
+    )
+    .await?;
+    rows.iter()
+        .map(|row| {
+            let read = |error| Error::postgres(action, error);
+            Ok(SessionInfo {
+                pid: row.try_get(0).map_err(read)?,
+                state: row.try_get(1).map_err(read)?,
+                waiting_for: row.try_get(2).map_err(read)?,
+                transaction_age_ms: row.try_get(3).map_err(read)?,
+                query: row.try_get(4).map_err(read)?,
+            })
+        })
+        .collect()
+}
