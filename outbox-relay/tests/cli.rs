@@ -225,3 +225,41 @@ fn with_database_replaces_only_the_database() {
         "host=h user=u dbname=t1"
     );
 }
+
+#[test]
+fn bad_relay_settings_are_one_line_errors_naming_the_limit() {
+    for (args, expected) in [
+        (
+            &["--mode", "archive"][..],
+            "invalid setting mode: \"archive\" is not a mode; use delete or mark",
+        ),
+        (
+            &["--max-batch-rows", "10001"][..],
+            "invalid setting max_batch_rows: 10001 is outside 1 to 10000",
+        ),
+        (
+            &["--column", "colour=red"][..],
+            "unknown role \"colour\"",
+        ),
+    ] {
+        let mut all = vec!["--database-url", "postgres://postgres@127.0.0.1:1/none"];
+        all.extend_from_slice(args);
+        let output = relay(&all);
+        let text = one_line_error(&output);
+        assert!(text.contains(expected), "{args:?}: {text}");
+    }
+}
+
+#[tokio::test]
+async fn running_on_a_table_that_does_not_exist_stops_with_what_to_do() {
+    let db = TestDatabase::create().await;
+    let output = relay(&["--database-url", db.url(), "--broker", "127.0.0.1:1"]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    // The running relay logs on stderr too; the error is the last line.
+    let stderr = stderr(&output);
+    let text = stderr.lines().last().unwrap_or_default();
+    assert!(
+        text.contains("outbox table postbox_outbox does not exist (create it with `postbox-relay init`)"),
+        "{text}"
+    );
+}

@@ -217,3 +217,50 @@ async fn a_fenced_client_producer_is_refused_at_once_after_a_takeover() {
     );
     assert_eq!(end_offset(&mut client).await, 2);
 }
+
+#[tokio::test]
+async fn advance_fence_refuses_the_older_epoch_before_the_newer_publishes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (mut broker, mut client) = start(&dir.path().join("data")).await;
+    create_topic(&mut client).await;
+    let advance = |epoch| pb::AdvanceFenceRequest {
+        fence: Some(pb::Fence {
+            producer: "relay.events".into(),
+            epoch,
+        }),
+    };
+    client
+        .publish(fenced("relay.events", 1, &["from 1"]))
+        .await
+        .expect("epoch 1 publishes");
+    client.advance_fence(advance(2)).await.expect("advance to 2");
+    client
+        .advance_fence(advance(2))
+        .await
+        .expect("the same epoch again is accepted");
+    let refused = client
+        .publish(fenced("relay.events", 1, &["late from 1"]))
+        .await
+        .expect_err("epoch 1 is fenced off");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+    let backwards = client
+        .advance_fence(advance(1))
+        .await
+        .expect_err("an epoch never goes back");
+    assert_eq!(backwards.code(), Code::FailedPrecondition, "{backwards:?}");
+    let missing = client
+        .advance_fence(pb::AdvanceFenceRequest { fence: None })
+        .await
+        .expect_err("a request without a fence");
+    assert_eq!(missing.code(), Code::InvalidArgument, "{missing:?}");
+    assert_eq!(end_offset(&mut client).await, 1, "nothing of the refused publish");
+
+    // The advanced epoch is durable: still refused after a crash.
+    broker.kill9();
+    let (_broker, mut client) = start(&dir.path().join("data")).await;
+    let refused = client
+        .publish(fenced("relay.events", 1, &["after the crash"]))
+        .await
+        .expect_err("still fenced");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
+}

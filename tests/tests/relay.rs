@@ -631,3 +631,81 @@ async fn refused_rows_become_dead_letters_that_hold_their_key_until_retried_or_d
     check_exactly_once_in_order(&records, &expected);
     assert_eq!(records.len(), expected.len());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mark_mode_marks_published_rows_and_cleans_them_up_after_retention() {
+    let setup = Setup::new(&[("orders", 2)]).await;
+    let app = setup.db.connect().await;
+    let relay = setup.relay(
+        "relay",
+        &[
+            "--mode",
+            "mark",
+            "--retention-ms",
+            "1500",
+            "--cleanup-interval-ms",
+            "100",
+            "--cleanup-batch-rows",
+            "7",
+        ],
+    );
+    let expected = insert_concurrently(&setup.db, "orders", "marked", 4, 25).await;
+    drained(&app, &relay).await;
+    let marked: i64 = app
+        .query_one(
+            "SELECT count(*) FROM postbox_outbox WHERE published_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert!(marked > 0, "published rows stay, marked, until retention");
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let left: i64 = app
+            .query_one("SELECT count(*) FROM postbox_outbox", &[])
+            .await
+            .expect("count")
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cleanup stalled; log:\n{}", relay.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    relay.wait_for_log("cleaned up published rows past retention", 1, DRAIN_TIMEOUT);
+    let records = setup.records("orders").await;
+    assert_eq!(records.len(), expected.len());
+    check_exactly_once_in_order(&records, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_finishes_the_batch_releases_the_lead_and_exits_zero() {
+    let setup = Setup::new(&[("orders", 2)]).await;
+    let app = setup.db.connect().await;
+    let mut first = setup.relay("first", &["--holder", "first"]);
+    first.wait_for_log("leading the outbox table", 1, Duration::from_secs(30));
+    let second = setup.relay("second", &["--holder", "second"]);
+    let writers = {
+        let db_url = setup.db.url().to_owned();
+        tokio::spawn(async move {
+            let db = postbox_tests::relay::connect(&db_url).await;
+            let mut rows = HashMap::new();
+            for seq in 1..=300 {
+                let id = insert(&db, "orders", "stopping", seq).await;
+                rows.insert(id, format!("stopping:{seq}"));
+            }
+            rows
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = first.stop();
+    assert!(status.success(), "{status:?}; log:\n{}", first.log());
+    assert!(first.log().contains("released the lead"), "{}", first.log());
+    second.wait_for_log("leading the outbox table", 1, Duration::from_secs(10));
+    let expected = writers.await.expect("the writer");
+    drained(&app, &second).await;
+    let records = setup.records("orders").await;
+    assert_eq!(records.len(), expected.len());
+    check_exactly_once_in_order(&records, &expected);
+}
