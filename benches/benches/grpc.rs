@@ -13,15 +13,13 @@
 //!
 //! Throughput is in bytes of record payload.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hdrhistogram::Histogram;
-use postbox_benches::{bench_dir, raw_write_fdatasync};
-use postbox_broker::server::{serve, ServerConfig};
-use postbox_broker::{Engine, EngineConfig};
+use postbox_benches::{bench_dir, raw_write_fdatasync, Broker};
 use postbox_proto::v1 as pb;
 use postbox_proto::v1::broker_client::BrokerClient;
 use tokio::runtime::Runtime;
@@ -31,70 +29,6 @@ const RECORD_SIZES: [usize; 2] = [100, 1024];
 const BATCHES: [usize; 3] = [1, 100, 1000];
 const PRODUCERS: [usize; 2] = [1, 8];
 const REPLAY_RECORDS: usize = 1_000_000;
-
-/// A broker served in this process until dropped.
-struct Broker {
-    url: String,
-    _server: Runtime,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> Broker {
-        let dir = bench_dir().expect("bench dir");
-        let server = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("server runtime");
-        let engine =
-            Arc::new(Engine::open(EngineConfig::new(dir.path().join("data"))).expect("engine"));
-        let listener = server
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let url = format!("http://{}", listener.local_addr().expect("address"));
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        server.spawn(async move {
-            let config = ServerConfig::default();
-            let stopped = async {
-                let _ = stopped.await;
-            };
-            if let Err(e) = serve(engine, listener, &config, stopped).await {
-                eprintln!("the broker failed: {e}");
-            }
-        });
-        Broker {
-            url,
-            _server: server,
-            stop: Some(stop),
-            _dir: dir,
-        }
-    }
-
-    async fn client(&self) -> BrokerClient<Channel> {
-        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
-            .expect("url")
-            .tcp_nodelay(true)
-            .initial_stream_window_size(4 << 20)
-            .initial_connection_window_size(16 << 20)
-            .connect()
-            .await
-            .expect("connect");
-        BrokerClient::new(channel)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20)
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        // Lets the server finish its shutdown before the runtime goes.
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 async fn create_topic(client: &mut BrokerClient<Channel>, name: &str) {
     client

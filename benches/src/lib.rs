@@ -1,11 +1,19 @@
 //! Shared helpers of the Postbox benchmarks: the raw baselines that every
-//! engine figure is quoted against, measured in the same run on the same disk.
+//! engine figure is quoted against, measured in the same run on the same disk,
+//! and the in-process broker that the gRPC and relay benchmarks talk to.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use postbox_broker::server::{serve, ServerConfig};
+use postbox_broker::{Engine, EngineConfig};
+use postbox_proto::v1::broker_client::BrokerClient;
+use tokio::runtime::Runtime;
+use tonic::transport::Channel;
 
 /// Bytes per write and fdatasync in the raw write baseline: the chunk size at
 /// which plain sequential writes reach their best durable bandwidth.
@@ -70,4 +78,80 @@ pub fn raw_read(files: &[PathBuf]) -> io::Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// A broker served in this process until dropped, on a runtime of its own so
+/// that the load generators' tasks do not share its worker threads. Its data
+/// directory is a fresh [`bench_dir`], deleted on drop.
+#[derive(Debug)]
+pub struct Broker {
+    url: String,
+    _server: Runtime,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    /// Opens an engine in a fresh directory and serves it on a free loopback
+    /// port. Panics when it cannot: only benchmarks use it.
+    pub fn start() -> Broker {
+        let dir = bench_dir().expect("bench dir");
+        let server = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        let engine =
+            Arc::new(Engine::open(EngineConfig::new(dir.path().join("data"))).expect("engine"));
+        let listener = server
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        server.spawn(async move {
+            let config = ServerConfig::default();
+            let stopped = async {
+                let _ = stopped.await;
+            };
+            if let Err(e) = serve(engine, listener, &config, stopped).await {
+                eprintln!("the broker failed: {e}");
+            }
+        });
+        Broker {
+            url,
+            _server: server,
+            stop: Some(stop),
+            _dir: dir,
+        }
+    }
+
+    /// The broker's address, `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A raw gRPC client on a new connection, with windows and message limits
+    /// large enough for 1000-record batches.
+    pub async fn client(&self) -> BrokerClient<Channel> {
+        let channel = tonic::transport::Endpoint::from_shared(self.url.clone())
+            .expect("url")
+            .tcp_nodelay(true)
+            .initial_stream_window_size(4 << 20)
+            .initial_connection_window_size(16 << 20)
+            .connect()
+            .await
+            .expect("connect");
+        BrokerClient::new(channel)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        // Lets the server finish its shutdown before the runtime goes.
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
