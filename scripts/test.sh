@@ -2,8 +2,9 @@
 # Runs the whole test suite: what CI runs and what README.md tells users to run.
 #
 # Soak runs: POSTBOX_CRASH_CYCLES (engine SIGKILL cycles, default 100),
-# POSTBOX_POWER_LOSS_SEEDS (simulated power losses, default 10000) and
-# POSTBOX_BROKER_KILL_CYCLES (broker process SIGKILL cycles, default 3).
+# POSTBOX_POWER_LOSS_SEEDS (simulated power losses, default 10000),
+# POSTBOX_BROKER_KILL_CYCLES (broker process SIGKILL cycles, default 3) and
+# POSTBOX_RELAY_KILL_CYCLES (relay process SIGKILL cycles, default 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,7 +18,7 @@ fi
 ./scripts/postgres.sh
 
 # The integration tests in tests/ start the real binaries (postbox-broker,
-# postbox) from target/debug: build them first, with the profile the tests use.
+# postbox, postbox-relay) from target/debug: build them first, with the profile the tests use.
 cargo build --workspace --bins --locked
 
 if command -v cargo-nextest >/dev/null; then

@@ -130,13 +130,13 @@ fn read_journal(path: &Path) -> Vec<(u32, u64, String)> {
         .collect()
 }
 
-/// Reopens the engine and checks everything against the journal.
-fn verify(dir: &Path, journal: &Path, cycle: u64) -> usize {
+/// Reopens the engine and checks everything against the journals.
+fn verify(dir: &Path, journals: &[PathBuf], cycle: u64) -> usize {
     let engine = Engine::open(EngineConfig::new(dir))
         .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
     let Ok(topic) = engine.topic(TOPIC) else {
         assert!(
-            read_journal(journal).is_empty(),
+            journals.iter().all(|j| read_journal(j).is_empty()),
             "cycle {cycle}: the topic vanished after acknowledgments"
         );
         return 0;
@@ -171,7 +171,7 @@ fn verify(dir: &Path, journal: &Path, cycle: u64) -> usize {
             }
         }
     }
-    let acked = read_journal(journal);
+    let acked: Vec<_> = journals.iter().flat_map(|j| read_journal(j)).collect();
     for (p, o, idem) in &acked {
         assert_eq!(
             stored.get(idem),
@@ -207,13 +207,17 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         .unwrap_or(CYCLES_DEFAULT);
     let work = tempfile::tempdir().expect("tempdir");
     let dir = work.path().join("data");
-    let journal: PathBuf = work.path().join("journal.txt");
-    let ready = journal.with_extension("ready");
+    // One journal per child: a SIGKILL can cut a write short, and the
+    // partial line it leaves is only ever the last line of its own file,
+    // never merged with the next child's first line.
+    let mut journals: Vec<PathBuf> = Vec::new();
     let exe = std::env::current_exe().expect("test binary");
     let mut rng = SmallRng::seed_from_u64(0x5EED);
     let (mut before_ready, mut acked) = (0, 0);
     for cycle in 0..cycles {
-        let _ = fs::remove_file(&ready);
+        let journal = work.path().join(format!("journal-{cycle}.txt"));
+        let ready = journal.with_extension("ready");
+        journals.push(journal.clone());
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -245,7 +249,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         if !ready.exists() {
             before_ready += 1;
         }
-        acked = verify(&dir, &journal, cycle);
+        acked = verify(&dir, &journals, cycle);
     }
     eprintln!("{cycles} SIGKILL cycles: {before_ready} killed before recovery finished, {acked} acknowledged records verified");
     assert!(

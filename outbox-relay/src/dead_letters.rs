@@ -14,6 +14,7 @@
 //!   all), never on everything by default.
 
 use serde::Serialize;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 use crate::error::{Error, Result};
@@ -37,6 +38,11 @@ impl Selection {
     /// Whether the selection names anything.
     pub fn is_empty(&self) -> bool {
         !self.all && self.row_ids.is_empty() && self.topic.is_none() && self.partition_key.is_none()
+    }
+
+    /// The selection as [`SELECTED`]'s parameters $1 to $4.
+    fn params(&self) -> [&(dyn ToSql + Sync); 4] {
+        [&self.all, &self.row_ids, &self.topic, &self.partition_key]
     }
 
     /// Refuses an empty selection, so that no command acts on everything by
@@ -92,20 +98,7 @@ pub async fn list(
          FROM {} WHERE {SELECTED} ORDER BY failed_at, row_id",
         table.dead_letters_quoted()
     );
-    let rows = timed(
-        timeout_ms,
-        &action,
-        client.query(
-            &sql,
-            &[
-                &selection.all,
-                &selection.row_ids,
-                &selection.topic,
-                &selection.partition_key,
-            ],
-        ),
-    )
-    .await?;
+    let rows = timed(timeout_ms, &action, client.query(&sql, &selection.params())).await?;
     rows.iter()
         .map(|row| {
             let read = |error| Error::postgres(action.clone(), error);
@@ -176,18 +169,5 @@ async fn execute(
     sql: &str,
     selection: &Selection,
 ) -> Result<u64> {
-    timed(
-        timeout_ms,
-        action,
-        client.execute(
-            sql,
-            &[
-                &selection.all,
-                &selection.row_ids,
-                &selection.topic,
-                &selection.partition_key,
-            ],
-        ),
-    )
-    .await
+    timed(timeout_ms, action, client.execute(sql, &selection.params())).await
 }

@@ -237,10 +237,7 @@ fn bad_relay_settings_are_one_line_errors_naming_the_limit() {
             &["--max-batch-rows", "10001"][..],
             "invalid setting max_batch_rows: 10001 is outside 1 to 10000",
         ),
-        (
-            &["--column", "colour=red"][..],
-            "unknown role \"colour\"",
-        ),
+        (&["--column", "colour=red"][..], "unknown role \"colour\""),
     ] {
         let mut all = vec!["--database-url", "postgres://postgres@127.0.0.1:1/none"];
         all.extend_from_slice(args);
@@ -259,7 +256,9 @@ async fn running_on_a_table_that_does_not_exist_stops_with_what_to_do() {
     let stderr = stderr(&output);
     let text = stderr.lines().last().unwrap_or_default();
     assert!(
-        text.contains("outbox table postbox_outbox does not exist (create it with `postbox-relay init`)"),
+        text.contains(
+            "outbox table postbox_outbox does not exist (create it with `postbox-relay init`)"
+        ),
         "{text}"
     );
 }

@@ -160,10 +160,10 @@ async fn init_creates_the_default_table_exactly_as_designed() {
     assert_eq!(
         indexes(&client, "postbox_outbox_dead_letters").await,
         [
-            "CREATE INDEX postbox_outbox_held_idx ON public.postbox_outbox_dead_letters \
-             USING btree (topic, partition_key)",
             "CREATE UNIQUE INDEX postbox_outbox_dead_letters_pkey \
              ON public.postbox_outbox_dead_letters USING btree (row_id)",
+            "CREATE INDEX postbox_outbox_held_idx ON public.postbox_outbox_dead_letters \
+             USING btree (topic, partition_key)",
         ]
     );
     assert_eq!(
