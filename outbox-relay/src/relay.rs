@@ -70,6 +70,9 @@ pub const CLEANUP_INTERVAL_MS_DEFAULT: u64 = 60_000;
 pub const CLEANUP_BATCH_ROWS_DEFAULT: u32 = 1_000;
 /// Default interval between lag log lines.
 pub const LAG_LOG_INTERVAL_MS_DEFAULT: u64 = 10_000;
+/// How long a claim (or lag query) may wait before the leader looks, from a
+/// second session, at what it waits for and logs it.
+pub const STALL_REPORT_MS: u64 = 2_000;
 
 /// Everything the running relay needs.
 #[derive(Debug, Clone)]
@@ -434,15 +437,13 @@ impl<'c> Leader<'c> {
             },
         };
         let transaction = timed(timeout_ms, "begin a claim", client.transaction()).await?;
-        let rows = self
-            .outbox
-            .claim(
-                &transaction,
-                timeout_ms,
-                self.config.max_batch_rows,
-                self.config.max_batch_bytes,
-            )
-            .await?;
+        let claim = self.outbox.claim(
+            &transaction,
+            timeout_ms,
+            self.config.max_batch_rows,
+            self.config.max_batch_bytes,
+        );
+        let rows = self.watch_stall(claim, "claim").await?;
         if rows.is_empty() {
             timed(timeout_ms, "end an empty claim", transaction.rollback()).await?;
             self.publisher = Some(publisher);
@@ -598,7 +599,9 @@ impl<'c> Leader<'c> {
         let now = Instant::now();
         if now >= self.next_lag_log {
             self.next_lag_log = now + Duration::from_millis(self.config.lag_log_interval_ms);
-            let lag = self.outbox.lag(client, timeout_ms).await?;
+            let lag = self
+                .watch_stall(self.outbox.lag(client, timeout_ms), "lag query")
+                .await?;
             let Totals {
                 published,
                 duplicates,
@@ -630,6 +633,49 @@ impl<'c> Leader<'c> {
             self.cleanup(client, timeout_ms).await?;
         }
         Ok(())
+    }
+
+    /// Awaits `call`; if it takes longer than [`STALL_REPORT_MS`], logs what
+    /// the leader's session waits for and who blocks it, read from a second
+    /// session, and goes on waiting.
+    async fn watch_stall<T>(
+        &self,
+        call: impl std::future::Future<Output = Result<T>>,
+        what: &str,
+    ) -> Result<T> {
+        tokio::pin!(call);
+        tokio::select! {
+            result = &mut call => return result,
+            _ = tokio::time::sleep(Duration::from_millis(STALL_REPORT_MS)) => {}
+        }
+        self.report_stall(what).await;
+        call.await
+    }
+
+    async fn report_stall(&self, what: &str) {
+        let pid = self.lease.backend_pid();
+        let report = async {
+            let client = self.config.database.connect().await?;
+            crate::status::session_and_blockers(&client, STALL_REPORT_MS, pid).await
+        };
+        match report.await {
+            Ok((session, blockers)) => tracing::warn!(
+                stalled_ms = STALL_REPORT_MS,
+                backend_pid = pid,
+                waiting_for = session.and_then(|s| s.waiting_for).unwrap_or_default(),
+                blocked_by = %blockers
+                    .iter()
+                    .map(crate::status::SessionInfo::describe)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                "the {what} is stalled in the database"
+            ),
+            Err(error) => tracing::warn!(
+                stalled_ms = STALL_REPORT_MS,
+                error = %error,
+                "the {what} is stalled, and what it waits for cannot be read"
+            ),
+        }
     }
 
     /// Deletes published rows past retention, a small batch per statement,

@@ -19,6 +19,11 @@ use crate::outbox::{Lag, Mode, Outbox};
 use crate::session::timed;
 use crate::table::TableName;
 
+/// How long `status` waits for a lock on the outbox table before it reports
+/// the lag as unknown: a table locked by something else is exactly when the
+/// rest of the status matters.
+pub const LAG_LOCK_TIMEOUT_MS: u64 = 1_000;
+
 /// Longest query text shown for a session.
 pub const QUERY_TEXT_CHARS_MAX: i32 = 200;
 
@@ -29,9 +34,13 @@ pub struct Status {
     pub table: String,
     /// The latest leader, if any relay ever led.
     pub leader: Option<LeaderInfo>,
-    /// How far behind.
+    /// How far behind; `None` when the table is locked (see `lag_error`).
     #[serde(flatten)]
-    pub lag: Lag,
+    pub lag: Option<Lag>,
+    /// Why the lag could not be read: the table was locked longer than
+    /// [`LAG_LOCK_TIMEOUT_MS`].
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lag_error: Option<String>,
     /// The oldest open transaction in the database other than the leader's.
     pub oldest_transaction: Option<SessionInfo>,
 }
@@ -79,8 +88,11 @@ impl Status {
         table: &TableName,
         layout: &Layout,
     ) -> Result<Status> {
-        let outbox = Outbox::prepare(client, timeout_ms, table, layout, Mode::Delete).await?;
-        let lag = outbox.lag(client, timeout_ms).await?;
+        let (lag, lag_error) = match lag(client, timeout_ms, table, layout).await {
+            Ok(lag) => (Some(lag), None),
+            Err(error) if is_lock_timeout(&error) => (None, Some(error.to_string())),
+            Err(error) => return Err(error),
+        };
         let leader = leader(client, timeout_ms, table).await?;
         let leader_pid = leader
             .as_ref()
@@ -103,9 +115,29 @@ impl Status {
             table: table.to_string(),
             leader,
             lag,
+            lag_error,
             oldest_transaction: oldest.into_iter().next(),
         })
     }
+}
+
+/// The lag, waiting at most [`LAG_LOCK_TIMEOUT_MS`] for the table's lock.
+async fn lag(client: &Client, timeout_ms: u64, table: &TableName, layout: &Layout) -> Result<Lag> {
+    timed(
+        timeout_ms,
+        "limit the status's lock waits",
+        client.batch_execute(&format!("SET lock_timeout = {LAG_LOCK_TIMEOUT_MS}")),
+    )
+    .await?;
+    let outbox = Outbox::prepare(client, timeout_ms, table, layout, Mode::Delete).await?;
+    outbox.lag(client, timeout_ms).await
+}
+
+fn is_lock_timeout(error: &Error) -> bool {
+    error
+        .postgres_error()
+        .and_then(tokio_postgres::Error::code)
+        .is_some_and(|code| *code == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE)
 }
 
 async fn leader(client: &Client, timeout_ms: u64, table: &TableName) -> Result<Option<LeaderInfo>> {
@@ -133,26 +165,7 @@ async fn leader(client: &Client, timeout_ms: u64, table: &TableName) -> Result<O
     let read = |error| Error::postgres(action.clone(), error);
     let pid: Option<i32> = row.try_get(4).map_err(read)?;
     let (session, blocked_by) = match pid {
-        Some(pid) => {
-            let session = sessions(
-                client,
-                timeout_ms,
-                &format!("SELECT {SESSION_COLUMNS} FROM pg_stat_activity WHERE pid = $2"),
-                &Some(pid),
-            )
-            .await?;
-            let blockers = sessions(
-                client,
-                timeout_ms,
-                &format!(
-                    "SELECT {SESSION_COLUMNS} FROM pg_stat_activity \
-                     WHERE pid = ANY(pg_blocking_pids($2)) ORDER BY pid"
-                ),
-                &Some(pid),
-            )
-            .await?;
-            (session.into_iter().next(), blockers)
-        }
+        Some(pid) => session_and_blockers(client, timeout_ms, pid).await?,
         None => (None, Vec::new()),
     };
     Ok(Some(LeaderInfo {
@@ -163,6 +176,52 @@ async fn leader(client: &Client, timeout_ms: u64, table: &TableName) -> Result<O
         session,
         blocked_by,
     }))
+}
+
+/// Server process `pid`'s session and the sessions it waits for: what
+/// stalls a claim, for `status` and for the leader's own stall report.
+pub async fn session_and_blockers(
+    client: &Client,
+    timeout_ms: u64,
+    pid: i32,
+) -> Result<(Option<SessionInfo>, Vec<SessionInfo>)> {
+    let session = sessions(
+        client,
+        timeout_ms,
+        &format!("SELECT {SESSION_COLUMNS} FROM pg_stat_activity WHERE pid = $2"),
+        &Some(pid),
+    )
+    .await?;
+    let blockers = sessions(
+        client,
+        timeout_ms,
+        &format!(
+            "SELECT {SESSION_COLUMNS} FROM pg_stat_activity \
+             WHERE pid = ANY(pg_blocking_pids($2)) ORDER BY pid"
+        ),
+        &Some(pid),
+    )
+    .await?;
+    Ok((session.into_iter().next(), blockers))
+}
+
+impl SessionInfo {
+    /// One line for logs and `status`: pid, state, transaction age, query.
+    pub fn describe(&self) -> String {
+        format!(
+            "pid {}, {}, transaction open {} ms: {}",
+            self.pid,
+            self.state.as_deref().unwrap_or("?"),
+            self.transaction_age_ms
+                .map_or_else(|| "-".to_owned(), |age| age.to_string()),
+            self.query
+                .as_deref()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    }
 }
 
 /// Sessions from `sql`, which selects [`SESSION_COLUMNS`] with `pid` as $2.

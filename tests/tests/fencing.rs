@@ -233,7 +233,10 @@ async fn advance_fence_refuses_the_older_epoch_before_the_newer_publishes() {
         .publish(fenced("relay.events", 1, &["from 1"]))
         .await
         .expect("epoch 1 publishes");
-    client.advance_fence(advance(2)).await.expect("advance to 2");
+    client
+        .advance_fence(advance(2))
+        .await
+        .expect("advance to 2");
     client
         .advance_fence(advance(2))
         .await
@@ -253,7 +256,11 @@ async fn advance_fence_refuses_the_older_epoch_before_the_newer_publishes() {
         .await
         .expect_err("a request without a fence");
     assert_eq!(missing.code(), Code::InvalidArgument, "{missing:?}");
-    assert_eq!(end_offset(&mut client).await, 1, "nothing of the refused publish");
+    assert_eq!(
+        end_offset(&mut client).await,
+        1,
+        "nothing of the refused publish"
+    );
 
     // The advanced epoch is durable: still refused after a crash.
     broker.kill9();

@@ -670,7 +670,11 @@ async fn mark_mode_marks_published_rows_and_cleans_them_up_after_retention() {
         if left == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "cleanup stalled; log:\n{}", relay.log());
+        assert!(
+            Instant::now() < deadline,
+            "cleanup stalled; log:\n{}",
+            relay.log()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     relay.wait_for_log("cleaned up published rows past retention", 1, DRAIN_TIMEOUT);
@@ -708,4 +712,41 @@ async fn sigterm_finishes_the_batch_releases_the_lead_and_exits_zero() {
     let records = setup.records("orders").await;
     assert_eq!(records.len(), expected.len());
     check_exactly_once_in_order(&records, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_claim_stalled_by_a_lock_is_reported_in_the_log_and_in_status() {
+    let setup = Setup::new(&[("orders", 1)]).await;
+    let app = setup.db.connect().await;
+    let relay = setup.relay("relay", &[]);
+    relay.wait_for_log("leading the outbox table", 1, Duration::from_secs(30));
+    let mut blocker = setup.db.connect().await;
+    let lock = blocker.transaction().await.expect("begin");
+    lock.batch_execute("LOCK TABLE postbox_outbox IN ACCESS EXCLUSIVE MODE")
+        .await
+        .expect("lock");
+
+    relay.wait_for_log("is stalled in the database", 1, Duration::from_secs(30));
+    let log = relay.log();
+    assert!(log.contains("LOCK TABLE postbox_outbox"), "{log}");
+    let status = relay_command(&["status", "--database-url", setup.db.url()]);
+    assert!(status.status.success(), "{status:?}");
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("leader_waiting_for          Lock: relation"),
+        "{text}"
+    );
+    assert!(
+        text.contains("leader_blocked_by") && text.contains("LOCK TABLE"),
+        "{text}"
+    );
+    assert!(
+        text.contains("lag                         unknown:"),
+        "{text}"
+    );
+
+    lock.rollback().await.expect("release");
+    let expected = insert_concurrently(&setup.db, "orders", "after", 2, 10).await;
+    drained(&app, &relay).await;
+    check_exactly_once_in_order(&setup.records("orders").await, &expected);
 }

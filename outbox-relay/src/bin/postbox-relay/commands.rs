@@ -5,7 +5,6 @@ use std::io::{self, Write};
 
 use clap::{Args, Subcommand};
 use postbox_relay::dead_letters::{self, Selection};
-use postbox_relay::status::SessionInfo;
 use postbox_relay::{Status, CONNECT_TIMEOUT_MS};
 use tokio::sync::watch;
 
@@ -76,7 +75,6 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
 }
 
 fn write_status(out: &mut impl Write, status: &Status) -> io::Result<()> {
-    let lag = &status.lag;
     let line = |out: &mut dyn Write, key: &str, value: String| writeln!(out, "{key:<28}{value}");
     line(out, "table", status.table.clone())?;
     match &status.leader {
@@ -98,41 +96,32 @@ fn write_status(out: &mut impl Write, status: &Status) -> io::Result<()> {
                 line(out, "leader_waiting_for", waiting)?;
             }
             for blocker in &leader.blocked_by {
-                line(out, "leader_blocked_by", describe(blocker))?;
+                line(out, "leader_blocked_by", blocker.describe())?;
             }
         }
     }
-    line(out, "unpublished_rows", lag.unpublished_rows.to_string())?;
-    line(
-        out,
-        "oldest_unpublished_age_ms",
-        lag.oldest_unpublished_age_ms
-            .map_or_else(|| "-".to_owned(), |age| age.to_string()),
-    )?;
-    line(out, "held_rows", lag.held_rows.to_string())?;
-    line(out, "dead_letters", lag.dead_letters.to_string())?;
+    match (&status.lag, &status.lag_error) {
+        (Some(lag), _) => {
+            line(out, "unpublished_rows", lag.unpublished_rows.to_string())?;
+            line(
+                out,
+                "oldest_unpublished_age_ms",
+                lag.oldest_unpublished_age_ms
+                    .map_or_else(|| "-".to_owned(), |age| age.to_string()),
+            )?;
+            line(out, "held_rows", lag.held_rows.to_string())?;
+            line(out, "dead_letters", lag.dead_letters.to_string())?;
+        }
+        (None, error) => line(
+            out,
+            "lag",
+            format!("unknown: {}", error.as_deref().unwrap_or("?")),
+        )?,
+    }
     if let Some(oldest) = &status.oldest_transaction {
-        line(out, "oldest_transaction", describe(oldest))?;
+        line(out, "oldest_transaction", oldest.describe())?;
     }
     Ok(())
-}
-
-fn describe(session: &SessionInfo) -> String {
-    format!(
-        "pid {}, {}, transaction open {} ms: {}",
-        session.pid,
-        session.state.as_deref().unwrap_or("?"),
-        session
-            .transaction_age_ms
-            .map_or_else(|| "-".to_owned(), |age| age.to_string()),
-        session
-            .query
-            .as_deref()
-            .unwrap_or("")
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
-    )
 }
 
 #[derive(Debug, Subcommand)]
