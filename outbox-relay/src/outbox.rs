@@ -81,13 +81,6 @@ pub struct OutboxRow {
     pub payload: Vec<u8>,
 }
 
-impl OutboxRow {
-    /// The payload's size in bytes.
-    pub fn payload_bytes(&self) -> usize {
-        self.payload.len()
-    }
-}
-
 /// How far behind the relay is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Lag {
@@ -168,11 +161,6 @@ impl Outbox {
             cleanup,
             lag: prepare(sql.lag()).await?,
         })
-    }
-
-    /// The table.
-    pub fn table(&self) -> &TableName {
-        &self.table
     }
 
     /// Claims the first unpublished rows in claim order (see the module's
