@@ -78,7 +78,8 @@ use postbox_benches::Broker;
 use postbox_client::{Admin, Consumer, ConsumerConfig, StartFrom, TopicSettings};
 use postbox_relay::relay::{MAX_BATCH_BYTES_DEFAULT, STATEMENT_TIMEOUT_MS_DEFAULT};
 use postbox_relay::{
-    DatabaseConfig, Layout, Mode, Outbox, OutboxRow, Publisher, RelayConfig, Schema, TableName,
+    DatabaseConfig, Layout, Leadership, Mode, Outbox, OutboxRow, Publisher, RelayConfig, Schema,
+    TableName,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
@@ -570,28 +571,36 @@ async fn drain_with_sql(client: &mut Client, mode: Mode, batch_rows: u32) -> Res
     )
     .await
     .context("prepare the relay's statements")?;
+    // The claim takes rows only for the table's current leader.
+    let lease = Leadership::new(TableName::default(), "relay-bench-baseline")?
+        .acquire(client)
+        .await
+        .context("take the lead for the baseline")?
+        .context("another relay leads the bench's table")?;
     let mut drained_rows = 0;
     loop {
         let transaction = client.transaction().await.context("begin a claim")?;
-        let rows = outbox
+        let claim = outbox
             .claim(
                 &transaction,
                 STATEMENT_TIMEOUT_MS,
-                batch_rows,
-                MAX_BATCH_BYTES_DEFAULT,
+                (batch_rows, MAX_BATCH_BYTES_DEFAULT),
+                lease.epoch(),
+                false,
             )
             .await
             .context("claim")?;
-        if rows.is_empty() {
+        if claim.rows.is_empty() {
             break;
         }
-        let ids: Vec<String> = rows.iter().map(|row| row.row_id.clone()).collect();
+        let ids: Vec<String> = claim.rows.iter().map(|row| row.row_id.clone()).collect();
         drained_rows += outbox
             .finish(&transaction, STATEMENT_TIMEOUT_MS, &ids)
             .await
             .context("finish")?;
         transaction.commit().await.context("commit a claim")?;
     }
+    lease.release(client).await.context("release the lead")?;
     Ok((drained_rows, elapsed_ms(started)))
 }
 
@@ -628,7 +637,7 @@ async fn publish_only(broker_url: &str, rows: u64, batch_rows: u32) -> Result<f6
     let started = Instant::now();
     for batch in outbox_rows.chunks(batch_rows as usize) {
         let outcome = publisher
-            .publish(batch)
+            .publish(batch, &Default::default())
             .await
             .map_err(|failure| anyhow::anyhow!("publish: {failure:?}"))?;
         if outcome.acked.len() != batch.len() {

@@ -14,6 +14,8 @@
 //! - [`outbox`]: the claim, finish, dead-letter, cleanup and lag SQL;
 //! - [`publish`]: rows to records, published under the fence;
 //! - [`breaker`] and [`pacer`]: the circuit breaker and adaptive polling;
+//! - [`pipeline`]: the leader's batches in flight, claimed, published and
+//!   committed at once, on sessions of their own;
 //! - [`relay`]: the running relay ([`run`]);
 //! - [`status`] and [`dead_letters`]: the operator's commands.
 //!
@@ -32,6 +34,7 @@ pub mod layout;
 pub mod leader;
 pub mod outbox;
 pub mod pacer;
+pub mod pipeline;
 pub mod publish;
 pub mod relay;
 pub mod schema;
@@ -45,8 +48,8 @@ pub use config::{
 pub use error::{Error, Result};
 pub use layout::{Layout, LayoutKind, EVENT_TYPE_HEADER};
 pub use leader::{Leadership, Lease, ADVISORY_LOCK_NAMESPACE, HOLDER_BYTES_MAX};
-pub use outbox::{Lag, Mode, Outbox, OutboxRow};
-pub use publish::{Failure, Outcome, Publisher};
+pub use outbox::{Claim, Lag, Mode, Outbox, OutboxRow};
+pub use publish::{Failure, HeldKeys, Outcome, Publisher};
 pub use relay::{run, RelayConfig};
 pub use schema::{Schema, INIT_LOCK_TIMEOUT_MS, NOTIFY_CHANNEL};
 pub use session::Session;

@@ -5,15 +5,23 @@
 //! builds and prepares every statement the leader runs from it.
 //!
 //! Invariants:
+//! - Claim order is total: the layout's order column, then the id where the
+//!   order column is not the id (ctid and ids are unique).
 //! - The claim never uses an `id > last_seen` cursor: it takes the first
 //!   unpublished rows in claim order every time, so a row whose transaction
 //!   commits late, with a lower id than rows already published, is claimed by
 //!   the next claim after its commit.
+//! - The claim locks the rows it takes (`FOR UPDATE`) until its transaction
+//!   ends. With nothing of the leader's in flight it waits for rows locked by
+//!   others; with batches in flight it skips locked rows (`SKIP LOCKED`),
+//!   which are then the leader's own (see `pipeline` for why no other
+//!   relay's remain).
+//! - The claim takes rows only while its epoch is the table's in the
+//!   leadership table: a deposed leader whose claim starts after its
+//!   successor raised the epoch claims nothing, and locks nothing.
 //! - The claim skips rows whose topic and partition key have a dead letter,
 //!   so that a key's later rows wait behind it.
-//! - The claim takes no row locks: leadership makes the leader the only
-//!   claimer, and a leader that lost its session lost its transaction with
-//!   it. Rows are deleted or marked, and dead-lettered, only by the caller's
+//! - Rows are deleted or marked, and dead-lettered, only by the caller's
 //!   claim transaction, after the broker's acknowledgment.
 //! - Rows and bytes per claim are bounded: at most `max_rows` rows, and rows
 //!   are taken only while the payloads before them sum to less than
@@ -21,7 +29,7 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::{Client, GenericClient, Row, Statement, Transaction};
+use tokio_postgres::{Client, GenericClient, Row, Statement};
 
 use crate::error::{Error, Result};
 use crate::layout::Layout;
@@ -81,6 +89,16 @@ pub struct OutboxRow {
     pub payload: Vec<u8>,
 }
 
+/// What one claim took.
+#[derive(Debug, Default)]
+pub struct Claim {
+    /// The rows, in claim order.
+    pub rows: Vec<OutboxRow>,
+    /// Rows locked: more than `rows` when the byte bound cut the batch
+    /// short; the rest stay locked until the claim's transaction ends.
+    pub locked_rows: usize,
+}
+
 /// How far behind the relay is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Lag {
@@ -102,6 +120,7 @@ pub struct Outbox {
     mode: Mode,
     topic_prefix: String,
     claim: Statement,
+    claim_skipping_locked: Statement,
     finish: Statement,
     dead_letter: Statement,
     cleanup: Option<Statement>,
@@ -111,6 +130,8 @@ pub struct Outbox {
 /// SQL fragments derived from a layout checked against the table.
 struct Fragments {
     table: String,
+    /// The leadership table.
+    leader: String,
     dead_letters: String,
     id: String,
     id_type: String,
@@ -121,7 +142,10 @@ struct Fragments {
     select: String,
     payload: String,
     unpublished: String,
+    /// The claim order's first column.
     order: String,
+    /// The id, when the order column alone is not unique.
+    tie_break: Option<String>,
     published_at: Option<String>,
     created_at: Option<String>,
 }
@@ -155,7 +179,8 @@ impl Outbox {
             table: table.clone(),
             mode,
             topic_prefix: layout.topic_prefix.clone(),
-            claim: prepare(sql.claim()).await?,
+            claim: prepare(sql.claim(false)).await?,
+            claim_skipping_locked: prepare(sql.claim(true)).await?,
             finish: prepare(sql.finish(mode)).await?,
             dead_letter: prepare(sql.dead_letter()).await?,
             cleanup,
@@ -163,24 +188,67 @@ impl Outbox {
         })
     }
 
-    /// Claims the first unpublished rows in claim order (see the module's
-    /// invariants for the bounds).
+    /// Claims the first unpublished rows in claim order as the leader at
+    /// `epoch`, waiting for rows locked by others, or skipping them when
+    /// `skip_locked` (see the module's invariants for the bounds).
     pub async fn claim(
         &self,
-        transaction: &Transaction<'_>,
+        client: &impl GenericClient,
         timeout_ms: u64,
-        max_rows: u32,
-        max_bytes: u64,
-    ) -> Result<Vec<OutboxRow>> {
-        let max_rows = i64::from(max_rows);
-        let max_bytes = i64::try_from(max_bytes).unwrap_or(i64::MAX);
+        limits: (u32, u64),
+        epoch: u64,
+        skip_locked: bool,
+    ) -> Result<Claim> {
+        let max_rows = i64::from(limits.0);
+        let max_bytes = i64::try_from(limits.1).unwrap_or(i64::MAX);
+        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+        let statement = match skip_locked {
+            true => &self.claim_skipping_locked,
+            false => &self.claim,
+        };
         let rows = timed(
             timeout_ms,
             &format!("claim rows of {}", self.table),
-            transaction.query(&self.claim, &[&max_rows, &max_bytes, &self.topic_prefix]),
+            client.query(
+                statement,
+                &[
+                    &max_rows,
+                    &max_bytes,
+                    &self.topic_prefix,
+                    &self.table.name(),
+                    &epoch,
+                ],
+            ),
         )
         .await?;
-        rows.iter().map(|row| self.row(row)).collect()
+        let locked_rows = match rows.first() {
+            Some(first) => first
+                .try_get::<_, i64>(7)
+                .map_err(|error| {
+                    Error::postgres(format!("read a claimed row of {}", self.table), error)
+                })?
+                .try_into()
+                .unwrap_or(usize::MAX),
+            None => 0,
+        };
+        Ok(Claim {
+            rows: rows
+                .iter()
+                .map(|row| self.row(row))
+                .collect::<Result<_>>()?,
+            locked_rows,
+        })
+    }
+
+    /// A column of a claimed row that may not be NULL.
+    fn text(&self, row: &Row, index: usize, what: &str) -> Result<String> {
+        let action = || format!("read a claimed row of {}", self.table);
+        row.try_get::<_, Option<String>>(index)
+            .map_err(|error| Error::postgres(action(), error))?
+            .ok_or_else(|| Error::Unexpected {
+                action: action(),
+                detail: format!("its {what} is NULL"),
+            })
     }
 
     fn row(&self, row: &Row) -> Result<OutboxRow> {
@@ -189,12 +257,7 @@ impl Outbox {
                 Error::postgres(format!("read a claimed row of {}", self.table), error)
             })
         };
-        let required = |index: usize, what: &str| -> Result<String> {
-            get(index)?.ok_or_else(|| Error::Unexpected {
-                action: format!("read a claimed row of {}", self.table),
-                detail: format!("its {what} is NULL"),
-            })
-        };
+        let required = |index: usize, what: &str| self.text(row, index, what);
         Ok(OutboxRow {
             row_id: required(0, "id")?,
             topic: required(1, "topic")?,
@@ -214,7 +277,7 @@ impl Outbox {
     /// Deletes (or marks) published rows; returns how many it changed.
     pub async fn finish(
         &self,
-        transaction: &Transaction<'_>,
+        client: &impl GenericClient,
         timeout_ms: u64,
         row_ids: &[String],
     ) -> Result<u64> {
@@ -225,7 +288,7 @@ impl Outbox {
         timed(
             timeout_ms,
             &format!("{verb} published rows of {}", self.table),
-            transaction.execute(&self.finish, &[&row_ids]),
+            client.execute(&self.finish, &[&row_ids]),
         )
         .await
     }
@@ -233,7 +296,7 @@ impl Outbox {
     /// Moves `row` to the dead-letter table with `reason`.
     pub async fn dead_letter(
         &self,
-        transaction: &Transaction<'_>,
+        client: &impl GenericClient,
         timeout_ms: u64,
         row: &OutboxRow,
         reason: &str,
@@ -244,7 +307,7 @@ impl Outbox {
                 "move row {} of {} to its dead letters",
                 row.row_id, self.table
             ),
-            transaction.execute(
+            client.execute(
                 &self.dead_letter,
                 &[
                     &row.row_id,
@@ -404,8 +467,14 @@ impl Fragments {
             None => "TRUE".to_owned(),
         };
         let dead_letters = table.dead_letters_quoted();
+        let tie_break = layout
+            .order_by
+            .as_ref()
+            .filter(|order_by| **order_by != layout.id)
+            .map(|_| id.clone());
         Ok(Fragments {
             table: format!("{} o", table.quoted()),
+            leader: table.leader_table_quoted(),
             dead_letters,
             id,
             id_type: type_of(&layout.id),
@@ -418,6 +487,7 @@ impl Fragments {
                 .order_by
                 .as_deref()
                 .map_or_else(|| "o.ctid".to_owned(), column),
+            tie_break,
             published_at: layout.published_at.as_deref().map(quote_identifier),
             created_at: layout.created_at.as_deref().map(column),
         })
@@ -440,10 +510,14 @@ impl Fragments {
         }
     }
 
-    /// $1 most rows, $2 most payload bytes, $3 topic prefix.
-    fn claim(&self) -> String {
+    /// $1 most rows, $2 most payload bytes, $3 topic prefix, $4 the outbox
+    /// table's name and $5 the epoch in the leadership table. The rows are
+    /// locked in a subquery (no window function may share its level), and
+    /// the byte bound applied over them.
+    fn claim(&self, skip_locked: bool) -> String {
         let Fragments {
             table,
+            leader,
             select,
             payload,
             unpublished,
@@ -451,16 +525,34 @@ impl Fragments {
             ..
         } = self;
         let held = self.held("$3");
+        // The middle level sorts on the inner level's columns, the outer one
+        // on the middle level's.
+        let (sort, sort_out) = match &self.tie_break {
+            Some(id) => (format!("o.claim_sort, {id}"), "claim_sort, claim_id"),
+            None => ("o.claim_sort".to_owned(), "claim_sort"),
+        };
+        let id = &self.id;
+        let order_by = match &self.tie_break {
+            Some(id) => format!("{order}, {id}"),
+            None => order.clone(),
+        };
+        let skip = if skip_locked { " SKIP LOCKED" } else { "" };
         format!(
-            "SELECT row_id, topic, partition_key, idempotency_key, headers, event_type, payload \
-             FROM (SELECT {select}, \
-                          sum(octet_length({payload})) OVER (ORDER BY {order} ROWS UNBOUNDED PRECEDING) \
-                            - octet_length({payload}) AS bytes_before \
-                   FROM {table} \
-                   WHERE {unpublished} AND NOT {held} \
-                   ORDER BY {order} \
-                   LIMIT $1::int8) claim \
-             WHERE bytes_before < $2::int8"
+            "SELECT row_id, topic, partition_key, idempotency_key, headers, event_type, payload, \
+                    locked_rows \
+             FROM (SELECT {select}, o.claim_sort, {id} AS claim_id, \
+                          sum(octet_length({payload})) OVER (ORDER BY {sort} ROWS UNBOUNDED PRECEDING) \
+                            - octet_length({payload}) AS bytes_before, \
+                          count(*) OVER () AS locked_rows \
+                   FROM (SELECT o.*, {order} AS claim_sort FROM {table} \
+                         WHERE {unpublished} AND NOT {held} \
+                           AND EXISTS (SELECT FROM {leader} l \
+                                       WHERE l.outbox_table = $4::text AND l.epoch = $5::int8) \
+                         ORDER BY {order_by} \
+                         LIMIT $1::int8 \
+                         FOR UPDATE OF o{skip}) o) claim \
+             WHERE bytes_before < $2::int8 \
+             ORDER BY {sort_out}"
         )
     }
 

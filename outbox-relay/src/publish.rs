@@ -13,7 +13,9 @@
 //!   never for a fencing refusal: those fail the whole batch, and nothing of
 //!   it is finished.
 //! - Per key order: once a row of a (topic, key) is dead-lettered, the later
-//!   rows of that key in the batch are neither published nor finished.
+//!   rows of that key in the batch are neither published nor finished; nor
+//!   are rows of keys an earlier batch, not yet committed, held back
+//!   ([`HeldKeys`]).
 //! - Within a topic, records go in claim order, one publish after the other;
 //!   different topics are published concurrently (no order between topics).
 
@@ -37,6 +39,9 @@ pub enum Failure {
     Fenced(ClientError),
 }
 
+/// (topic, partition key) pairs whose rows wait behind a dead letter.
+pub type HeldKeys = HashSet<(String, String)>;
+
 /// What became of a claimed batch.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Outcome {
@@ -48,6 +53,9 @@ pub struct Outcome {
     pub dead: Vec<(usize, String)>,
     /// Rows left unpublished because an earlier row of their key was refused.
     pub held: usize,
+    /// The keys of the rows dead-lettered: later batches claimed before this
+    /// one commits must hold them too.
+    pub dead_keys: HeldKeys,
 }
 
 /// Publishes as one leader: the table's producer identity at one epoch.
@@ -88,15 +96,20 @@ impl Publisher {
         self.producer.advance_fence().await.map_err(classify)
     }
 
-    /// Publishes `rows` (see the module's invariants).
-    pub async fn publish(&self, rows: &[OutboxRow]) -> Result<Outcome, Failure> {
+    /// Publishes `rows`, holding back those of `held_before` keys (see the
+    /// module's invariants).
+    pub async fn publish(
+        &self,
+        rows: &[OutboxRow],
+        held_before: &HeldKeys,
+    ) -> Result<Outcome, Failure> {
         let mut outcome = Outcome::default();
         let mut dead_keys: HashSet<(&str, &str)> = HashSet::new();
         // Rows refused before publishing (unreadable headers, over a limit)
         // are decided here, in order, so that they hold their keys back.
         let mut by_topic: BTreeMap<&str, Vec<(usize, OutgoingRecord)>> = BTreeMap::new();
         for (index, row) in rows.iter().enumerate() {
-            if is_held(&dead_keys, row) {
+            if is_held(&dead_keys, row) || held_before_in(held_before, row) {
                 outcome.held += 1;
                 continue;
             }
@@ -125,6 +138,12 @@ impl Publisher {
             outcome.held += topic_outcome.held;
         }
         outcome.dead.sort_by_key(|(index, _)| *index);
+        for (index, _) in &outcome.dead {
+            let row = &rows[*index];
+            if let Some(key) = &row.partition_key {
+                outcome.dead_keys.insert((row.topic.clone(), key.clone()));
+            }
+        }
         Ok(outcome)
     }
 
@@ -209,6 +228,14 @@ fn classify(error: ClientError) -> Failure {
     match error.code() {
         Some(Code::FailedPrecondition) => Failure::Fenced(error),
         _ => Failure::Transient(error),
+    }
+}
+
+/// Whether `held` holds `row`'s key.
+fn held_before_in(held: &HeldKeys, row: &OutboxRow) -> bool {
+    match &row.partition_key {
+        Some(key) if !held.is_empty() => held.contains(&(row.topic.clone(), key.clone())),
+        _ => false,
     }
 }
 

@@ -1,25 +1,27 @@
 //! The running relay: stand by, lead, claim, publish, finish.
 //!
 //! Role: [`run`] keeps one PostgreSQL session and, while it leads the table,
-//! one fenced publisher. It stands by until it takes the table's
-//! leadership, announces its epoch to the broker, then loops: claim a batch
-//! in a transaction, publish it, and in the same transaction delete (or
-//! mark) the acknowledged rows and dead-letter the refused ones, then commit.
+//! a [`Pipeline`] of batches in flight (on more sessions) and one fenced
+//! publisher. It stands by until it takes the table's leadership, announces
+//! its epoch to the broker, then runs the pipeline's rounds: claim a batch in
+//! a transaction, publish it, and in the same transaction delete (or mark)
+//! the acknowledged rows and dead-letter the refused ones, then commit.
 //!
 //! Invariants:
 //! - Nothing is deleted, marked or dead-lettered before the broker answered
-//!   for it; a batch whose publish failed is rolled back whole, and its rows
-//!   are claimed again (and then reported as duplicates for those the broker
-//!   had appended).
+//!   for it; a batch whose publish failed is rolled back whole, with every
+//!   batch claimed after it, and their rows are claimed again (and then
+//!   reported as duplicates for those the broker had appended).
 //! - A fencing refusal ends the leadership at once: the transaction rolls
 //!   back, and the relay goes back to standing by on a new session.
 //! - A lost or timed-out PostgreSQL session ends the leadership too (its
 //!   lock is gone with it); the relay reconnects with backoff.
 //! - Failed publishes back off with full jitter, and
 //!   [`CircuitBreaker`] stops attempts while the broker is down; the claim
-//!   waits too, so nothing is claimed that cannot be published.
-//! - Shutdown (the `shutdown` channel turning true) is seen between steps: a
-//!   batch being published is finished or rolled back first, never left
+//!   waits too, so nothing is claimed that cannot be published. The leader
+//!   waits only with nothing in flight.
+//! - Shutdown (the `shutdown` channel turning true) is seen between rounds:
+//!   published batches are finished and claimed ones rolled back, never left
 //!   half-done; then the lock is released so a standby takes over at once.
 
 use std::time::Duration;
@@ -29,19 +31,25 @@ use rand::rngs::SmallRng;
 use rand::SeedableRng;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_postgres::Client;
 
 use crate::breaker::{CircuitBreaker, Transition};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::leader::{Leadership, Lease};
-use crate::outbox::{Mode, Outbox, OutboxRow};
+use crate::outbox::{Mode, Outbox};
 use crate::pacer::Pacer;
-use crate::publish::{Failure, Outcome, Publisher};
-use crate::session::{timed, Session};
+use crate::pipeline::{
+    Finished, Pipeline, PipelineConfig, BATCHES_IN_FLIGHT_MAX, MAX_BATCHES_IN_FLIGHT_DEFAULT,
+};
+use crate::publish::{Failure, Publisher};
+use crate::session::Session;
+use crate::status::watch_stall;
 use crate::table::TableName;
 
+/// A session of the leader's may sit idle in a transaction this many
+/// rounds' worth of time (see [`RelayConfig::idle_in_transaction_timeout_ms`]).
+pub const IDLE_IN_TRANSACTION_ROUNDS: u64 = 3;
 /// Default most rows per claim.
 pub const MAX_BATCH_ROWS_DEFAULT: u32 = 1_000;
 /// Most rows per claim: the broker's records-per-batch limit.
@@ -70,9 +78,6 @@ pub const CLEANUP_INTERVAL_MS_DEFAULT: u64 = 60_000;
 pub const CLEANUP_BATCH_ROWS_DEFAULT: u32 = 1_000;
 /// Default interval between lag log lines.
 pub const LAG_LOG_INTERVAL_MS_DEFAULT: u64 = 10_000;
-/// How long a claim (or lag query) may wait before the leader looks, from a
-/// second session, at what it waits for and logs it.
-pub const STALL_REPORT_MS: u64 = 2_000;
 
 /// Everything the running relay needs.
 #[derive(Debug, Clone)]
@@ -93,6 +98,9 @@ pub struct RelayConfig {
     pub max_batch_rows: u32,
     /// Most payload bytes per claim, 1 to [`BATCH_BYTES_MAX`].
     pub max_batch_bytes: u64,
+    /// Batches claimed, published and committed at once, 1 to
+    /// [`BATCHES_IN_FLIGHT_MAX`]: one PostgreSQL session each.
+    pub max_batches_in_flight: u32,
     /// First wait after an empty claim (see [`Pacer`]).
     pub poll_min_ms: u64,
     /// Longest wait between claims, at least 1.
@@ -135,6 +143,7 @@ impl RelayConfig {
             holder: default_holder(),
             max_batch_rows: MAX_BATCH_ROWS_DEFAULT,
             max_batch_bytes: MAX_BATCH_BYTES_DEFAULT,
+            max_batches_in_flight: MAX_BATCHES_IN_FLIGHT_DEFAULT,
             poll_min_ms: crate::pacer::POLL_MIN_MS_DEFAULT,
             poll_max_ms: crate::pacer::POLL_MAX_MS_DEFAULT,
             standby_poll_ms: STANDBY_POLL_MS_DEFAULT,
@@ -171,6 +180,12 @@ impl RelayConfig {
             BATCH_ROWS_MAX.into(),
         )?;
         range("max_batch_bytes", self.max_batch_bytes, 1, BATCH_BYTES_MAX)?;
+        range(
+            "max_batches_in_flight",
+            self.max_batches_in_flight.into(),
+            1,
+            BATCHES_IN_FLIGHT_MAX.into(),
+        )?;
         range("poll_max_ms", self.poll_max_ms, 1, 3_600_000)?;
         range("poll_min_ms", self.poll_min_ms, 0, self.poll_max_ms)?;
         range("standby_poll_ms", self.standby_poll_ms, 1, 3_600_000)?;
@@ -210,6 +225,31 @@ impl RelayConfig {
         )?;
         range("lag_log_interval_ms", self.lag_log_interval_ms, 1, u64::MAX)?;
         Leadership::new(self.table.clone(), self.holder.clone()).map(drop)
+    }
+
+    fn pipeline(&self) -> PipelineConfig {
+        PipelineConfig {
+            database: self.database.clone(),
+            table: self.table.clone(),
+            layout: self.layout.clone(),
+            mode: self.mode,
+            statement_timeout_ms: self.statement_timeout_ms,
+            idle_in_transaction_timeout_ms: self.idle_in_transaction_timeout_ms(),
+            max_batches_in_flight: self.max_batches_in_flight,
+            max_batch_rows: self.max_batch_rows,
+            max_batch_bytes: self.max_batch_bytes,
+        }
+    }
+
+    /// How long a session of the leader may sit in a transaction between
+    /// statements before the server ends it: a batch waits in its claim's
+    /// transaction for at most two rounds, each bounded by a broker call or
+    /// a statement. Only a hung relay reaches it; its claims then end.
+    pub fn idle_in_transaction_timeout_ms(&self) -> u64 {
+        self.request_timeout_ms
+            .max(self.statement_timeout_ms)
+            .saturating_add(crate::session::CLIENT_TIMEOUT_MARGIN_MS)
+            .saturating_mul(IDLE_IN_TRANSACTION_ROUNDS)
     }
 
     fn backoff(&self) -> RetryPolicy {
@@ -276,7 +316,13 @@ async fn serve_session(
     config: &RelayConfig,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Ended> {
-    let mut session = Session::open(&config.database, config.statement_timeout_ms).await?;
+    let session = Session::open(
+        &config.database,
+        config.statement_timeout_ms,
+        config.idle_in_transaction_timeout_ms(),
+        true,
+    )
+    .await?;
     let timeout_ms = session.call_timeout_ms;
     let outbox = Outbox::prepare(
         &session.client,
@@ -286,11 +332,12 @@ async fn serve_session(
         config.mode,
     )
     .await?;
+    let mut pipeline = Pipeline::open(config.pipeline(), session, outbox).await?;
     let leadership = Leadership::new(config.table.clone(), config.holder.clone())?;
     let lease = loop {
         let acquired = tokio::time::timeout(
             Duration::from_millis(timeout_ms),
-            leadership.acquire(&session.client),
+            leadership.acquire(&pipeline.leader_session().client),
         )
         .await
         .map_err(|_| Error::Timeout {
@@ -311,10 +358,12 @@ async fn serve_session(
         producer = lease.producer(),
         "leading the outbox table"
     );
-    let mut leader = Leader::new(config, outbox, lease);
-    let ended = leader.lead(&mut session, shutdown).await;
+    pipeline.lead(lease.epoch());
+    let mut leader = Leader::new(config, pipeline, lease);
+    let ended = leader.lead(shutdown).await;
     if matches!(ended, Ok(Ended::Shutdown)) {
-        match leader.lease.release(&session.client).await {
+        let client = &leader.pipeline.leader_session().client;
+        match leader.lease.release(client).await {
             Ok(_) => tracing::info!(table = %config.table, "released the lead"),
             Err(error) => tracing::warn!(error = %error, "cannot release the lead"),
         }
@@ -322,10 +371,10 @@ async fn serve_session(
     ended
 }
 
-/// The leader's state on one session.
+/// The leader's state while it leads.
 struct Leader<'c> {
     config: &'c RelayConfig,
-    outbox: Outbox,
+    pipeline: Pipeline,
     lease: Lease,
     publisher: Option<Publisher>,
     breaker: CircuitBreaker,
@@ -334,15 +383,8 @@ struct Leader<'c> {
     next_lease_check: Instant,
     next_lag_log: Instant,
     next_cleanup: Instant,
-    totals: Totals,
-}
-
-/// Counts since the lead was taken, for the lag log.
-#[derive(Debug, Default)]
-struct Totals {
-    published: u64,
-    duplicates: u64,
-    dead_letters: u64,
+    /// Counts since the lead was taken, for the lag log.
+    totals: Finished,
 }
 
 /// What the leader does next, after one step.
@@ -356,11 +398,11 @@ enum Next {
 }
 
 impl<'c> Leader<'c> {
-    fn new(config: &'c RelayConfig, outbox: Outbox, lease: Lease) -> Leader<'c> {
+    fn new(config: &'c RelayConfig, pipeline: Pipeline, lease: Lease) -> Leader<'c> {
         let now = Instant::now();
         Leader {
             config,
-            outbox,
+            pipeline,
             lease,
             publisher: None,
             breaker: CircuitBreaker::new(config.circuit_failure_threshold, config.circuit_open_ms),
@@ -369,36 +411,30 @@ impl<'c> Leader<'c> {
             next_lease_check: now + Duration::from_millis(config.lease_check_interval_ms),
             next_lag_log: now,
             next_cleanup: now,
-            totals: Totals::default(),
+            totals: Finished::default(),
         }
     }
 
-    async fn lead(
-        &mut self,
-        session: &mut Session,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<Ended> {
+    async fn lead(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Ended> {
         loop {
             if *shutdown.borrow() {
+                self.totals += self.pipeline.settle().await?;
                 return Ok(Ended::Shutdown);
             }
-            self.housekeeping(&session.client, session.call_timeout_ms)
-                .await?;
-            let next = match self.lease_lost(&session.client).await? {
+            self.housekeeping().await?;
+            let next = match self.lease_lost().await? {
                 true => Next::End(Ended::Deposed),
-                false => {
-                    self.step(&mut session.client, session.call_timeout_ms)
-                        .await?
-                }
+                false => self.step().await?,
             };
             let (duration, wake) = match next {
                 Next::Claim => continue,
                 Next::End(ended) => return Ok(ended),
                 Next::Wait { duration, wake } => (duration, wake),
             };
+            let notifications = self.pipeline.notifications();
             let woken = async {
                 if wake {
-                    session.notifications.recv().await;
+                    notifications.recv().await;
                 } else {
                     std::future::pending::<()>().await;
                 }
@@ -411,22 +447,13 @@ impl<'c> Leader<'c> {
         }
     }
 
-    /// One attempt: make sure a publisher is there, then claim and publish
-    /// one batch.
-    async fn step(&mut self, client: &mut Client, timeout_ms: u64) -> Result<Next> {
-        if let Err(remaining) = self
-            .breaker
-            .check(Instant::now().into_std())
-            .map(|transition| {
-                if transition == Some(Transition::Probing) {
-                    tracing::info!("circuit breaker half-open: probing the broker");
-                }
-            })
-        {
-            return Ok(Next::Wait {
-                duration: remaining,
-                wake: false,
-            });
+    /// One round of the pipeline, once the circuit lets it and a publisher
+    /// is there. It waits only when nothing is in flight.
+    async fn step(&mut self) -> Result<Next> {
+        if self.pipeline.is_empty() {
+            if let Some(wait) = self.circuit_wait() {
+                return Ok(wait);
+            }
         }
         let publisher = match self.publisher.take() {
             Some(publisher) => publisher,
@@ -436,43 +463,46 @@ impl<'c> Leader<'c> {
                 Err(Failure::Transient(error)) => return Ok(self.broker_failed(&error.to_string())),
             },
         };
-        let transaction = timed(timeout_ms, "begin a claim", client.transaction()).await?;
-        let claim = self.outbox.claim(
-            &transaction,
-            timeout_ms,
-            self.config.max_batch_rows,
-            self.config.max_batch_bytes,
-        );
-        let rows = self.watch_stall(claim, "claim").await?;
-        if rows.is_empty() {
-            timed(timeout_ms, "end an empty claim", transaction.rollback()).await?;
-            self.publisher = Some(publisher);
-            return Ok(Next::Wait {
-                duration: self.pacer.after_claim(0),
-                wake: true,
-            });
-        }
-        match publisher.publish(&rows).await {
-            Ok(outcome) => {
-                self.publisher = Some(publisher);
-                self.finish(transaction, timeout_ms, &rows, &outcome)
-                    .await?;
+        let round = self.pipeline.round(&publisher).await?;
+        self.publisher = Some(publisher);
+        self.totals += round.finished;
+        match round.published {
+            Some(Err(Failure::Fenced(error))) => return Ok(self.deposed(&error.to_string())),
+            Some(Err(Failure::Transient(error))) => {
+                return Ok(self.broker_failed(&error.to_string()))
+            }
+            Some(Ok(())) => {
                 if let Some(Transition::Closed) = self.breaker.succeeded() {
                     tracing::info!("circuit breaker closed: the broker answers again");
                 }
-                self.pacer.after_claim(rows.len());
+            }
+            None => {}
+        }
+        match round.claimed {
+            Some(0) if self.pipeline.is_empty() => Ok(Next::Wait {
+                duration: self.pacer.after_claim(0),
+                wake: true,
+            }),
+            Some(rows) if rows > 0 => {
+                self.pacer.after_claim(rows);
                 Ok(Next::Claim)
             }
-            Err(failure) => {
-                timed(timeout_ms, "roll back a claim", transaction.rollback()).await?;
-                Ok(match failure {
-                    Failure::Fenced(error) => self.deposed(&error.to_string()),
-                    Failure::Transient(error) => {
-                        self.publisher = Some(publisher);
-                        self.broker_failed(&error.to_string())
-                    }
-                })
+            _ => Ok(Next::Claim),
+        }
+    }
+
+    /// The wait the circuit breaker imposes, if any.
+    fn circuit_wait(&mut self) -> Option<Next> {
+        match self.breaker.check(Instant::now().into_std()) {
+            Ok(Some(Transition::Probing)) => {
+                tracing::info!("circuit breaker half-open: probing the broker");
+                None
             }
+            Ok(_) => None,
+            Err(remaining) => Some(Next::Wait {
+                duration: remaining,
+                wake: false,
+            }),
         }
     }
 
@@ -493,55 +523,6 @@ impl<'c> Leader<'c> {
             "announced the leader's epoch to the broker"
         );
         Ok(publisher)
-    }
-
-    /// Commits a published batch: acknowledged rows finished, refused ones
-    /// dead-lettered, all in the claim's transaction.
-    async fn finish(
-        &mut self,
-        transaction: tokio_postgres::Transaction<'_>,
-        timeout_ms: u64,
-        rows: &[OutboxRow],
-        outcome: &Outcome,
-    ) -> Result<()> {
-        let finished = self
-            .outbox
-            .finish(&transaction, timeout_ms, &outcome.acked)
-            .await?;
-        if finished != outcome.acked.len() as u64 {
-            tracing::warn!(
-                acknowledged = outcome.acked.len(),
-                finished,
-                "some published rows were already gone: changed by something other than the relay"
-            );
-        }
-        for (index, reason) in &outcome.dead {
-            let row = &rows[*index];
-            self.outbox
-                .dead_letter(&transaction, timeout_ms, row, reason)
-                .await?;
-            tracing::error!(
-                row_id = %row.row_id,
-                topic = %row.topic,
-                partition_key = row.partition_key.as_deref().unwrap_or(""),
-                reason = %reason,
-                "the broker refuses a row for good: moved to the dead letters; later rows \
-                 of its key wait until `postbox-relay dead-letters retry` or `drop`"
-            );
-        }
-        timed(timeout_ms, "commit a published batch", transaction.commit()).await?;
-        self.totals.published += outcome.acked.len() as u64;
-        self.totals.duplicates += outcome.duplicates as u64;
-        self.totals.dead_letters += outcome.dead.len() as u64;
-        tracing::debug!(
-            rows = rows.len(),
-            acknowledged = outcome.acked.len(),
-            duplicates = outcome.duplicates,
-            dead = outcome.dead.len(),
-            held = outcome.held,
-            "published a batch"
-        );
-        Ok(())
     }
 
     /// A failed publish: count it, and wait a backoff or the open circuit.
@@ -578,12 +559,13 @@ impl<'c> Leader<'c> {
     }
 
     /// Checks the lease when due; true when it is lost.
-    async fn lease_lost(&mut self, client: &Client) -> Result<bool> {
+    async fn lease_lost(&mut self) -> Result<bool> {
         let now = Instant::now();
         if now < self.next_lease_check {
             return Ok(false);
         }
         self.next_lease_check = now + Duration::from_millis(self.config.lease_check_interval_ms);
+        let client = &self.pipeline.leader_session().client;
         if self.lease.still_held(client).await? {
             return Ok(false);
         }
@@ -594,106 +576,71 @@ impl<'c> Leader<'c> {
         Ok(true)
     }
 
-    /// The lag log line and, in mark mode, cleanup, when due.
-    async fn housekeeping(&mut self, client: &Client, timeout_ms: u64) -> Result<()> {
+    /// The lag log line and, in mark mode, cleanup, when due. Both run on
+    /// the leader's session, inside its batch's transaction if it has one
+    /// in flight: harmless for a read, and a cleanup rolled back with a
+    /// failed batch runs again later.
+    async fn housekeeping(&mut self) -> Result<()> {
         let now = Instant::now();
         if now >= self.next_lag_log {
             self.next_lag_log = now + Duration::from_millis(self.config.lag_log_interval_ms);
-            let lag = self
-                .watch_stall(self.outbox.lag(client, timeout_ms), "lag query")
-                .await?;
-            let Totals {
-                published,
-                duplicates,
-                dead_letters: dead_lettered,
-            } = self.totals;
-            let fields = (lag.held_rows > 0 || lag.dead_letters > 0, lag);
-            match fields {
-                (true, lag) => tracing::warn!(
-                    unpublished_rows = lag.unpublished_rows,
-                    oldest_unpublished_age_ms = lag.oldest_unpublished_age_ms,
-                    held_rows = lag.held_rows,
-                    dead_letters = lag.dead_letters,
-                    published,
-                    duplicates,
-                    dead_lettered,
-                    "lag: rows wait behind dead letters (see `postbox-relay dead-letters list`)"
-                ),
-                (false, lag) => tracing::info!(
-                    unpublished_rows = lag.unpublished_rows,
-                    oldest_unpublished_age_ms = lag.oldest_unpublished_age_ms,
-                    published,
-                    duplicates,
-                    "lag"
-                ),
-            }
+            self.log_lag().await?;
         }
         if self.config.mode == Mode::Mark && now >= self.next_cleanup {
             self.next_cleanup = now + Duration::from_millis(self.config.cleanup_interval_ms);
-            self.cleanup(client, timeout_ms).await?;
+            self.cleanup().await?;
         }
         Ok(())
     }
 
-    /// Awaits `call`; if it takes longer than [`STALL_REPORT_MS`], logs what
-    /// the leader's session waits for and who blocks it, read from a second
-    /// session, and goes on waiting.
-    async fn watch_stall<T>(
-        &self,
-        call: impl std::future::Future<Output = Result<T>>,
-        what: &str,
-    ) -> Result<T> {
-        tokio::pin!(call);
-        tokio::select! {
-            result = &mut call => return result,
-            _ = tokio::time::sleep(Duration::from_millis(STALL_REPORT_MS)) => {}
-        }
-        self.report_stall(what).await;
-        call.await
-    }
-
-    async fn report_stall(&self, what: &str) {
+    async fn log_lag(&mut self) -> Result<()> {
         let pid = self.lease.backend_pid();
-        let report = async {
-            let client = self.config.database.connect().await?;
-            crate::status::session_and_blockers(&client, STALL_REPORT_MS, pid).await
-        };
-        match report.await {
-            Ok((session, blockers)) => tracing::warn!(
-                stalled_ms = STALL_REPORT_MS,
-                backend_pid = pid,
-                waiting_for = session.and_then(|s| s.waiting_for).unwrap_or_default(),
-                blocked_by = %blockers
-                    .iter()
-                    .map(crate::status::SessionInfo::describe)
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                "the {what} is stalled in the database"
-            ),
-            Err(error) => tracing::warn!(
-                stalled_ms = STALL_REPORT_MS,
-                error = %error,
-                "the {what} is stalled, and what it waits for cannot be read"
-            ),
+        let session = self.pipeline.leader_session();
+        let (client, timeout_ms) = (&session.client, session.call_timeout_ms);
+        let lag = self.pipeline.leader_outbox().lag(client, timeout_ms);
+        let lag = watch_stall(&self.config.database, pid, "lag query", lag).await?;
+        let Finished {
+            published,
+            duplicates,
+            dead_letters: dead_lettered,
+        } = self.totals;
+        if lag.held_rows > 0 || lag.dead_letters > 0 {
+            tracing::warn!(
+                unpublished_rows = lag.unpublished_rows,
+                oldest_unpublished_age_ms = lag.oldest_unpublished_age_ms,
+                held_rows = lag.held_rows,
+                dead_letters = lag.dead_letters,
+                published,
+                duplicates,
+                dead_lettered,
+                "lag: rows wait behind dead letters (see `postbox-relay dead-letters list`)"
+            );
+        } else {
+            tracing::info!(
+                unpublished_rows = lag.unpublished_rows,
+                oldest_unpublished_age_ms = lag.oldest_unpublished_age_ms,
+                published,
+                duplicates,
+                "lag"
+            );
         }
+        Ok(())
     }
 
     /// Deletes published rows past retention, a small batch per statement,
     /// until a batch comes back short.
-    async fn cleanup(&self, client: &Client, timeout_ms: u64) -> Result<()> {
+    async fn cleanup(&mut self) -> Result<()> {
+        let (retention_ms, batch_rows) = (self.config.retention_ms, self.config.cleanup_batch_rows);
+        let session = self.pipeline.leader_session();
+        let (client, timeout_ms) = (&session.client, session.call_timeout_ms);
+        let outbox = self.pipeline.leader_outbox();
         let mut deleted = 0;
         loop {
-            let batch = self
-                .outbox
-                .cleanup(
-                    client,
-                    timeout_ms,
-                    self.config.retention_ms,
-                    self.config.cleanup_batch_rows,
-                )
+            let batch = outbox
+                .cleanup(client, timeout_ms, retention_ms, batch_rows)
                 .await?;
             deleted += batch;
-            if batch < u64::from(self.config.cleanup_batch_rows) {
+            if batch < u64::from(batch_rows) {
                 break;
             }
         }

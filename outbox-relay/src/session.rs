@@ -1,10 +1,10 @@
 //! A PostgreSQL session as the running relay uses it: bounded calls, and
 //! NOTIFY wake-ups.
 //!
-//! Role: opens the relay's one session with its statement timeout, LISTENing
-//! on [`crate::NOTIFY_CHANNEL`] (which costs nothing while no trigger
-//! notifies, and wakes the relay at once where `init --notify` installed
-//! one); [`timed`] bounds every call
+//! Role: opens the relay's sessions with their statement timeout; the
+//! leader's LISTENs on [`crate::NOTIFY_CHANNEL`] (which costs nothing while
+//! no trigger notifies, and wakes the relay at once where `init --notify`
+//! installed one); [`timed`] bounds every call
 //! from the client side too, since `statement_timeout` cannot fire when the
 //! server or the network is gone.
 //!
@@ -43,9 +43,15 @@ pub struct Session {
 }
 
 impl Session {
-    /// Opens a session with `statement_timeout_ms`, listening for NOTIFY
-    /// wake-ups.
-    pub async fn open(database: &DatabaseConfig, statement_timeout_ms: u64) -> Result<Session> {
+    /// Opens a session with `statement_timeout_ms` and
+    /// `idle_in_transaction_timeout_ms`, listening for NOTIFY wake-ups when
+    /// `listen`.
+    pub async fn open(
+        database: &DatabaseConfig,
+        statement_timeout_ms: u64,
+        idle_in_transaction_timeout_ms: u64,
+        listen: bool,
+    ) -> Result<Session> {
         let (client, mut connection) =
             database
                 .config()
@@ -74,8 +80,13 @@ impl Session {
             }
         });
         let call_timeout_ms = statement_timeout_ms.saturating_add(CLIENT_TIMEOUT_MARGIN_MS);
-        let setup =
-            format!("SET statement_timeout = {statement_timeout_ms}; LISTEN {NOTIFY_CHANNEL}");
+        let mut setup = format!(
+            "SET statement_timeout = {statement_timeout_ms}; \
+             SET idle_in_transaction_session_timeout = {idle_in_transaction_timeout_ms}"
+        );
+        if listen {
+            setup.push_str(&format!("; LISTEN {NOTIFY_CHANNEL}"));
+        }
         timed(
             call_timeout_ms,
             "set up the relay's session",

@@ -12,6 +12,7 @@
 use serde::Serialize;
 use tokio_postgres::Client;
 
+use crate::config::DatabaseConfig;
 use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::leader::ADVISORY_LOCK_NAMESPACE;
@@ -176,6 +177,53 @@ async fn leader(client: &Client, timeout_ms: u64, table: &TableName) -> Result<O
         session,
         blocked_by,
     }))
+}
+
+/// How long a claim (or lag query) may wait before the leader looks, from a
+/// second session, at what it waits for and logs it.
+pub const STALL_REPORT_MS: u64 = 2_000;
+
+/// Awaits `call` on server process `pid`'s session; if it takes longer than
+/// [`STALL_REPORT_MS`], logs what that session waits for and who blocks it,
+/// read from a session of its own, and goes on waiting.
+pub async fn watch_stall<T>(
+    database: &DatabaseConfig,
+    pid: i32,
+    what: &str,
+    call: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    tokio::pin!(call);
+    tokio::select! {
+        result = &mut call => return result,
+        _ = tokio::time::sleep(std::time::Duration::from_millis(STALL_REPORT_MS)) => {}
+    }
+    report_stall(database, pid, what).await;
+    call.await
+}
+
+async fn report_stall(database: &DatabaseConfig, pid: i32, what: &str) {
+    let report = async {
+        let client = database.connect().await?;
+        session_and_blockers(&client, STALL_REPORT_MS, pid).await
+    };
+    match report.await {
+        Ok((session, blockers)) => tracing::warn!(
+            stalled_ms = STALL_REPORT_MS,
+            backend_pid = pid,
+            waiting_for = session.and_then(|s| s.waiting_for).unwrap_or_default(),
+            blocked_by = %blockers
+                .iter()
+                .map(SessionInfo::describe)
+                .collect::<Vec<_>>()
+                .join("; "),
+            "the {what} is stalled in the database"
+        ),
+        Err(error) => tracing::warn!(
+            stalled_ms = STALL_REPORT_MS,
+            error = %error,
+            "the {what} is stalled, and what it waits for cannot be read"
+        ),
+    }
 }
 
 /// Server process `pid`'s session and the sessions it waits for: what

@@ -421,14 +421,20 @@ async fn a_leader_cut_off_behind_its_back_is_refused_by_the_broker() {
         event_type: None,
         payload: b"k:1".to_vec(),
     };
-    match old.publish(std::slice::from_ref(&row)).await {
+    match old
+        .publish(std::slice::from_ref(&row), &Default::default())
+        .await
+    {
         Err(postbox_relay::Failure::Fenced(error)) => {
             assert!(error.to_string().contains("epoch"), "{error}")
         }
         other => panic!("the old leader must be fenced, got {other:?}"),
     }
     assert!(setup.records("orders").await.is_empty(), "nothing appended");
-    let outcome = new.publish(&[row]).await.expect("the new leader publishes");
+    let outcome = new
+        .publish(&[row], &Default::default())
+        .await
+        .expect("the new leader publishes");
     assert_eq!(outcome.acked, ["1"]);
     assert!(!old_lease.still_held(&old_session).await.expect("check"));
 }

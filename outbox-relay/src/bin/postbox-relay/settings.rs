@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
+use postbox_relay::pipeline::{BATCHES_IN_FLIGHT_MAX, MAX_BATCHES_IN_FLIGHT_DEFAULT};
 use postbox_relay::relay::{
     BACKOFF_BASE_MS_DEFAULT, BACKOFF_CAP_MS_DEFAULT, BATCH_BYTES_MAX, BATCH_ROWS_MAX,
     CLEANUP_BATCH_ROWS_DEFAULT, CLEANUP_INTERVAL_MS_DEFAULT, LAG_LOG_INTERVAL_MS_DEFAULT,
@@ -140,6 +141,10 @@ pub struct RunSettings {
     /// Most payload bytes per claim [default: 4194304].
     #[arg(long, env = "POSTBOX_RELAY_MAX_BATCH_BYTES")]
     pub max_batch_bytes: Option<u64>,
+    /// Batches claimed, published and committed at once, 1 to 3; each
+    /// takes a PostgreSQL session [default: 3].
+    #[arg(long, env = "POSTBOX_RELAY_MAX_BATCHES_IN_FLIGHT")]
+    pub max_batches_in_flight: Option<u32>,
     /// First wait after a claim finds nothing; doubles while idle
     /// [default: 5].
     #[arg(long, env = "POSTBOX_RELAY_POLL_MIN_MS")]
@@ -196,6 +201,8 @@ pub struct RunSettings {
 const _: () = assert!(
     MAX_BATCH_ROWS_DEFAULT == 1_000
         && MAX_BATCH_BYTES_DEFAULT == 4_194_304
+        && MAX_BATCHES_IN_FLIGHT_DEFAULT == 3
+        && BATCHES_IN_FLIGHT_MAX == 3
         && STANDBY_POLL_MS_DEFAULT == 1_000
         && LEASE_CHECK_INTERVAL_MS_DEFAULT == 1_000
         && REQUEST_TIMEOUT_MS_DEFAULT == 10_000
@@ -246,6 +253,7 @@ impl RunSettings {
             holder,
             max_batch_rows,
             max_batch_bytes,
+            max_batches_in_flight,
             poll_min_ms,
             poll_max_ms,
             standby_poll_ms,
@@ -285,6 +293,7 @@ impl RunSettings {
             self,
             max_batch_rows,
             max_batch_bytes,
+            max_batches_in_flight,
             poll_min_ms,
             poll_max_ms,
             standby_poll_ms,
