@@ -217,6 +217,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
     for cycle in 0..cycles {
         let journal = work.path().join(format!("journal-{cycle}.txt"));
         let ready = journal.with_extension("ready");
+        let stderr_path = journal.with_extension("stderr");
+        let stderr = fs::File::create(&stderr_path).expect("child's stderr file");
         journals.push(journal.clone());
         let mut child = Command::new(&exe)
             .args([
@@ -230,7 +232,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
             .env("POSTBOX_CRASH_JOURNAL", &journal)
             .env("POSTBOX_CRASH_CYCLE", cycle.to_string())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn child");
         // Some kills land before or during recovery at open, most under load.
@@ -244,7 +246,8 @@ fn sigkill_at_random_moments_loses_no_acknowledged_record() {
         let status = child.wait().expect("wait");
         assert!(
             status.code().is_none(),
-            "cycle {cycle}: the child died by itself ({status}), not by the kill"
+            "cycle {cycle}: the child died by itself ({status}), not by the kill; its stderr:\n{}",
+            fs::read_to_string(&stderr_path).unwrap_or_default()
         );
         if !ready.exists() {
             before_ready += 1;
