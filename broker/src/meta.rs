@@ -355,9 +355,9 @@ impl MetaStore for SledMeta {
 }
 
 /// Most writes in one sled batch. sled 0.34 applies a batch under a global
-/// write lock that every read and write of every tree waits for, so a
-/// checkpoint of 10,000 keys in one batch stalled publishes for about 100 ms;
-/// in chunks of this size each wait is well under a millisecond.
+/// write lock that every read and write of every tree waits for (a keyed
+/// publish's dedup lookup among them), so a checkpoint of many keys in one
+/// batch would hold them all up; in chunks of this size each wait is short.
 pub const SLED_BATCH_WRITES_MAX: usize = 128;
 
 /// Applies `writes` (a value to insert, or `None` to remove) in batches of
