@@ -85,7 +85,7 @@ use postbox_relay::{
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::{Client, NoTls, Statement};
 use uuid::Uuid;
 
 /// The server when `POSTBOX_TEST_DATABASE_URL` does not say otherwise.
@@ -557,6 +557,17 @@ async fn refill(client: &Client, rows: u64) -> Result<()> {
     Ok(())
 }
 
+/// `connections` sessions, each with the load's INSERT prepared.
+async fn insert_sessions(url: &str, connections: usize) -> Result<Vec<(Client, Statement)>> {
+    let mut sessions = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let client = connect(url).await?;
+        let statement = client.prepare(INSERT_SQL).await.context("prepare")?;
+        sessions.push((client, statement));
+    }
+    Ok(sessions)
+}
+
 /// The baseline: the relay's claim and finish statements, prepared as the
 /// relay prepares them, in the relay's transaction shape, without publishing.
 /// Returns the rows drained and the time taken in ms (preparing included, as
@@ -933,12 +944,7 @@ async fn paced_inserts(
     rate_rows_per_s: u64,
     run_ms: u64,
 ) -> Result<(HashMap<Uuid, Instant>, Instant, f64)> {
-    let mut sessions = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let client = connect(url).await?;
-        let statement = client.prepare(INSERT_SQL).await.context("prepare")?;
-        sessions.push((client, statement));
-    }
+    let sessions = insert_sessions(url, connections).await?;
     // A little ahead, so that every session is waiting when the schedule starts.
     let start = tokio::time::Instant::now() + Duration::from_millis(20);
     let end = start + Duration::from_millis(run_ms);
@@ -1077,12 +1083,7 @@ async fn wait_until_relaying(client: &Client, relay: &mut RunningRelay) -> Resul
 /// `connections` sessions insert one row per transaction as fast as they can
 /// for `run_ms`; returns the transactions and the time they took in ms.
 async fn unpaced_inserts(url: &str, connections: usize, run_ms: u64) -> Result<(u64, f64)> {
-    let mut sessions = Vec::with_capacity(connections);
-    for _ in 0..connections {
-        let client = connect(url).await?;
-        let statement = client.prepare(INSERT_SQL).await.context("prepare")?;
-        sessions.push((client, statement));
-    }
+    let sessions = insert_sessions(url, connections).await?;
     let started = Instant::now();
     let end = started + Duration::from_millis(run_ms);
     let tasks: Vec<JoinHandle<Result<u64>>> = sessions

@@ -5,8 +5,6 @@
 //! builds and prepares every statement the leader runs from it.
 //!
 //! Invariants:
-//! - Claim order is total: the layout's order column, then the id where the
-//!   order column is not the id (ctid and ids are unique).
 //! - The claim never uses an `id > last_seen` cursor: it takes the first
 //!   unpublished rows in claim order every time, so a row whose transaction
 //!   commits late, with a lower id than rows already published, is claimed by
@@ -142,10 +140,7 @@ struct Fragments {
     select: String,
     payload: String,
     unpublished: String,
-    /// The claim order's first column.
     order: String,
-    /// The id, when the order column alone is not unique.
-    tie_break: Option<String>,
     published_at: Option<String>,
     created_at: Option<String>,
 }
@@ -467,11 +462,6 @@ impl Fragments {
             None => "TRUE".to_owned(),
         };
         let dead_letters = table.dead_letters_quoted();
-        let tie_break = layout
-            .order_by
-            .as_ref()
-            .filter(|order_by| **order_by != layout.id)
-            .map(|_| id.clone());
         Ok(Fragments {
             table: format!("{} o", table.quoted()),
             leader: table.leader_table_quoted(),
@@ -487,7 +477,6 @@ impl Fragments {
                 .order_by
                 .as_deref()
                 .map_or_else(|| "o.ctid".to_owned(), column),
-            tie_break,
             published_at: layout.published_at.as_deref().map(quote_identifier),
             created_at: layout.created_at.as_deref().map(column),
         })
@@ -525,34 +514,23 @@ impl Fragments {
             ..
         } = self;
         let held = self.held("$3");
-        // The middle level sorts on the inner level's columns, the outer one
-        // on the middle level's.
-        let (sort, sort_out) = match &self.tie_break {
-            Some(id) => (format!("o.claim_sort, {id}"), "claim_sort, claim_id"),
-            None => ("o.claim_sort".to_owned(), "claim_sort"),
-        };
-        let id = &self.id;
-        let order_by = match &self.tie_break {
-            Some(id) => format!("{order}, {id}"),
-            None => order.clone(),
-        };
         let skip = if skip_locked { " SKIP LOCKED" } else { "" };
         format!(
             "SELECT row_id, topic, partition_key, idempotency_key, headers, event_type, payload, \
                     locked_rows \
-             FROM (SELECT {select}, o.claim_sort, {id} AS claim_id, \
-                          sum(octet_length({payload})) OVER (ORDER BY {sort} ROWS UNBOUNDED PRECEDING) \
+             FROM (SELECT {select}, o.claim_sort, \
+                          sum(octet_length({payload})) OVER (ORDER BY o.claim_sort ROWS UNBOUNDED PRECEDING) \
                             - octet_length({payload}) AS bytes_before, \
                           count(*) OVER () AS locked_rows \
                    FROM (SELECT o.*, {order} AS claim_sort FROM {table} \
                          WHERE {unpublished} AND NOT {held} \
                            AND EXISTS (SELECT FROM {leader} l \
                                        WHERE l.outbox_table = $4::text AND l.epoch = $5::int8) \
-                         ORDER BY {order_by} \
+                         ORDER BY {order} \
                          LIMIT $1::int8 \
                          FOR UPDATE OF o{skip}) o) claim \
              WHERE bytes_before < $2::int8 \
-             ORDER BY {sort_out}"
+             ORDER BY claim_sort"
         )
     }
 

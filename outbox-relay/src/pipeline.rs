@@ -302,12 +302,12 @@ impl Pipeline {
             self.caught_up = false;
             return Ok(Some((0, false)));
         }
-        let newest_cut_short = self.batches().any(|batch| batch.cut_short);
+        let cut_short_in_flight = self.batches().any(|batch| batch.cut_short);
         let busy: Vec<usize> = self.batches().map(|batch| batch.lane).collect();
         let Some(lane) = (0..self.lanes.len()).find(|lane| !busy.contains(lane)) else {
             return Ok(None);
         };
-        if self.caught_up || newest_cut_short || !self.others_gone().await? {
+        if self.caught_up || cut_short_in_flight || !self.others_gone().await? {
             return Ok(None);
         }
         Ok(Some((lane, true)))

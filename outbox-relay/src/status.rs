@@ -4,7 +4,8 @@
 //! ([`Lag`]), the leader's session as PostgreSQL sees it (what it waits for,
 //! and which sessions block it) and the oldest open transaction in the
 //! database (a transaction still open may yet commit outbox rows, and holds
-//! back vacuum of the rows the relay deleted).
+//! back vacuum of the rows the relay deleted). The running leader uses the
+//! same reading for its stall reports ([`watch_stall`]).
 //!
 //! Invariants: read-only; it takes no lock the relay or the application
 //! could wait on (catalog views and counts only).
