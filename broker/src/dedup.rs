@@ -24,14 +24,16 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::error::{Error, IoContext, Result};
-use crate::limits::{DEDUP_MEMORY_KEYS_MAX, DEDUP_ROOM_WAIT_MAX};
+use crate::limits::{
+    DEDUP_MEMORY_KEYS_MAX, DEDUP_ROOM_WAIT_MAX, DEDUP_STORE_REST_FACTOR, DEDUP_STORE_SLICE_KEYS,
+};
 use crate::meta::{DedupEntry, MetaStore};
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::Partition;
@@ -74,6 +76,17 @@ impl Memory {
     pub fn is_empty(&self) -> bool {
         self.recent.is_empty()
     }
+}
+
+/// How a checkpoint spends its CPU.
+#[derive(Debug, Clone, Copy)]
+pub enum Pacing<'a> {
+    /// All at once: a flush, a shutdown, a caller waiting for it.
+    Now,
+    /// Resting between slices of keys (see [`Dedup::checkpoint`]) while
+    /// `stopping` is false. A rest parks the thread, so an unpark (as the
+    /// engine's stop gives) cuts it short.
+    Background { stopping: &'a AtomicBool },
 }
 
 /// A topic's dedup index.
@@ -182,17 +195,24 @@ impl Dedup {
 
     /// Moves the keys of durable records into the store and advances the
     /// checkpoint. `partitions` are the topic's, in order.
-    pub fn checkpoint(&self, partitions: &[Arc<Partition>]) -> Result<()> {
+    ///
+    /// The store's inserts cost CPU (about 10 µs a key with sled): one burst
+    /// of a 2 s checkpoint's keys took a core from the publish path for over
+    /// 100 ms. [`Pacing::Background`] stores [`DEDUP_STORE_SLICE_KEYS`] keys
+    /// at a time and rests [`DEDUP_STORE_REST_FACTOR`] times as long as each
+    /// slice took, unless memory is past its bound, when the checkpoint is
+    /// what appends wait for.
+    pub fn checkpoint(&self, partitions: &[Arc<Partition>], pacing: Pacing<'_>) -> Result<()> {
         // Durable ends are read before the memory lock: every key of a record
         // below them was inserted under that lock before the record was written.
         let durable: Vec<u64> = partitions.iter().map(|p| p.durable_end()).collect();
-        self.checkpoint_below(&durable)
+        self.checkpoint_below(&durable, pacing)
     }
 
     /// Moves the keys of records below `offsets[p]` (all durable) into the store,
     /// syncs it, then records `offsets` as the checkpoint. Does nothing when
     /// there is nothing new to record.
-    fn checkpoint_below(&self, offsets: &[u64]) -> Result<()> {
+    fn checkpoint_below(&self, offsets: &[u64], pacing: Pacing<'_>) -> Result<()> {
         let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
         let entries: Vec<(Bytes, DedupEntry)> = self
             .lock()
@@ -216,9 +236,11 @@ impl Dedup {
             .log_time_ms
             .load(Ordering::Relaxed)
             .saturating_sub(self.window_ms as i64);
-        self.meta
-            .dedup_insert(&self.store_key, &entries, expire_before_ms, self.keys_max)?;
+        let started = Instant::now();
+        self.store(&entries, expire_before_ms, pacing)?;
+        let inserted = Instant::now();
         self.meta.sync()?;
+        let synced = Instant::now();
         self.write_checkpoint(offsets)?;
         *last = Some(offsets.to_vec());
         drop(last);
@@ -231,7 +253,44 @@ impl Dedup {
         memory.generation += 1;
         drop(memory);
         self.room.notify_all();
-        tracing::debug!(topic = %self.topic, keys = entries.len(), "dedup checkpoint");
+        tracing::debug!(
+            topic = %self.topic,
+            keys = entries.len(),
+            insert_ms = (inserted - started).as_millis() as u64,
+            sync_ms = (synced - inserted).as_millis() as u64,
+            total_ms = started.elapsed().as_millis() as u64,
+            "dedup checkpoint"
+        );
+        Ok(())
+    }
+
+    /// Stores `entries` in the metadata store, paced as asked.
+    fn store(
+        &self,
+        entries: &[(Bytes, DedupEntry)],
+        expire_before_ms: i64,
+        pacing: Pacing<'_>,
+    ) -> Result<()> {
+        let Pacing::Background { stopping } = pacing else {
+            return self.meta.dedup_insert(
+                &self.store_key,
+                entries,
+                expire_before_ms,
+                self.keys_max,
+            );
+        };
+        let mut slices = entries.chunks(DEDUP_STORE_SLICE_KEYS).peekable();
+        while let Some(slice) = slices.next() {
+            let started = Instant::now();
+            self.meta
+                .dedup_insert(&self.store_key, slice, expire_before_ms, self.keys_max)?;
+            let rest = slices.peek().is_some()
+                && !stopping.load(Ordering::SeqCst)
+                && self.memory_keys() < DEDUP_MEMORY_KEYS_MAX;
+            if rest {
+                std::thread::park_timeout(started.elapsed() * DEDUP_STORE_REST_FACTOR);
+            }
+        }
         Ok(())
     }
 
@@ -361,7 +420,7 @@ impl Dedup {
             if full {
                 // Everything recovered is durable: keep memory bounded while
                 // rebuilding a long tail, checkpointing only what was scanned.
-                self.checkpoint_below(progress)?;
+                self.checkpoint_below(progress, Pacing::Now)?;
             }
         }
         progress[id] = end;

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::{Durability, EngineConfig, TopicConfig};
+use crate::dedup::Pacing;
 use crate::error::{Error, IoContext, Result};
 use crate::limits::{DEDUP_MEMORY_KEYS_MAX, FENCED_PRODUCERS_MAX, READ_BYTES_MAX};
 use crate::meta::{MetaStore, SledMeta};
@@ -418,7 +419,7 @@ impl Engine {
     /// Checkpoints every topic's dedup keys now.
     pub fn checkpoint_dedup(&self) -> Result<()> {
         for topic in self.inner.all_topics() {
-            topic.dedup().checkpoint(topic.partitions())?;
+            topic.dedup().checkpoint(topic.partitions(), Pacing::Now)?;
         }
         Ok(())
     }
@@ -444,7 +445,7 @@ impl Engine {
             for partition in topic.partitions() {
                 partition.flush()?;
             }
-            topic.dedup().checkpoint(topic.partitions())?;
+            topic.dedup().checkpoint(topic.partitions(), Pacing::Now)?;
         }
         self.inner.meta.sync()
     }
@@ -604,7 +605,10 @@ impl Inner {
                     last_flush.insert(topic.name().to_string(), Instant::now());
                 }
                 if memory_full || (checkpoint_due && keys > 0) {
-                    if let Err(error) = topic.dedup().checkpoint(topic.partitions()) {
+                    let pacing = Pacing::Background {
+                        stopping: &self.stopping,
+                    };
+                    if let Err(error) = topic.dedup().checkpoint(topic.partitions(), pacing) {
                         tracing::error!(topic = topic.name(), %error, "dedup checkpoint failed");
                     }
                 }
