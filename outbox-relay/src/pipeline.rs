@@ -37,6 +37,7 @@
 //!   `idle_in_transaction_session_timeout`, set on every lane.
 
 use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
 
 use crate::config::{DatabaseConfig, APPLICATION_NAME};
 use crate::error::{Error, Result};
@@ -235,15 +236,23 @@ impl Pipeline {
         let publishing = self.claimed.pop_front();
         let finished_keys = finishing.as_ref().map(Batch::dead_keys).unwrap_or_default();
         let held = publishing.as_ref().map(|batch| self.held_for(batch.seq));
-        let (finished, published, claimed) = tokio::join!(
-            self.finish(finishing),
-            async {
+        let started = Instant::now();
+        let ((finished, finish_ms), (published, publish_ms), (claimed, claim_ms)) = tokio::join!(
+            timed_ms(started, self.finish(finishing)),
+            timed_ms(started, async {
                 match (&publishing, &held) {
                     (Some(batch), Some(held)) => Some(publisher.publish(&batch.rows, held).await),
                     _ => None,
                 }
-            },
-            self.claim(claim),
+            }),
+            timed_ms(started, self.claim(claim)),
+        );
+        tracing::trace!(
+            publish_rows = publishing.as_ref().map_or(0, |batch| batch.rows.len()),
+            claim_ms,
+            publish_ms,
+            finish_ms,
+            "pipeline round"
         );
         let mut round = Round {
             finished: finished?,
@@ -469,6 +478,12 @@ impl Batch {
             .map(|outcome| outcome.dead_keys.iter().cloned().collect())
             .unwrap_or_default()
     }
+}
+
+/// `call`'s output and the ms from `started` to its end.
+async fn timed_ms<T>(started: Instant, call: impl std::future::Future<Output = T>) -> (T, u64) {
+    let output = call.await;
+    (output, started.elapsed().as_millis() as u64)
 }
 
 /// The server process of `session`, to look at it from another session.
