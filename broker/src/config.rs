@@ -150,8 +150,8 @@ pub struct EngineConfig {
     pub index_interval_bytes: u32,
     /// Page cache of the metadata store (sled), in bytes.
     pub meta_cache_bytes: u64,
-    /// How often the maintenance thread runs (async flushes, dedup checkpoints,
-    /// retention).
+    /// How often the background threads wake (async flushes and retention;
+    /// dedup checkpoints).
     pub maintenance_interval_ms: u64,
     /// How often retention is enforced.
     pub retention_check_interval_ms: u64,

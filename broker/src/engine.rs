@@ -1,5 +1,6 @@
 //! The engine: the data directory, the topics in it, the metadata store, and
-//! the maintenance thread (async flushes, dedup checkpoints, retention).
+//! two background threads: maintenance (async flushes, retention) and
+//! checkpoints (dedup checkpoints, paced so as to spare the publish path).
 //!
 //! This is the storage engine's whole public face; the gRPC service (a later
 //! layer) calls only this. Blocking: callers in async code use
@@ -18,7 +19,7 @@
 //! - Topic names are validated before they touch a path.
 //! - A committed offset is clamped to the partition's log when read, so it never
 //!   points past the end or before the earliest offset.
-//! - Dropping the engine stops its thread and syncs nothing (like a crash);
+//! - Dropping the engine stops its threads and syncs nothing (like a crash);
 //!   [`Engine::close`] flushes everything first.
 
 use std::collections::{BTreeMap, HashMap};
@@ -45,8 +46,8 @@ use crate::topic::{PublishResult, Topic, TopicInfo};
 #[derive(Debug)]
 pub struct Engine {
     inner: Arc<Inner>,
-    /// Taken (and joined) by the first close or drop.
-    maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// The background threads, taken (and joined) by the first close or drop.
+    background: Mutex<Vec<JoinHandle<()>>>,
     /// An exclusive lock on `<data-dir>/LOCK` for the engine's life: two
     /// processes recovering and appending to the same files would overwrite
     /// each other's acknowledged records.
@@ -87,7 +88,7 @@ struct Inner {
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises topic creation and deletion.
     admin: Mutex<()>,
-    /// Tells the maintenance thread to stop.
+    /// Tells the background threads to stop.
     stopping: AtomicBool,
     /// Per fenced producer, its highest epoch (loaded from the metadata store
     /// on first use); the lock serialises the producer's publishes.
@@ -147,14 +148,21 @@ impl Engine {
             fences: Mutex::new(HashMap::new()),
         });
         inner.open_topics()?;
-        let thread_inner = inner.clone();
-        let maintenance = std::thread::Builder::new()
-            .name("postbox-maintenance".into())
-            .spawn(move || thread_inner.maintenance_loop())
-            .context(|| "starting the maintenance thread".into())?;
+        let mut background = Vec::new();
+        for (name, work) in [
+            ("postbox-maintenance", Inner::maintenance_loop as fn(&Inner)),
+            ("postbox-checkpoints", Inner::checkpoint_loop),
+        ] {
+            let thread_inner = inner.clone();
+            let thread = std::thread::Builder::new()
+                .name(name.into())
+                .spawn(move || work(&thread_inner))
+                .context(|| format!("starting the {name} thread"))?;
+            background.push(thread);
+        }
         Ok(Engine {
             inner,
-            maintenance: Mutex::new(Some(maintenance)),
+            background: Mutex::new(background),
             data_dir_lock: None,
         })
     }
@@ -429,7 +437,7 @@ impl Engine {
         self.shutdown()
     }
 
-    /// Stops the maintenance thread and flushes everything, without waiting
+    /// Stops the background threads and flushes everything, without waiting
     /// for other holders of a shared engine to let go: a server whose
     /// connections outlive it still closes its engine. Appends that race it
     /// are still acknowledged only once durable.
@@ -452,15 +460,12 @@ impl Engine {
 
     fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
-        let thread = self
-            .maintenance
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(thread) = thread {
+        let threads =
+            std::mem::take(&mut *self.background.lock().unwrap_or_else(|e| e.into_inner()));
+        for thread in threads {
             thread.thread().unpark();
             if thread.join().is_err() {
-                tracing::error!("the maintenance thread panicked");
+                tracing::error!("a background thread of the engine panicked");
             }
         }
     }
@@ -568,34 +573,25 @@ impl Inner {
         Ok(deleted)
     }
 
-    /// Runs until the engine stops: flushes async partitions on their interval,
-    /// checkpoints dedup keys when many are in memory or on an interval, and
-    /// applies retention on its interval. Failures are logged, not fatal.
+    /// Runs until the engine stops: flushes async partitions on their interval
+    /// (early when a topic's dedup memory is full, since it can only drain
+    /// past durable records) and applies retention on its interval. Failures
+    /// are logged, not fatal.
     fn maintenance_loop(&self) {
         let tick = self.config.maintenance_interval();
-        let checkpoint_every = Duration::from_millis(self.config.dedup_checkpoint_interval_ms);
         let retention_every = Duration::from_millis(self.config.retention_check_interval_ms);
         let mut last_flush: BTreeMap<String, Instant> = BTreeMap::new();
-        let mut last_checkpoint = Instant::now();
         let mut last_retention = Instant::now();
-        loop {
-            std::thread::park_timeout(tick);
-            if self.stopping.load(Ordering::SeqCst) {
-                return;
-            }
-            let checkpoint_due = last_checkpoint.elapsed() >= checkpoint_every;
+        while self.tick(tick) {
             for topic in self.all_topics() {
                 // Deletion waits for this guard, so nothing here touches the
                 // files of a topic created again under the same name.
                 let Ok(_live) = topic.live() else { continue };
                 let config = topic.config();
-                let keys = topic.dedup().memory_keys();
-                let memory_full = keys >= DEDUP_MEMORY_KEYS_MAX;
+                let memory_full = topic.dedup().memory_keys() >= DEDUP_MEMORY_KEYS_MAX;
                 let flush_due = last_flush
                     .get(topic.name())
                     .is_none_or(|t| t.elapsed() >= Duration::from_millis(config.fsync_interval_ms));
-                // A full dedup memory can only drain past durable records, so an
-                // async topic is flushed early rather than blocking its appends.
                 if config.durability == Durability::Async && (flush_due || memory_full) {
                     for partition in topic.partitions() {
                         if let Err(error) = partition.flush() {
@@ -604,7 +600,29 @@ impl Inner {
                     }
                     last_flush.insert(topic.name().to_string(), Instant::now());
                 }
-                if memory_full || (checkpoint_due && keys > 0) {
+            }
+            if last_retention.elapsed() >= retention_every {
+                if let Err(error) = self.enforce_retention(now_ms()) {
+                    tracing::error!(%error, "retention failed");
+                }
+                last_retention = Instant::now();
+            }
+        }
+    }
+
+    /// Runs until the engine stops: checkpoints dedup keys when many are in
+    /// memory or on an interval, paced (see [`Pacing::Background`]). A thread
+    /// of its own, so that a paced checkpoint delays no async flush.
+    fn checkpoint_loop(&self) {
+        let tick = self.config.maintenance_interval();
+        let checkpoint_every = Duration::from_millis(self.config.dedup_checkpoint_interval_ms);
+        let mut last_checkpoint = Instant::now();
+        while self.tick(tick) {
+            let checkpoint_due = last_checkpoint.elapsed() >= checkpoint_every;
+            for topic in self.all_topics() {
+                let Ok(_live) = topic.live() else { continue };
+                let keys = topic.dedup().memory_keys();
+                if keys >= DEDUP_MEMORY_KEYS_MAX || (checkpoint_due && keys > 0) {
                     let pacing = Pacing::Background {
                         stopping: &self.stopping,
                     };
@@ -616,12 +634,12 @@ impl Inner {
             if checkpoint_due {
                 last_checkpoint = Instant::now();
             }
-            if last_retention.elapsed() >= retention_every {
-                if let Err(error) = self.enforce_retention(now_ms()) {
-                    tracing::error!(%error, "retention failed");
-                }
-                last_retention = Instant::now();
-            }
         }
+    }
+
+    /// Waits one tick (an unpark cuts it short); false once the engine stops.
+    fn tick(&self, tick: Duration) -> bool {
+        std::thread::park_timeout(tick);
+        !self.stopping.load(Ordering::SeqCst)
     }
 }
