@@ -523,9 +523,26 @@ async fn debezium_layout_is_read_as_it_is() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn refused_rows_become_dead_letters_that_hold_their_key_until_retried_or_dropped() {
+    dead_letters_hold_their_keys(false).await;
+}
+
+/// The same with one row per claim and every row there before the relay
+/// starts: the batches after a dead letter's are claimed, and published,
+/// before it commits, so only the pipeline's held keys hold them back (else
+/// `late` k:2 would be published, refused and dead-lettered too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dead_letter_holds_its_key_in_batches_claimed_before_it_commits() {
+    dead_letters_hold_their_keys(true).await;
+}
+
+async fn dead_letters_hold_their_keys(one_row_claims_of_a_backlog: bool) {
     let setup = Setup::new(&[("orders", 2)]).await;
     let app = setup.db.connect().await;
-    let relay = setup.relay("relay", &[]);
+    let args: &[&str] = match one_row_claims_of_a_backlog {
+        true => &["--max-batch-rows", "1"],
+        false => &[],
+    };
+    let early_relay = (!one_row_claims_of_a_backlog).then(|| setup.relay("relay", args));
     let mut expected = HashMap::new();
     // "late" does not exist yet: its rows wait behind the first one.
     for (topic, key, seq) in [("orders", "a", 1), ("late", "k", 1), ("late", "k", 2)] {
@@ -548,6 +565,8 @@ async fn refused_rows_become_dead_letters_that_hold_their_key_until_retried_or_d
             format!("{key}:{seq}"),
         );
     }
+
+    let relay = early_relay.unwrap_or_else(|| setup.relay("relay", args));
 
     // a:1 and b:1 flow; the large row and late k:1 are dead; a:3 and k:2 wait.
     let deadline = Instant::now() + DRAIN_TIMEOUT;
