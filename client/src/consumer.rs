@@ -150,7 +150,7 @@ impl Consumer {
             ended: false,
         };
         if consumer.config.start == StartFrom::Latest {
-            consumer.positions = consumer.end_offsets().await?;
+            consumer.positions = end_offsets(&consumer.admin, &consumer.config).await?;
         }
         let stream = consumer.open_stream().await?;
         consumer.stream = Some(stream);
@@ -331,21 +331,23 @@ impl Consumer {
         }
     }
 
-    /// The end offset of every subscribed partition now.
-    async fn end_offsets(&self) -> Result<BTreeMap<u32, u64>> {
-        let info = self.admin.describe_topic(&self.config.topic).await?;
-        let wanted = self.config.partition;
-        Ok(info
-            .partition_info
-            .iter()
-            .filter(|partition| wanted.is_none_or(|wanted| wanted == partition.partition))
-            .map(|partition| (partition.partition, partition.end_offset))
-            .collect())
-    }
-
     fn connection(&self) -> &Arc<Connection> {
         self.admin.connection()
     }
+}
+
+/// The end offset of every partition `config` subscribes to, now. A free
+/// function, not a method: a `&Consumer` held across an await would make
+/// `Consumer::subscribe`'s future not `Send` (a `Consumer` is not `Sync`).
+async fn end_offsets(admin: &Admin, config: &ConsumerConfig) -> Result<BTreeMap<u32, u64>> {
+    let info = admin.describe_topic(&config.topic).await?;
+    let wanted = config.partition;
+    Ok(info
+        .partition_info
+        .iter()
+        .filter(|partition| wanted.is_none_or(|wanted| wanted == partition.partition))
+        .map(|partition| (partition.partition, partition.end_offset))
+        .collect())
 }
 
 /// A subscribe call: it owns what it needs, so that it can outlive the
@@ -383,6 +385,19 @@ fn moved_since(positions: &BTreeMap<u32, u64>, committed: &BTreeMap<u32, u64>) -
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Subscribing and reading can run in a spawned task: fails to compile
+    /// if either future stops being `Send`.
+    #[test]
+    fn subscribe_and_next_can_be_spawned() {
+        fn is_send<T: Send>(_: &T) {}
+        let config = ConsumerConfig::new("t");
+        is_send(&Consumer::subscribe("127.0.0.1:1", config));
+        fn next_is_send(consumer: &mut Consumer) {
+            is_send(&consumer.next());
+        }
+        let _ = next_is_send;
+    }
 
     #[test]
     fn positions_advance_past_yielded_records_and_skip_repeats() {
