@@ -10,8 +10,9 @@
 //! - `index/100k`: `SparseIndex::floor` and `floor_before_timestamp` over
 //!   100,000 entries, against `raw_binary_search` (`binary_search_by_key` over
 //!   a `Vec<u64>` of the same offsets). Throughput is in lookups.
-//! - `dedup/36B`: `dedup::Memory` and the sled store (`SledMeta::dedup_get`,
-//!   `dedup_insert` of one 1024-key checkpoint slice) with UUID v7 strings, as
+//! - `dedup/36B`: `dedup::Memory` and the store of sorted runs
+//!   (`store_get`: `SledMeta::dedup_get`; `store_insert`: one `dedup_insert`
+//!   of 1024 keys, a run written and fsynced) with UUID v7 strings, as
 //!   the client sends them, against `raw_hashmap` (a `HashMap<Bytes, u64>`;
 //!   its inserts share the key where `Memory` copies it). Lookups are of absent
 //!   keys, as for a publish of fresh ones; the maps hold up to
@@ -31,9 +32,7 @@ use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
 use postbox_broker::dedup::Memory;
-use postbox_broker::limits::{
-    DEDUP_KEYS_MAX_DEFAULT, DEDUP_MEMORY_KEYS_MAX, DEDUP_STORE_SLICE_KEYS,
-};
+use postbox_broker::limits::{DEDUP_KEYS_MAX_DEFAULT, DEDUP_MEMORY_KEYS_MAX};
 use postbox_broker::meta::{DedupEntry, MetaStore, SledMeta};
 use postbox_broker::storage::batch::{decode_frame, UnsealedBatch};
 use postbox_broker::storage::index::{IndexEntry, SparseIndex};
@@ -45,7 +44,7 @@ const RECORD_SIZES: [usize; 2] = [100, 1024];
 const BATCH_RECORDS: usize = 1000;
 const INDEX_ENTRIES: u64 = 100_000;
 /// Lookups (or inserts) per iteration of the index and dedup benchmarks.
-const LOOKUPS: usize = DEDUP_STORE_SLICE_KEYS;
+const LOOKUPS: usize = 1024;
 
 /// What a producer's client sends as an idempotency key: a hyphenated UUID v7.
 fn uuid_key() -> Bytes {
@@ -173,7 +172,7 @@ fn dedup(c: &mut Criterion) {
     }
     let dir = postbox_benches::bench_dir().expect("bench dir");
     let cache_bytes = EngineConfig::new(dir.path()).meta_cache_bytes;
-    let store = SledMeta::open(&dir.path().join("meta"), cache_bytes).expect("sled store");
+    let store = SledMeta::open(&dir.path().join("meta"), cache_bytes).expect("metadata store");
     let store_insert = |keys: &[Bytes]| {
         let entries: Vec<_> = keys
             .iter()
@@ -191,7 +190,7 @@ fn dedup(c: &mut Criterion) {
     group.bench_function("memory_get", |b| {
         b.iter(|| each(&absent, |k| memory.get(k)))
     });
-    group.bench_function("sled_get", |b| {
+    group.bench_function("store_get", |b| {
         b.iter(|| each(&absent, |k| store.dedup_get("bench", k).expect("dedup get")))
     });
     group.bench_function("raw_hashmap_get", |b| {
@@ -204,7 +203,7 @@ fn dedup(c: &mut Criterion) {
             insert_rounds(iters, &keys, Memory::default, |m, k| m.insert(k, entry(0)))
         })
     });
-    group.bench_function("sled_insert", |b| {
+    group.bench_function("store_insert", |b| {
         b.iter_batched(
             || (0..LOOKUPS).map(|_| uuid_key()).collect::<Vec<_>>(),
             |fresh| store_insert(&fresh),

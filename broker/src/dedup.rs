@@ -24,22 +24,22 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use crate::error::{Error, IoContext, Result};
-use crate::limits::{
-    DEDUP_MEMORY_KEYS_MAX, DEDUP_ROOM_WAIT_MAX, DEDUP_STORE_REST_FACTOR, DEDUP_STORE_SLICE_KEYS,
-};
+use crate::limits::{DEDUP_MEMORY_KEYS_MAX, DEDUP_ROOM_WAIT_MAX};
 use crate::meta::{DedupEntry, MetaStore};
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::Partition;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"PBXD";
-const CHECKPOINT_VERSION: u32 = 1;
+/// 2: keys in sorted runs (`dedup_runs`); a version 1 checkpoint counted keys
+/// stored in sled, which are not read any more, so it is rebuilt from the log.
+const CHECKPOINT_VERSION: u32 = 2;
 /// Name of the checkpoint file in a topic directory.
 pub const CHECKPOINT_FILE: &str = "dedup.checkpoint";
 
@@ -76,17 +76,6 @@ impl Memory {
     pub fn is_empty(&self) -> bool {
         self.recent.is_empty()
     }
-}
-
-/// How a checkpoint spends its CPU.
-#[derive(Debug, Clone, Copy)]
-pub enum Pacing<'a> {
-    /// All at once: a flush, a shutdown, a caller waiting for it.
-    Now,
-    /// Resting between slices of keys (see [`Dedup::checkpoint`]) while
-    /// `stopping` is false. A rest parks the thread, so an unpark (as the
-    /// engine's stop gives) cuts it short.
-    Background { stopping: &'a AtomicBool },
 }
 
 /// A topic's dedup index.
@@ -193,26 +182,19 @@ impl Dedup {
             >= self.log_time_ms.load(Ordering::Relaxed)
     }
 
-    /// Moves the keys of durable records into the store and advances the
-    /// checkpoint. `partitions` are the topic's, in order.
-    ///
-    /// The store's inserts cost CPU (about 10 µs a key with sled): one burst
-    /// of a 2 s checkpoint's keys took a core from the publish path for over
-    /// 100 ms. [`Pacing::Background`] stores [`DEDUP_STORE_SLICE_KEYS`] keys
-    /// at a time and rests [`DEDUP_STORE_REST_FACTOR`] times as long as each
-    /// slice took, unless memory is past its bound, when the checkpoint is
-    /// what appends wait for.
-    pub fn checkpoint(&self, partitions: &[Arc<Partition>], pacing: Pacing<'_>) -> Result<()> {
+    /// Moves the keys of durable records into the store (one sorted run) and
+    /// advances the checkpoint. `partitions` are the topic's, in order.
+    pub fn checkpoint(&self, partitions: &[Arc<Partition>]) -> Result<()> {
         // Durable ends are read before the memory lock: every key of a record
         // below them was inserted under that lock before the record was written.
         let durable: Vec<u64> = partitions.iter().map(|p| p.durable_end()).collect();
-        self.checkpoint_below(&durable, pacing)
+        self.checkpoint_below(&durable)
     }
 
     /// Moves the keys of records below `offsets[p]` (all durable) into the store,
     /// syncs it, then records `offsets` as the checkpoint. Does nothing when
     /// there is nothing new to record.
-    fn checkpoint_below(&self, offsets: &[u64], pacing: Pacing<'_>) -> Result<()> {
+    fn checkpoint_below(&self, offsets: &[u64]) -> Result<()> {
         let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
         let entries: Vec<(Bytes, DedupEntry)> = self
             .lock()
@@ -237,7 +219,8 @@ impl Dedup {
             .load(Ordering::Relaxed)
             .saturating_sub(self.window_ms as i64);
         let started = Instant::now();
-        self.store(&entries, expire_before_ms, pacing)?;
+        self.meta
+            .dedup_insert(&self.store_key, &entries, expire_before_ms, self.keys_max)?;
         let inserted = Instant::now();
         self.meta.sync()?;
         let synced = Instant::now();
@@ -261,36 +244,6 @@ impl Dedup {
             total_ms = started.elapsed().as_millis() as u64,
             "dedup checkpoint"
         );
-        Ok(())
-    }
-
-    /// Stores `entries` in the metadata store, paced as asked.
-    fn store(
-        &self,
-        entries: &[(Bytes, DedupEntry)],
-        expire_before_ms: i64,
-        pacing: Pacing<'_>,
-    ) -> Result<()> {
-        let Pacing::Background { stopping } = pacing else {
-            return self.meta.dedup_insert(
-                &self.store_key,
-                entries,
-                expire_before_ms,
-                self.keys_max,
-            );
-        };
-        let mut slices = entries.chunks(DEDUP_STORE_SLICE_KEYS).peekable();
-        while let Some(slice) = slices.next() {
-            let started = Instant::now();
-            self.meta
-                .dedup_insert(&self.store_key, slice, expire_before_ms, self.keys_max)?;
-            let rest = slices.peek().is_some()
-                && !stopping.load(Ordering::SeqCst)
-                && self.memory_keys() < DEDUP_MEMORY_KEYS_MAX;
-            if rest {
-                std::thread::park_timeout(started.elapsed() * DEDUP_STORE_REST_FACTOR);
-            }
-        }
         Ok(())
     }
 
@@ -420,7 +373,7 @@ impl Dedup {
             if full {
                 // Everything recovered is durable: keep memory bounded while
                 // rebuilding a long tail, checkpointing only what was scanned.
-                self.checkpoint_below(progress, Pacing::Now)?;
+                self.checkpoint_below(progress)?;
             }
         }
         progress[id] = end;

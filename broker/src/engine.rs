@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use crate::config::{Durability, EngineConfig, TopicConfig};
-use crate::dedup::Pacing;
 use crate::error::{Error, IoContext, Result};
 use crate::limits::{DEDUP_MEMORY_KEYS_MAX, FENCED_PRODUCERS_MAX, READ_BYTES_MAX};
 use crate::meta::{MetaStore, SledMeta};
@@ -427,7 +426,7 @@ impl Engine {
     /// Checkpoints every topic's dedup keys now.
     pub fn checkpoint_dedup(&self) -> Result<()> {
         for topic in self.inner.all_topics() {
-            topic.dedup().checkpoint(topic.partitions(), Pacing::Now)?;
+            topic.dedup().checkpoint(topic.partitions())?;
         }
         Ok(())
     }
@@ -453,7 +452,7 @@ impl Engine {
             for partition in topic.partitions() {
                 partition.flush()?;
             }
-            topic.dedup().checkpoint(topic.partitions(), Pacing::Now)?;
+            topic.dedup().checkpoint(topic.partitions())?;
         }
         self.inner.meta.sync()
     }
@@ -611,8 +610,9 @@ impl Inner {
     }
 
     /// Runs until the engine stops: checkpoints dedup keys when many are in
-    /// memory or on an interval, paced (see [`Pacing::Background`]). A thread
-    /// of its own, so that a paced checkpoint delays no async flush.
+    /// memory or on an interval. A thread of its own, so that a checkpoint
+    /// (a sort, a run file written and fsynced, perhaps a merge) delays no
+    /// async flush.
     fn checkpoint_loop(&self) {
         let tick = self.config.maintenance_interval();
         let checkpoint_every = Duration::from_millis(self.config.dedup_checkpoint_interval_ms);
@@ -623,10 +623,7 @@ impl Inner {
                 let Ok(_live) = topic.live() else { continue };
                 let keys = topic.dedup().memory_keys();
                 if keys >= DEDUP_MEMORY_KEYS_MAX || (checkpoint_due && keys > 0) {
-                    let pacing = Pacing::Background {
-                        stopping: &self.stopping,
-                    };
-                    if let Err(error) = topic.dedup().checkpoint(topic.partitions(), pacing) {
+                    if let Err(error) = topic.dedup().checkpoint(topic.partitions()) {
                         tracing::error!(topic = topic.name(), %error, "dedup checkpoint failed");
                     }
                 }

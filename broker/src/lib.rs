@@ -8,6 +8,7 @@
 
 pub mod config;
 pub mod dedup;
+pub mod dedup_runs;
 pub mod engine;
 pub mod error;
 pub mod limits;

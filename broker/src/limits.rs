@@ -82,15 +82,6 @@ pub const RETENTION_MS_MAX: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// holds twice this many, so dedup memory stays bounded whatever the key count.
 pub const DEDUP_MEMORY_KEYS_MAX: usize = 200_000;
 
-/// Keys a dedup checkpoint stores in the metadata store at a time.
-pub const DEDUP_STORE_SLICE_KEYS: usize = 1_024;
-
-/// Between slices, a background dedup checkpoint rests this many times as
-/// long as the slice took (unless memory is past [`DEDUP_MEMORY_KEYS_MAX`]),
-/// so its store inserts use at most a quarter of a core instead of bursting
-/// on a whole one.
-pub const DEDUP_STORE_REST_FACTOR: u32 = 3;
-
 /// Longest a group-commit leader waits for the appenders of the previous group
 /// before writing a much smaller group: about one fsync on an SSD. It applies
 /// only when the new group would hold under half the previous group's frames

@@ -1,5 +1,7 @@
-//! The metadata store: consumer-group offsets and the checkpointed dedup index,
-//! behind [`MetaStore`], kept in sled.
+//! The metadata store: consumer-group offsets and fences in sled, and the
+//! checkpointed dedup index in sorted run files of its own
+//! ([`crate::dedup_runs`], in `dedup/` beside sled's directory), behind
+//! [`MetaStore`].
 //!
 //! sled 0.34 makes nothing durable before `flush()`, and its flush ends in
 //! `sync_file_range`, which persists neither the drive cache nor the file size.
@@ -7,8 +9,8 @@
 //! - committed offsets: after a crash an offset may regress (redelivery), and
 //!   readers clamp it to the log, so it never points past the end;
 //! - dedup keys: only those whose records are durable in the log are written
-//!   here, and [`MetaStore::sync`] fsyncs sled's files itself before the dedup
-//!   checkpoint (a file of the broker's own) moves past them.
+//!   to runs, each fsynced before `dedup_insert` returns, so the dedup
+//!   checkpoint (a file of the broker's own) moves past only stored keys.
 //!
 //! A store that will not open is moved aside and a new one is created, with a
 //! warning: everything in it can be rebuilt or may regress.
@@ -16,6 +18,7 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use crate::dedup_runs::RunStore;
 use crate::error::{Error, Result};
 
 /// Where a remembered idempotency key's record lives.
@@ -24,25 +27,6 @@ pub struct DedupEntry {
     pub partition: u32,
     pub offset: u64,
     pub timestamp_ms: i64,
-}
-
-impl DedupEntry {
-    fn encode(&self) -> [u8; 20] {
-        let mut out = [0u8; 20];
-        out[0..4].copy_from_slice(&self.partition.to_be_bytes());
-        out[4..12].copy_from_slice(&self.offset.to_be_bytes());
-        out[12..20].copy_from_slice(&self.timestamp_ms.to_be_bytes());
-        out
-    }
-
-    fn decode(bytes: &[u8]) -> Option<Self> {
-        let bytes: &[u8; 20] = bytes.try_into().ok()?;
-        Some(DedupEntry {
-            partition: u32::from_be_bytes(bytes[0..4].try_into().ok()?),
-            offset: u64::from_be_bytes(bytes[4..12].try_into().ok()?),
-            timestamp_ms: i64::from_be_bytes(bytes[12..20].try_into().ok()?),
-        })
-    }
 }
 
 /// What the broker keeps outside the log.
@@ -85,31 +69,11 @@ pub struct SledMeta {
     /// Fenced producers' highest epochs: producer name -> epoch (u64 BE).
     fences: sled::Tree,
     store_id: [u8; 16],
-    /// Per topic: keys remembered and the next checkpoint number, read from the
-    /// tree once and then kept up to date here.
-    dedup_totals: std::sync::Mutex<std::collections::HashMap<String, DedupTotals>>,
-    /// Open dedup trees by topic.
-    dedup_trees: std::sync::RwLock<std::collections::HashMap<String, sled::Tree>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct DedupTotals {
-    keys: u64,
-    next_checkpoint: u64,
+    /// Dedup keys, by topic incarnation.
+    runs: RunStore,
 }
 
 const STORE_ID_KEY: &[u8] = b"store_id";
-/// Dedup tree key prefixes: one entry per idempotency key; and per checkpoint a
-/// summary (key count, newest timestamp) and the list of its keys, so that old
-/// keys are forgotten a checkpoint at a time with no per-key time index.
-const BY_KEY: u8 = b'k';
-const CHECKPOINT_SUMMARY: u8 = b'n';
-const CHECKPOINT_KEYS: u8 = b'c';
-
-fn dedup_tree_name(topic: &str) -> String {
-    format!("dedup/{topic}")
-}
-
 impl SledMeta {
     /// Opens the store at `path`, moving a store that will not open aside.
     pub fn open(path: &Path, cache_bytes: u64) -> Result<SledMeta> {
@@ -136,6 +100,19 @@ impl SledMeta {
              (dedup keys are rebuilt from the log, committed offsets restart from the log's start)");
         fs::rename(path, &aside)
             .map_err(|e| Error::io(format!("moving {} aside", path.display()), e))?;
+        // Its dedup runs go with it: the new store's checkpoints start afresh.
+        let runs = runs_dir(path);
+        if runs.exists() {
+            let runs_aside = aside.with_file_name(format!(
+                "{}.dedup",
+                aside
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("meta.broken")
+            ));
+            fs::rename(&runs, &runs_aside)
+                .map_err(|e| Error::io(format!("moving {} aside", runs.display()), e))?;
+        }
         Self::try_open(path, cache_bytes)
     }
 
@@ -173,34 +150,17 @@ impl SledMeta {
             offsets,
             fences,
             store_id,
-            dedup_totals: Default::default(),
-            dedup_trees: Default::default(),
+            runs: RunStore::new(runs_dir(path)),
         };
         meta.sync()?;
         Ok(meta)
     }
+}
 
-    /// A topic's dedup tree, opened once and then cached (it is on the publish path).
-    fn dedup_tree(&self, topic: &str) -> Result<sled::Tree> {
-        if let Some(tree) = self.read_trees().get(topic) {
-            return Ok(tree.clone());
-        }
-        let tree = self
-            .db
-            .open_tree(dedup_tree_name(topic))
-            .map_err(|e| Error::meta("opening a dedup tree", e))?;
-        self.dedup_trees
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(topic.to_string(), tree.clone());
-        Ok(tree)
-    }
-
-    fn read_trees(
-        &self,
-    ) -> std::sync::RwLockReadGuard<'_, std::collections::HashMap<String, sled::Tree>> {
-        self.dedup_trees.read().unwrap_or_else(|e| e.into_inner())
-    }
+/// Where the dedup runs of the store at `path` live: beside it, so that
+/// `sync`'s walk of sled's files does not fsync every run again.
+fn runs_dir(path: &Path) -> PathBuf {
+    path.with_file_name("dedup")
 }
 
 fn offset_key(topic: &str, group: &str, partition: Option<u32>) -> Vec<u8> {
@@ -260,14 +220,7 @@ impl MetaStore for SledMeta {
     }
 
     fn dedup_get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>> {
-        let tree = self.dedup_tree(topic)?;
-        let mut k = Vec::with_capacity(key.len() + 1);
-        k.push(BY_KEY);
-        k.extend_from_slice(key);
-        let value = tree
-            .get(k)
-            .map_err(|e| Error::meta("reading a dedup key", e))?;
-        Ok(value.and_then(|v| DedupEntry::decode(&v)))
+        self.runs.get(topic, key)
     }
 
     fn dedup_insert(
@@ -277,51 +230,11 @@ impl MetaStore for SledMeta {
         expire_before_ms: i64,
         keys_max: u64,
     ) -> Result<()> {
-        let tree = self.dedup_tree(topic)?;
-        let err = |e| Error::meta("writing dedup keys", e);
-        let mut totals = self.dedup_totals(topic, &tree)?;
-        if !entries.is_empty() {
-            let mut list = Vec::with_capacity(entries.len() * 17);
-            let mut newest_ms = i64::MIN;
-            for (key, entry) in entries {
-                list.push(key.len() as u8);
-                list.extend_from_slice(key);
-                newest_ms = newest_ms.max(entry.timestamp_ms);
-            }
-            let seq = totals.next_checkpoint.to_be_bytes();
-            let mut summary = Vec::with_capacity(16);
-            summary.extend_from_slice(&(entries.len() as u64).to_be_bytes());
-            summary.extend_from_slice(&newest_ms.to_be_bytes());
-            // The list first: keys stored without it could never be forgotten,
-            // while a list naming keys a crash kept out only forgets nothing.
-            let mut batch = sled::Batch::default();
-            batch.insert(prefixed(CHECKPOINT_SUMMARY, &seq), summary);
-            batch.insert(prefixed(CHECKPOINT_KEYS, &seq), list);
-            tree.apply_batch(batch).map_err(err)?;
-            apply_in_chunks(
-                &tree,
-                entries
-                    .iter()
-                    .map(|(key, entry)| (prefixed(BY_KEY, key), Some(entry.encode().to_vec()))),
-            )
-            .map_err(err)?;
-            totals.keys += entries.len() as u64;
-            totals.next_checkpoint += 1;
-        }
-        totals.keys = self.dedup_forget(&tree, totals, expire_before_ms, keys_max)?;
-        self.lock_totals().insert(topic.to_string(), totals);
-        Ok(())
+        self.runs.insert(topic, entries, expire_before_ms, keys_max)
     }
 
     fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.lock_totals().remove(topic);
-        self.dedup_trees
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(topic);
-        self.db
-            .drop_tree(dedup_tree_name(topic))
-            .map_err(|e| Error::meta("dropping a dedup tree", e))?;
+        self.runs.delete_topic(topic)?;
         let mut prefix = topic.as_bytes().to_vec();
         prefix.push(0);
         for item in self.offsets.scan_prefix(&prefix) {
@@ -351,128 +264,6 @@ impl MetaStore for SledMeta {
     fn sync(&self) -> Result<()> {
         self.db.flush().map_err(|e| Error::meta("flushing", e))?;
         fsync_tree(&self.path).map_err(|e| Error::io(format!("syncing {}", self.path.display()), e))
-    }
-}
-
-/// Most writes in one sled batch. sled 0.34 applies a batch under a global
-/// write lock that every read and write of every tree waits for (a keyed
-/// publish's dedup lookup among them), so a checkpoint of many keys in one
-/// batch would hold them all up; in chunks of this size each wait is short.
-pub const SLED_BATCH_WRITES_MAX: usize = 128;
-
-/// Applies `writes` (a value to insert, or `None` to remove) in batches of
-/// at most [`SLED_BATCH_WRITES_MAX`]: each chunk is atomic, the whole is not.
-fn apply_in_chunks(
-    tree: &sled::Tree,
-    writes: impl Iterator<Item = (Vec<u8>, Option<Vec<u8>>)>,
-) -> sled::Result<()> {
-    let mut batch = sled::Batch::default();
-    let mut in_batch = 0;
-    for (key, value) in writes {
-        match value {
-            Some(value) => batch.insert(key, value),
-            None => batch.remove(key),
-        }
-        in_batch += 1;
-        if in_batch == SLED_BATCH_WRITES_MAX {
-            tree.apply_batch(std::mem::take(&mut batch))?;
-            in_batch = 0;
-        }
-    }
-    if in_batch > 0 {
-        tree.apply_batch(batch)?;
-    }
-    Ok(())
-}
-
-fn prefixed(prefix: u8, rest: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rest.len() + 1);
-    out.push(prefix);
-    out.extend_from_slice(rest);
-    out
-}
-
-fn be_u64(bytes: &[u8], at: usize) -> Option<u64> {
-    bytes
-        .get(at..at + 8)?
-        .try_into()
-        .ok()
-        .map(u64::from_be_bytes)
-}
-
-impl SledMeta {
-    fn lock_totals(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, DedupTotals>> {
-        self.dedup_totals.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The topic's totals, from the cache or from its checkpoint summaries.
-    fn dedup_totals(&self, topic: &str, tree: &sled::Tree) -> Result<DedupTotals> {
-        if let Some(totals) = self.lock_totals().get(topic) {
-            return Ok(*totals);
-        }
-        let mut totals = DedupTotals {
-            keys: 0,
-            next_checkpoint: 0,
-        };
-        for item in tree.scan_prefix([CHECKPOINT_SUMMARY]) {
-            let (key, value) = item.map_err(|e| Error::meta("reading dedup checkpoints", e))?;
-            totals.keys += be_u64(&value, 0).unwrap_or(0);
-            totals.next_checkpoint = be_u64(&key, 1).map_or(totals.next_checkpoint, |seq| seq + 1);
-        }
-        Ok(totals)
-    }
-
-    /// Forgets the oldest checkpoints that are past the window or beyond the
-    /// key bound, but never the newest. Returns the keys still remembered.
-    fn dedup_forget(
-        &self,
-        tree: &sled::Tree,
-        totals: DedupTotals,
-        expire_before_ms: i64,
-        keys_max: u64,
-    ) -> Result<u64> {
-        let err = |e| Error::meta("forgetting dedup keys", e);
-        let mut keys = totals.keys;
-        let newest = totals.next_checkpoint.saturating_sub(1);
-        for item in tree.scan_prefix([CHECKPOINT_SUMMARY]) {
-            let (summary_key, summary) = item.map_err(err)?;
-            let seq = be_u64(&summary_key, 1).unwrap_or(newest);
-            let count = be_u64(&summary, 0).unwrap_or(0);
-            let newest_ms = be_u64(&summary, 8).map_or(i64::MAX, |v| v as i64);
-            if seq >= newest || (newest_ms >= expire_before_ms && keys <= keys_max) {
-                break;
-            }
-            let list_key = prefixed(CHECKPOINT_KEYS, &seq.to_be_bytes());
-            let list = tree.get(&list_key).map_err(err)?.unwrap_or_default();
-            let mut removals = Vec::new();
-            let mut at = 0;
-            while let Some(len) = list.get(at).map(|l| *l as usize) {
-                let Some(key) = list.get(at + 1..at + 1 + len) else {
-                    break;
-                };
-                at += 1 + len;
-                let by_key = prefixed(BY_KEY, key);
-                // A key appended again after its window points to a newer
-                // record, remembered by a later checkpoint: keep it.
-                let current = tree
-                    .get(&by_key)
-                    .map_err(err)?
-                    .and_then(|v| DedupEntry::decode(&v));
-                if current.is_some_and(|e| e.timestamp_ms <= newest_ms) {
-                    removals.push((by_key, None));
-                }
-            }
-            apply_in_chunks(tree, removals.into_iter()).map_err(err)?;
-            // The list last: a crash before this forgets the rest next time.
-            let mut batch = sled::Batch::default();
-            batch.remove(list_key);
-            batch.remove(summary_key);
-            tree.apply_batch(batch).map_err(err)?;
-            keys = keys.saturating_sub(count);
-        }
-        Ok(keys)
     }
 }
 

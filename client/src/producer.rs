@@ -5,6 +5,9 @@
 //! - Every record has its idempotency key (its own, or a UUID v7 in text
 //!   form) before its first attempt, so a retried publish that the broker had
 //!   already appended answers `duplicate = true` instead of appending twice.
+//!   With `generate_idempotency_keys = false`, a record without a key of its
+//!   own goes without one, and a batch holding such a record is never
+//!   retried: at most once, and no dedup work in the broker.
 //! - Only errors that [`Error::is_retryable`] accepts are retried, with the
 //!   configured backoff, each attempt within `request_timeout_ms` and over a
 //!   fresh connection when the previous attempt failed in transit.
@@ -97,6 +100,12 @@ pub struct ProducerConfig {
     pub request_timeout_ms: u64,
     /// How failed publishes are retried.
     pub retry: RetryPolicy,
+    /// Give every record without an idempotency key a generated one (the
+    /// default), so that publishes can be retried without duplicates.
+    /// `false`: such records go without a key, skip the broker's dedup index,
+    /// and their batches are not retried (at most once), like Kafka's
+    /// `enable.idempotence=false`.
+    pub generate_idempotency_keys: bool,
     /// Publish as a fenced producer (an outbox relay's leader): the broker
     /// refuses this producer's publishes, with FAILED_PRECONDITION and no
     /// retry, once a newer epoch of the same producer has published.
@@ -113,6 +122,7 @@ impl Default for ProducerConfig {
             max_queued_bytes: MAX_QUEUED_BYTES_DEFAULT,
             request_timeout_ms: REQUEST_TIMEOUT_MS_DEFAULT,
             retry: RetryPolicy::default(),
+            generate_idempotency_keys: true,
             fence: None,
         }
     }
@@ -217,7 +227,7 @@ impl Producer {
         topic: &str,
         record: OutgoingRecord,
     ) -> impl Future<Output = Result<Ack>> + Send + 'static {
-        let record = record.with_idempotency_key();
+        let record = self.keyed(record);
         let encoded_bytes = record.encoded_bytes();
         let (reply, ack) = oneshot::channel();
         let queued = record.validate().and_then(|()| {
@@ -236,6 +246,16 @@ impl Producer {
         async move {
             queued?;
             ack.await.map_err(|_| Error::Closed)?
+        }
+    }
+
+    /// `record` with a generated idempotency key if it has none and the
+    /// producer generates them.
+    fn keyed(&self, record: OutgoingRecord) -> OutgoingRecord {
+        if self.shared.config.generate_idempotency_keys {
+            record.with_idempotency_key()
+        } else {
+            record
         }
     }
 
@@ -279,7 +299,7 @@ impl Producer {
         let record_count = records.len();
         let records: Vec<OutgoingRecord> = records
             .into_iter()
-            .map(OutgoingRecord::with_idempotency_key)
+            .map(|record| self.keyed(record))
             .collect();
         for (index, record) in records.iter().enumerate() {
             record.validate().map_err(|error| {
@@ -354,8 +374,14 @@ struct Shared {
 }
 
 impl Shared {
-    /// Publishes one batch, retrying transient failures.
+    /// Publishes one batch, retrying transient failures if every record has
+    /// an idempotency key (a retry of a keyless record could append it twice).
     async fn publish(&self, topic: &str, records: Vec<pb::PublishRecord>) -> Result<Vec<Ack>> {
+        let retry = if records.iter().all(|r| r.idempotency_key.is_some()) {
+            self.config.retry
+        } else {
+            RetryPolicy::none()
+        };
         let request = pb::PublishRequest {
             topic: topic.to_owned(),
             records,
@@ -364,7 +390,7 @@ impl Shared {
         let response = self
             .connection
             .call_with_retry(
-                self.config.retry,
+                retry,
                 "publish",
                 self.config.request_timeout_ms,
                 |mut client| {

@@ -297,3 +297,63 @@ async fn a_lost_reply_is_retried_with_the_same_keys_and_answered_as_duplicates()
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_generated_keys_records_go_keyless_and_a_lost_reply_is_not_retried() {
+    let (_dir, broker) = broker_with_topic("keyless", 1).await;
+    let proxy = CutProxy::start(broker.addr()).await;
+    let config = ProducerConfig {
+        generate_idempotency_keys: false,
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::connect(&proxy.url(), config)
+        .await
+        .expect("connect through the proxy");
+    let ack = producer
+        .send("keyless", outgoing(0))
+        .await
+        .expect("publish");
+    assert!(
+        ack.idempotency_key.is_empty(),
+        "no key was generated: {ack:?}"
+    );
+    // A record's own key still counts.
+    let own = || outgoing(1).idempotency_key("mine");
+    producer.send("keyless", own()).await.expect("publish");
+    assert!(
+        producer
+            .send("keyless", own())
+            .await
+            .expect("again")
+            .duplicate
+    );
+
+    proxy.arm();
+    let lost = producer
+        .send_batch("keyless", (2..12).map(outgoing).collect())
+        .await;
+    assert!(lost.is_err(), "a keyless batch is not retried: {lost:?}");
+    assert_eq!(proxy.cuts(), 1);
+
+    let config = ConsumerConfig {
+        follow: false,
+        ..ConsumerConfig::new("keyless")
+    };
+    let records = drain(
+        Consumer::subscribe(&broker.url(), config)
+            .await
+            .expect("subscribe"),
+    )
+    .await;
+    // The lost batch is in the log at most once (once if its reply was lost
+    // after the append, never if the request was).
+    assert!(
+        records.len() == 2 || records.len() == 12,
+        "{} records",
+        records.len()
+    );
+    let keys: Vec<_> = records.iter().map(|r| r.idempotency_key.clone()).collect();
+    assert_eq!(keys[0], None);
+    assert_eq!(keys[1].as_deref(), Some(&b"mine"[..]));
+    assert!(keys[2..].iter().all(Option::is_none), "{keys:?}");
+}

@@ -39,6 +39,8 @@ const CONSUME_STALL: Duration = Duration::from_secs(20);
 /// past it waits, and since its latency counts from when it was due, the
 /// wait is still measured.
 const FIXED_RATE_IN_FLIGHT_RECORDS_MAX: usize = 100_000;
+/// The resolution of tokio's timers: a sleep shorter than this still takes it.
+const TIMER_TICK_NS: u64 = 1_000_000;
 
 /// Throughput and latency of one side of a run.
 #[derive(Debug)]
@@ -257,16 +259,21 @@ impl ProducerPlan {
         let mut sent = 0u64;
         let mut due_ns = self.started_ns;
         while let Some(count) = self.next_batch(sent) {
+            // Timers tick in milliseconds: publishes due within the next tick
+            // go now, and each one's latency counts from its due time or from
+            // when it went, whichever is later.
             let wait_ns = due_ns.saturating_sub(payload::now_ns());
-            tokio::time::sleep(Duration::from_nanos(wait_ns)).await;
-            let (records, checksum) = self.batch(sent, count, due_ns);
+            if wait_ns >= TIMER_TICK_NS {
+                tokio::time::sleep(Duration::from_nanos(wait_ns - TIMER_TICK_NS)).await;
+            }
+            let start_ns = due_ns.max(payload::now_ns());
+            let (records, checksum) = self.batch(sent, count, start_ns);
             let permit = Arc::clone(&room).acquire_many_owned(count as u32).await?;
             let producer = Arc::clone(&producer);
-            let sent_due_ns = due_ns;
             in_flight.spawn(async move {
                 producer.publish(records).await?;
                 let _permit = permit;
-                anyhow::Ok((count, checksum, payload::now_ns() - sent_due_ns))
+                anyhow::Ok((count, checksum, payload::now_ns() - start_ns))
             });
             sent += count;
             due_ns += interval_ns;

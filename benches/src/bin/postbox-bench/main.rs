@@ -44,7 +44,10 @@ const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 /// Which systems to measure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum SystemName {
+    /// Postbox, a generated idempotency key on every record (the client's default).
     Postbox,
+    /// Postbox, records without idempotency keys (no dedup work).
+    PostboxKeyless,
     Nats,
     Redis,
     Rabbitmq,
@@ -234,7 +237,7 @@ struct Bench {
 impl Bench {
     async fn system(&mut self, name: SystemName, args: &Args) {
         match name {
-            SystemName::Postbox => self.postbox(args).await,
+            SystemName::Postbox | SystemName::PostboxKeyless => self.postbox(name, args).await,
             SystemName::Nats => self.connected(name, Nats::connect(&args.nats).await).await,
             SystemName::Redis => {
                 self.connected(name, Redis::connect(&args.redis).await)
@@ -254,7 +257,7 @@ impl Bench {
         }
     }
 
-    async fn postbox(&mut self, args: &Args) {
+    async fn postbox(&mut self, name: SystemName, args: &Args) {
         let mut started = None;
         let address = match &args.postbox {
             Some(address) => address.clone(),
@@ -268,18 +271,14 @@ impl Bench {
                         started = Some(broker);
                         address
                     }
-                    Err(error) => {
-                        return self.unreachable(SystemName::Postbox, &format!("{error:#}"))
-                    }
+                    Err(error) => return self.unreachable(name, &format!("{error:#}")),
                 }
             }
         };
-        match Postbox::connect(&address).await {
-            Ok(postbox) => {
-                self.scenarios_on(SystemName::Postbox, &postbox, started.as_mut())
-                    .await
-            }
-            Err(error) => self.unreachable(SystemName::Postbox, &format!("{error:#}")),
+        let keyless = name == SystemName::PostboxKeyless;
+        match Postbox::connect(&address, keyless).await {
+            Ok(postbox) => self.scenarios_on(name, &postbox, started.as_mut()).await,
+            Err(error) => self.unreachable(name, &format!("{error:#}")),
         }
     }
 
@@ -399,6 +398,7 @@ fn progress_bar(name: &str, scenario: &Scenario) -> ProgressBar {
 fn system_label(name: SystemName) -> &'static str {
     match name {
         SystemName::Postbox => "postbox",
+        SystemName::PostboxKeyless => "postbox-keyless",
         SystemName::Nats => "nats",
         SystemName::Redis => "redis",
         SystemName::Rabbitmq => "rabbitmq",

@@ -239,17 +239,23 @@ mod tests {
         let expected = published(&records, 1);
 
         let mut duplicated = Tally::default();
-        records.iter().for_each(|r| drop(duplicated.add(r)));
+        for r in &records {
+            duplicated.add(r);
+        }
         duplicated.add(&records[3]);
         assert_eq!(duplicated.verdict(&expected).duplicates, 1);
         assert!(!duplicated.verdict(&expected).exactly_once);
 
         let mut gap = Tally::default();
-        records[1..].iter().for_each(|r| drop(gap.add(r)));
+        for r in &records[1..] {
+            gap.add(r);
+        }
         assert_eq!(gap.verdict(&expected).missing, 1);
 
         let mut damaged = Tally::default();
-        records[1..].iter().for_each(|r| drop(damaged.add(r)));
+        for r in &records[1..] {
+            damaged.add(r);
+        }
         let mut body = records[0].to_vec();
         body[31] ^= 1;
         damaged.add(&body);
@@ -260,9 +266,9 @@ mod tests {
         );
 
         let mut duplicate_across_consumers = Tally::default();
-        records
-            .iter()
-            .for_each(|r| drop(duplicate_across_consumers.add(r)));
+        for r in &records {
+            duplicate_across_consumers.add(r);
+        }
         let mut other = Tally::default();
         other.add(&records[5]);
         duplicate_across_consumers.merge(&other);

@@ -215,7 +215,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<10} {:<28} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  {:<8} durability at ack",
+            "{:<16} {:<28} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  {:<8} durability at ack",
             "system",
             "scenario",
             "records/s",
@@ -246,11 +246,11 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<10} {:<28} {rate:>12} {mb:>9} {p50:>9} {p99:>9} {p999:>9} {max:>9} {rss:>8}  {check:<8} {}",
+                "{:<16} {:<28} {rate:>12} {mb:>9} {p50:>9} {p99:>9} {p999:>9} {max:>9} {rss:>8}  {check:<8} {}",
                 row.system, row.label, row.durability_at_ack
             );
             if let Some(reason) = &row.reason {
-                let _ = writeln!(out, "{:<10} ^ {reason}", "");
+                let _ = writeln!(out, "{:<16} ^ {reason}", "");
             }
         }
         if let Some(raw) = self.raw_fdatasync_mb_per_s {

@@ -190,7 +190,7 @@ pub fn quick() -> Vec<Scenario> {
 /// records; 1 KiB records at a fixed 10,000 records/s.
 pub fn matrix() -> Vec<Scenario> {
     let mut scenarios = Vec::new();
-    for (record_bytes, records) in [(100, 1_000_000), (1024, 300_000)] {
+    for (record_bytes, records) in [(100, 1_000_000), (1024, 1_000_000)] {
         for producers in [1, 8, 32] {
             for durability in [Durability::Sync, Durability::Async] {
                 scenarios.push(publish(record_bytes, producers, durability, records));

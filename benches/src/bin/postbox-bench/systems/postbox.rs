@@ -2,8 +2,10 @@
 //! temporary data directory (or one at an address it is given), a topic per
 //! run, a `Producer` per bench producer and a `Consumer` per bench consumer.
 //!
-//! Publishes go out as the client sends them, with an idempotency key on every
-//! record, so the figures include the broker's dedup work.
+//! By default publishes go out as the client sends them, with a generated
+//! idempotency key on every record, so the figures include the broker's dedup
+//! work; `keyless` measures the log alone (`generate_idempotency_keys =
+//! false`, as publishes to the peers carry no dedup id either).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -112,15 +114,18 @@ pub fn default_broker_binary() -> PathBuf {
 pub struct Postbox {
     address: String,
     admin: Admin,
+    /// Publish without idempotency keys.
+    keyless: bool,
 }
 
 impl Postbox {
-    pub async fn connect(address: &str) -> anyhow::Result<Postbox> {
+    pub async fn connect(address: &str, keyless: bool) -> anyhow::Result<Postbox> {
         let admin = Admin::connect(address).await?;
         admin.list_topics().await?;
         Ok(Postbox {
             address: address.to_owned(),
             admin,
+            keyless,
         })
     }
 }
@@ -155,7 +160,15 @@ impl System for Postbox {
     }
 
     async fn producer(&self, topic: &Topic, partition: u32) -> anyhow::Result<PartitionProducer> {
-        let producer = PostboxProducer::connect(&self.address, ProducerConfig::default()).await?;
+        let config = ProducerConfig {
+            generate_idempotency_keys: !self.keyless,
+            // Single records go as soon as the batch before them is
+            // acknowledged, batching whatever queued meanwhile: the setting
+            // for latency, as the peers' clients send at once too.
+            linger_ms: 0,
+            ..ProducerConfig::default()
+        };
+        let producer = PostboxProducer::connect(&self.address, config).await?;
         Ok(PartitionProducer {
             producer,
             topic: topic.name.clone(),
