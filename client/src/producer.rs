@@ -484,11 +484,16 @@ impl Batcher {
     async fn run(mut self) {
         loop {
             let deadline = self.open.values().map(|batch| batch.deadline).min();
+            let in_flight = Arc::clone(&self.in_flight);
             tokio::select! {
                 // Due batches first, so a steady stream of records cannot
-                // hold back a batch past its linger.
+                // hold back a batch past its linger. A due batch waits for a
+                // free publish slot here, not in `start_publish`, so records
+                // keep joining it meanwhile: with `linger_ms = 0` a record
+                // goes at once when no publish is in flight, and otherwise
+                // with all those that queued behind it.
                 biased;
-                () = sleep_until(deadline) => self.send_due().await,
+                permit = due_with_slot(deadline, in_flight) => self.send_due(permit).await,
                 command = self.commands.recv() => match command {
                     Some(Command::Send { topic, record, encoded_bytes, reply }) => {
                         self.add(topic, Pending { record, reply }, encoded_bytes).await;
@@ -534,17 +539,16 @@ impl Batcher {
         }
     }
 
-    async fn send_due(&mut self) {
-        let now = Instant::now();
-        let due: Vec<String> = self
+    /// Publishes the due batch of earliest deadline with `permit`.
+    async fn send_due(&mut self, permit: Option<OwnedSemaphorePermit>) {
+        let due = self
             .open
             .iter()
-            .filter(|(_, batch)| batch.deadline <= now)
-            .map(|(topic, _)| topic.clone())
-            .collect();
-        for topic in due {
+            .min_by_key(|(_, batch)| batch.deadline)
+            .map(|(topic, _)| topic.clone());
+        if let (Some(topic), Some(permit)) = (due, permit) {
             if let Some(mut batch) = self.open.remove(&topic) {
-                self.start_publish(&topic, batch.builder.take()).await;
+                self.spawn_publish(&topic, batch.builder.take(), permit);
             }
         }
     }
@@ -568,6 +572,11 @@ impl Batcher {
             // senders with `Closed`.
             return;
         };
+        self.spawn_publish(topic, batch, permit);
+    }
+
+    /// Publishes `batch` in a task of its own, holding `permit` until done.
+    fn spawn_publish(&self, topic: &str, batch: Vec<Pending>, permit: OwnedSemaphorePermit) {
         let shared = Arc::clone(&self.shared);
         let topic = topic.to_owned();
         tokio::spawn(async move {
@@ -599,12 +608,20 @@ fn deliver(result: Result<Vec<Ack>>, replies: Vec<Reply>) {
     }
 }
 
-/// Sleeps until `deadline`, or forever when there is none.
-async fn sleep_until(deadline: Option<Instant>) {
+/// Waits until `deadline` (forever when there is none), then for a free
+/// publish slot; `None` only if the semaphore were closed. A deadline already
+/// past does not wait for the timer, whose millisecond ticks would add up to
+/// a millisecond to every record of a zero linger.
+async fn due_with_slot(
+    deadline: Option<Instant>,
+    in_flight: Arc<Semaphore>,
+) -> Option<OwnedSemaphorePermit> {
     match deadline {
-        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        Some(deadline) if deadline > Instant::now() => tokio::time::sleep_until(deadline).await,
+        Some(_) => {}
         None => std::future::pending().await,
     }
+    in_flight.acquire_owned().await.ok()
 }
 
 #[cfg(test)]

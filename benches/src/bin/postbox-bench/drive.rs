@@ -260,20 +260,20 @@ impl ProducerPlan {
         let mut due_ns = self.started_ns;
         while let Some(count) = self.next_batch(sent) {
             // Timers tick in milliseconds: publishes due within the next tick
-            // go now, and each one's latency counts from its due time or from
-            // when it went, whichever is later.
+            // go now. Latency counts from the due time, or from when the
+            // publish went if that was earlier: whichever came first.
             let wait_ns = due_ns.saturating_sub(payload::now_ns());
             if wait_ns >= TIMER_TICK_NS {
                 tokio::time::sleep(Duration::from_nanos(wait_ns - TIMER_TICK_NS)).await;
             }
-            let start_ns = due_ns.max(payload::now_ns());
+            let start_ns = due_ns.min(payload::now_ns());
             let (records, checksum) = self.batch(sent, count, start_ns);
             let permit = Arc::clone(&room).acquire_many_owned(count as u32).await?;
             let producer = Arc::clone(&producer);
             in_flight.spawn(async move {
                 producer.publish(records).await?;
                 let _permit = permit;
-                anyhow::Ok((count, checksum, payload::now_ns() - start_ns))
+                anyhow::Ok((count, checksum, payload::now_ns().saturating_sub(start_ns)))
             });
             sent += count;
             due_ns += interval_ns;

@@ -325,9 +325,11 @@ impl Bench {
             if let Some(broker) = broker.as_deref_mut() {
                 broker.reset_peak_rss();
             }
+            let sampler = broker.as_deref().map(BrokerProcess::sample_anon_rss);
             let row = measure(name, system, scenario, &topic).await;
             let row = Row {
                 broker_peak_rss_bytes: broker.as_deref_mut().and_then(|b| b.peak_rss_bytes()),
+                broker_peak_anon_rss_bytes: sampler.and_then(|s| s.peak_bytes()),
                 ..row
             };
             if let Some(broker) = broker.as_deref_mut() {
@@ -362,7 +364,7 @@ async fn measure<S: System>(name: &str, system: &S, scenario: &Scenario, topic: 
         eprintln!("postbox-bench: {name}: deleting {}: {error:#}", topic.name);
     }
     let row = match outcome {
-        Ok(Ok(measured)) => Row::measured(name, scenario, durability, &measured, None),
+        Ok(Ok(measured)) => Row::measured(name, scenario, durability, &measured),
         Ok(Err(error)) => failed(error),
         Err(_) => failed(anyhow::anyhow!("the run took longer than {RUN_TIMEOUT:?}")),
     };

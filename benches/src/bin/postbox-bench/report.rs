@@ -84,8 +84,12 @@ pub struct Row {
     pub consume: Option<PhaseReport>,
     pub check: Option<Verdict>,
     /// Peak resident set of the broker process during the run, where the
-    /// bench started it (Postbox).
+    /// bench started it (Postbox): VmHWM, which counts the pages of the log
+    /// files it maps to serve reads.
     pub broker_peak_rss_bytes: Option<u64>,
+    /// Highest sample (every 50 ms) of its anonymous resident memory: what it
+    /// allocated itself.
+    pub broker_peak_anon_rss_bytes: Option<u64>,
 }
 
 impl Row {
@@ -94,7 +98,6 @@ impl Row {
         scenario: &Scenario,
         durability_at_ack: &str,
         measured: &Measured,
-        broker_peak_rss_bytes: Option<u64>,
     ) -> Row {
         let reason = measured.verdict.failure();
         Row {
@@ -107,7 +110,6 @@ impl Row {
             publish: Some(PhaseReport::new(&measured.publish)),
             consume: Some(PhaseReport::new(&measured.consume)),
             check: Some(measured.verdict.clone()),
-            broker_peak_rss_bytes,
             ..Row::unmeasured(
                 system,
                 scenario,
@@ -136,6 +138,7 @@ impl Row {
             consume: None,
             check: None,
             broker_peak_rss_bytes: None,
+            broker_peak_anon_rss_bytes: None,
         }
     }
 
@@ -215,7 +218,7 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "{:<16} {:<28} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8}  {:<8} durability at ack",
+            "{:<16} {:<28} {:>12} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}  {:<8} durability at ack",
             "system",
             "scenario",
             "records/s",
@@ -225,6 +228,7 @@ impl Report {
             "p99.9 ms",
             "max ms",
             "RSS MiB",
+            "anon MiB",
             "check"
         );
         for row in &self.rows {
@@ -236,9 +240,13 @@ impl Report {
             let [p50, p99, p999, max] = latency
                 .map(|l| [ms(l.p50), ms(l.p99), ms(l.p999), ms(l.max)])
                 .unwrap_or_else(|| ["-".into(), "-".into(), "-".into(), "-".into()]);
-            let rss = row.broker_peak_rss_bytes.map_or("-".into(), |b| {
-                format!("{:.0}", b as f64 / (1 << 20) as f64)
-            });
+            let mib = |bytes: Option<u64>| {
+                bytes.map_or("-".into(), |b| {
+                    format!("{:.0}", b as f64 / (1 << 20) as f64)
+                })
+            };
+            let rss = mib(row.broker_peak_rss_bytes);
+            let anon = mib(row.broker_peak_anon_rss_bytes);
             let check = match row.outcome {
                 Outcome::Passed => "ok",
                 Outcome::Failed => "FAILED",
@@ -246,7 +254,7 @@ impl Report {
             };
             let _ = writeln!(
                 out,
-                "{:<16} {:<28} {rate:>12} {mb:>9} {p50:>9} {p99:>9} {p999:>9} {max:>9} {rss:>8}  {check:<8} {}",
+                "{:<16} {:<28} {rate:>12} {mb:>9} {p50:>9} {p99:>9} {p999:>9} {max:>9} {rss:>8} {anon:>8}  {check:<8} {}",
                 row.system, row.label, row.durability_at_ack
             );
             if let Some(reason) = &row.reason {

@@ -9,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
@@ -86,17 +88,63 @@ impl BrokerProcess {
         let _ = std::fs::write(format!("/proc/{}/clear_refs", self.pid), "5");
     }
 
-    /// The process's peak resident set since start or the last reset.
+    /// The process's peak resident set since start or the last reset. It
+    /// counts the pages of segment files the broker has mapped to serve reads.
     pub fn peak_rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).ok()?;
-        let line = status.lines().find(|line| line.starts_with("VmHWM:"))?;
-        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        status_bytes(self.pid, "VmHWM:")
+    }
+
+    /// Samples the process's anonymous resident memory (heap, stacks: what it
+    /// allocated, not the log files it maps) every `SAMPLE_INTERVAL` until the
+    /// returned guard is dropped; the guard then holds the highest sample.
+    pub fn sample_anon_rss(&self) -> AnonRssSampler {
+        let peak = Arc::new(AtomicU64::new(0));
+        let (pid, sampled) = (self.pid, Arc::clone(&peak));
+        let task = tokio::spawn(async move {
+            loop {
+                if let Some(bytes) = status_bytes(pid, "RssAnon:") {
+                    sampled.fetch_max(bytes, Ordering::Relaxed);
+                }
+                tokio::time::sleep(ANON_RSS_SAMPLE_INTERVAL).await;
+            }
+        });
+        AnonRssSampler { peak, task }
     }
 
     /// Whether the process still runs.
     pub fn is_running(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+/// How often the broker's anonymous memory is sampled during a run.
+const ANON_RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(50);
+
+/// A field of `/proc/PID/status` given in kB, in bytes.
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// A running sample of a broker's anonymous memory; stops when dropped.
+#[derive(Debug)]
+pub struct AnonRssSampler {
+    peak: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl AnonRssSampler {
+    /// The highest sample so far.
+    pub fn peak_bytes(&self) -> Option<u64> {
+        Some(self.peak.load(Ordering::Relaxed)).filter(|&bytes| bytes > 0)
+    }
+}
+
+impl Drop for AnonRssSampler {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
