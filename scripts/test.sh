@@ -17,6 +17,11 @@ fi
 # password): start or install one if none answers.
 ./scripts/postgres.sh
 
+# postbox-bench's test runs every peer broker that answers (NATS, Redis,
+# RabbitMQ streams) and reports the others as not measured; this readies them
+# where they are installed (RabbitMQ's stream plugin is off by default).
+./scripts/peers.sh
+
 # The integration tests in tests/ start the real binaries (postbox-broker,
 # postbox, postbox-relay) from target/debug: build them first, with the profile the tests use.
 cargo build --workspace --bins --locked

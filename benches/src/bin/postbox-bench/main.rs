@@ -64,7 +64,7 @@ struct Args {
         long,
         value_enum,
         value_delimiter = ',',
-        default_value = "postbox,nats,redis,rabbitmq"
+        default_value = "postbox,postbox-keyless,nats,redis,rabbitmq"
     )]
     systems: Vec<SystemName>,
     /// The small preset: the targets' scenarios in under a minute.
