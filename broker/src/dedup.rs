@@ -2,8 +2,8 @@
 //! the record that first carried it.
 //!
 //! Two layers. Keys of recent records live in memory; a checkpoint moves the
-//! keys of durable records into the metadata store (sled), fsyncs it, and then
-//! records in `dedup.checkpoint` (a file of the broker's own, written through the
+//! keys of durable records into the metadata store (a sorted run file,
+//! `dedup_runs`), syncs it, and then records in `dedup.checkpoint` (a file of the broker's own, written through the
 //! VFS) the per-partition offsets below which every key is in the store. At open
 //! the memory layer is rebuilt by scanning the log from those offsets, so a key
 //! acknowledged just before a crash is still a duplicate after it.

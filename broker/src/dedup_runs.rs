@@ -27,7 +27,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -76,8 +76,10 @@ struct Run {
     keys: u64,
     newest_ms: i64,
     bloom: Bloom,
-    /// Per block: its first key and its byte range in the file.
-    blocks: Vec<(Box<[u8]>, u64, u64)>,
+    /// Per block: its first key and where it starts in the file; it ends
+    /// where the next one starts, the last one at `entries_end`.
+    blocks: Vec<(Box<[u8]>, u64)>,
+    entries_end: u64,
 }
 
 impl RunStore {
@@ -344,10 +346,10 @@ impl Run {
 
     /// Opens and checks run `seq` at `path`.
     fn open(path: PathBuf, seq: u64) -> Result<Run> {
-        let bytes =
-            fs::read(&path).map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
-        let file =
-            File::open(&path).map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+        let mut bytes = Vec::new();
+        let file = File::open(&path)
+            .and_then(|mut file| file.read_to_end(&mut bytes).map(|_| file))
+            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Run::index(path, file, seq, &bytes)
     }
 
@@ -361,16 +363,9 @@ impl Run {
         for (i, (key, _)) in parsed.iter().enumerate() {
             bloom.insert(bloom_hash(key));
             if i % DEDUP_RUN_BLOCK_ENTRIES == 0 {
-                if let Some(last) = blocks.last_mut() {
-                    let (_, _, end): &mut (Box<[u8]>, u64, u64) = last;
-                    *end = position;
-                }
-                blocks.push((Box::from(*key), position, position));
+                blocks.push((Box::from(*key), position));
             }
             position += (1 + key.len() + ENTRY_TAIL_BYTES) as u64;
-        }
-        if let Some(last) = blocks.last_mut() {
-            last.2 = position;
         }
         Ok(Run {
             seq,
@@ -380,6 +375,7 @@ impl Run {
             newest_ms,
             bloom,
             blocks,
+            entries_end: position,
         })
     }
 
@@ -387,14 +383,15 @@ impl Run {
     fn find(&self, key: &[u8]) -> Result<Option<DedupEntry>> {
         let at = self
             .blocks
-            .partition_point(|(first, _, _)| first.as_ref() <= key);
-        let Some((_, start, end)) = at.checked_sub(1).map(|i| &self.blocks[i]) else {
+            .partition_point(|(first, _)| first.as_ref() <= key);
+        let Some(&(_, start)) = at.checked_sub(1).map(|i| &self.blocks[i]) else {
             return Ok(None);
         };
-        let mut block = vec![0u8; (end - start) as usize];
-        self.file
-            .read_exact_at(&mut block, *start)
-            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+        let end = self
+            .blocks
+            .get(at)
+            .map_or(self.entries_end, |&(_, next)| next);
+        let block = self.read_at(start, end)?;
         let mut rest = &block[..];
         while let Some((entry_key, entry, next)) = next_entry(rest) {
             if entry_key == key {
@@ -405,8 +402,19 @@ impl Run {
         Ok(None)
     }
 
+    /// The whole file, through the run's own handle (its name may since
+    /// belong to a merged run).
     fn read_all(&self) -> Result<Vec<u8>> {
-        fs::read(&self.path).map_err(|e| Error::io(format!("reading {}", self.path.display()), e))
+        // Entries, then the CRC.
+        self.read_at(0, self.entries_end + 4)
+    }
+
+    fn read_at(&self, start: u64, end: u64) -> Result<Vec<u8>> {
+        let mut bytes = vec![0u8; (end - start) as usize];
+        self.file
+            .read_exact_at(&mut bytes, start)
+            .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
+        Ok(bytes)
     }
 }
 

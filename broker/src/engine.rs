@@ -9,7 +9,8 @@
 //! Layout of the data directory:
 //!
 //! ```text
-//! <data-dir>/meta/                       sled: consumer offsets, dedup keys
+//! <data-dir>/meta/                       sled: consumer offsets, fences
+//! <data-dir>/dedup/<store key, hex>/     dedup keys, one sorted run per checkpoint
 //! <data-dir>/topics/<topic>/topic.json   the topic's settings (source of truth)
 //! <data-dir>/topics/<topic>/dedup.checkpoint
 //! <data-dir>/topics/<topic>/<partition>/<base:020>.log|.index

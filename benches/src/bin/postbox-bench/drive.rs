@@ -68,8 +68,9 @@ fn histogram() -> Histogram<u64> {
         .expect("constant histogram bounds are valid")
 }
 
-fn record_latency(histogram: &mut Histogram<u64>, since_ns: u64, count: u64) {
-    let micros = (payload::now_ns().saturating_sub(since_ns) / 1_000).clamp(1, LATENCY_US_MAX);
+/// Records `count` records' latency, `latency_ns`, in microseconds.
+fn record_latency(histogram: &mut Histogram<u64>, latency_ns: u64, count: u64) {
+    let micros = (latency_ns / 1_000).clamp(1, LATENCY_US_MAX);
     histogram.saturating_record_n(micros, count);
 }
 
@@ -239,7 +240,8 @@ impl ProducerPlan {
             let sent_ns = payload::now_ns();
             let (records, checksum) = self.batch(done.records, count, sent_ns);
             producer.publish(records).await?;
-            record_latency(&mut done.latency_us, sent_ns, count);
+            let latency_ns = payload::now_ns().saturating_sub(sent_ns);
+            record_latency(&mut done.latency_us, latency_ns, count);
             done.add(count, self.record_bytes, checksum);
             progress.inc(count);
         }
@@ -281,8 +283,7 @@ impl ProducerPlan {
         let mut done = self.done();
         while let Some(joined) = in_flight.join_next().await {
             let (count, checksum, latency_ns) = joined.context("a publish task panicked")??;
-            let micros = (latency_ns / 1_000).clamp(1, LATENCY_US_MAX);
-            done.latency_us.saturating_record_n(micros, count);
+            record_latency(&mut done.latency_us, latency_ns, count);
             done.add(count, self.record_bytes, checksum);
             progress.inc(count);
         }
@@ -426,7 +427,7 @@ async fn consume<C: Consumer>(
         for payload in &batch {
             let header = state.tally.add(payload);
             if let (Some((_, _, sent_ns)), Some(latency)) = (header, state.latency_us.as_mut()) {
-                record_latency(latency, sent_ns, 1);
+                record_latency(latency, now.saturating_sub(sent_ns), 1);
             }
         }
         state.last_record_ns = now;
