@@ -474,25 +474,32 @@ impl Partition {
     }
 
     /// Fdatasyncs what `async` appends wrote. A failure latches the partition.
+    ///
+    /// The sync runs without the I/O lock, so appends keep being written
+    /// meanwhile instead of stalling for the length of a sync of a second's
+    /// writes: the offsets it makes durable are those written before it
+    /// started.
     pub fn flush(&self) -> Result<()> {
-        let mut io = lock(&self.io);
-        if let Some(cause) = &lock(&self.writer).failed {
-            // Never retry an fsync: after a failure the kernel may have dropped
-            // the dirty pages, and a second fsync would "succeed" over lost data.
-            return Err(self.failed_error(cause));
-        }
-        if !io.unsynced {
-            return Ok(());
-        }
-        let end = io.end_offset;
-        if let Err(error) = io.log.sync_data() {
-            let error = Error::io(format!("syncing {}", io.log_path.display()), error);
+        let (log, log_path, end) = {
+            let mut io = lock(&self.io);
+            if let Some(cause) = &lock(&self.writer).failed {
+                // Never retry an fsync: after a failure the kernel may have dropped
+                // the dirty pages, and a second fsync would "succeed" over lost data.
+                return Err(self.failed_error(cause));
+            }
+            if !io.unsynced {
+                return Ok(());
+            }
+            io.unsynced = false;
+            (Arc::clone(&io.log), io.log_path.clone(), io.end_offset)
+        };
+        if let Err(error) = log.sync_data() {
+            let error = Error::io(format!("syncing {}", log_path.display()), error);
             let mut w = lock(&self.writer);
             w.failed = Some(error.to_string());
             self.release_and_wake(w);
             return Err(error);
         }
-        io.unsynced = false;
         let mut w = lock(&self.writer);
         w.durable_end = w.durable_end.max(end);
         Ok(())

@@ -258,6 +258,7 @@ impl ProducerPlan {
     ) -> anyhow::Result<ProducerDone> {
         let room = Arc::new(Semaphore::new(FIXED_RATE_IN_FLIGHT_RECORDS_MAX));
         let mut in_flight = JoinSet::new();
+        let mut done = self.done();
         let mut sent = 0u64;
         let mut due_ns = self.started_ns;
         while let Some(count) = self.next_batch(sent) {
@@ -279,15 +280,31 @@ impl ProducerPlan {
             });
             sent += count;
             due_ns += interval_ns;
+            // Finished publishes are counted as they go, so that the set does
+            // not grow with the run (a growing heap is work the peers' runs
+            // would not share).
+            while let Some(joined) = in_flight.try_join_next() {
+                self.count_published(&mut done, joined, &progress)?;
+            }
         }
-        let mut done = self.done();
         while let Some(joined) = in_flight.join_next().await {
-            let (count, checksum, latency_ns) = joined.context("a publish task panicked")??;
-            record_latency(&mut done.latency_us, latency_ns, count);
-            done.add(count, self.record_bytes, checksum);
-            progress.inc(count);
+            self.count_published(&mut done, joined, &progress)?;
         }
         Ok(done)
+    }
+
+    /// Adds a finished fixed-rate publish to `done`.
+    fn count_published(
+        &self,
+        done: &mut ProducerDone,
+        joined: Result<anyhow::Result<(u64, u64, u64)>, tokio::task::JoinError>,
+        progress: &ProgressBar,
+    ) -> anyhow::Result<()> {
+        let (count, checksum, latency_ns) = joined.context("a publish task panicked")??;
+        record_latency(&mut done.latency_us, latency_ns, count);
+        done.add(count, self.record_bytes, checksum);
+        progress.inc(count);
+        Ok(())
     }
 
     fn done(&self) -> ProducerDone {
