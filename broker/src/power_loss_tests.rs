@@ -371,6 +371,51 @@ fn a_failed_async_flush_is_never_retried() {
 }
 
 #[test]
+fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
+    let (fs, _meta, engine) = fresh();
+    let engine = Arc::new(engine);
+    engine
+        .create_topic("a", topic_config(1, Durability::Async))
+        .expect("create");
+    engine
+        .publish("a", &[RecordInput::new("x")])
+        .expect("written");
+    let partition = Arc::clone(&engine.topic("a").expect("topic").partitions()[0]);
+    fs.hold_syncs();
+    let flushing = {
+        let partition = Arc::clone(&partition);
+        std::thread::spawn(move || partition.flush())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while fs.syncs_held() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the flush never synced"
+        );
+        std::thread::yield_now();
+    }
+    // While the flush's sync is under way, an append is written and
+    // acknowledged (an async topic acknowledges once written).
+    let (done_tx, done) = std::sync::mpsc::channel();
+    let publishing = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            let _ = done_tx.send(engine.publish("a", &[RecordInput::new("y")]));
+        })
+    };
+    let published = done.recv_timeout(std::time::Duration::from_secs(10));
+    fs.release_syncs();
+    let published = published.expect("the append waited for the flush's sync");
+    assert_eq!(published.expect("appended")[0].offset, 1);
+    flushing.join().expect("flush thread").expect("flushed");
+    publishing.join().expect("publish thread");
+    // The sync started before "y" was written: only "x" counts as durable.
+    assert_eq!(partition.durable_end(), 1);
+    partition.flush().expect("flushed");
+    assert_eq!(partition.durable_end(), 2);
+}
+
+#[test]
 fn a_checkpoint_taken_while_rebuilding_covers_only_what_was_scanned() {
     // More keys than memory holds, never checkpointed: the reopen rebuilds
     // from the window's start and checkpoints part-way. A crash right after

@@ -9,12 +9,13 @@
 //! What was synced always survives.
 //!
 //! It also injects I/O errors on demand ([`SimFs::fail_next`]) to test that a
-//! failed write or fsync latches the partition.
+//! failed write or fsync latches the partition, and holds syncs back on demand
+//! ([`SimFs::hold_syncs`]) to test what goes on while one is under way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
@@ -70,6 +71,27 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
+    syncs: Arc<SyncGate>,
+}
+
+/// Holds `sync_data` calls back while closed.
+#[derive(Debug, Default)]
+struct SyncGate {
+    /// Whether the gate is closed, and how many syncs wait at it.
+    state: Mutex<(bool, usize)>,
+    opened: Condvar,
+}
+
+impl SyncGate {
+    /// Returns once the gate is open.
+    fn pass(&self) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.1 += 1;
+        while state.0 {
+            state = self.opened.wait(state).unwrap_or_else(|e| e.into_inner());
+        }
+        state.1 -= 1;
+    }
 }
 
 fn not_found(path: &Path) -> io::Error {
@@ -105,6 +127,23 @@ impl SimFs {
     /// Makes the next write or sync fail with an I/O error.
     pub fn fail_next(&self, op: FailOp) {
         self.lock().fail_next = Some(op);
+    }
+
+    /// Holds every `sync_data` back, before it makes anything durable, until
+    /// [`SimFs::release_syncs`].
+    pub fn hold_syncs(&self) {
+        self.syncs.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+    }
+
+    /// How many syncs wait at [`SimFs::hold_syncs`]'s gate.
+    pub fn syncs_held(&self) -> usize {
+        self.syncs.state.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    /// Lets held syncs (and later ones) go on.
+    pub fn release_syncs(&self) {
+        self.syncs.state.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
+        self.syncs.opened.notify_all();
     }
 
     /// Simulates a power loss: pending operations survive, vanish or are trashed,
@@ -281,6 +320,7 @@ impl VFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
+        self.fs.syncs.pass();
         self.fs.lock().take_failure(FailOp::Sync)?;
         self.with_node(|node| {
             node.durable = node.current.clone();
