@@ -483,7 +483,10 @@ impl Fragments {
     }
 
     /// Whether the row's key has a dead letter, with the topic prefix bound
-    /// to `prefix` (a parameter such as `$3`).
+    /// to `prefix` (a parameter such as `$3`). The first `EXISTS` is not
+    /// correlated, so PostgreSQL evaluates it once per statement (an init
+    /// plan): with no dead letters, the usual case, no row pays a lookup. That
+    /// lookup was a fifth of a 1000-row claim's time.
     fn held(&self, prefix: &str) -> String {
         let Fragments {
             dead_letters,
@@ -492,8 +495,8 @@ impl Fragments {
         } = self;
         match &self.partition_key {
             Some(key) => format!(
-                "EXISTS (SELECT FROM {dead_letters} d \
-                 WHERE d.topic = {prefix}::text || {topic} AND d.partition_key = {key})"
+                "(EXISTS (SELECT FROM {dead_letters}) AND EXISTS (SELECT FROM {dead_letters} d \
+                 WHERE d.topic = {prefix}::text || {topic} AND d.partition_key = {key}))"
             ),
             None => "FALSE".to_owned(),
         }
