@@ -15,6 +15,10 @@
 //! - The checkpoint moves only after the store's files are truly synced.
 //! - Memory is bounded: at `DEDUP_MEMORY_KEYS_MAX` keys a checkpoint is due, and
 //!   appends with keys wait while a topic holds twice that many.
+//! - A checkpoint holds the memory lock only to swap maps and to hand back
+//!   the few keys it did not store, never for a pass over every key: keyed
+//!   appends wait microseconds for it, not milliseconds. Keys being moved stay
+//!   visible to lookups until the store holds them.
 //! - The window is measured on record timestamps: a key expires when the topic's
 //!   newest appended record is more than `dedup_window_ms` younger than the key's
 //!   record, not by the wall clock at lookup, so a clock that jumps forward
@@ -43,10 +47,18 @@ const CHECKPOINT_VERSION: u32 = 2;
 /// Name of the checkpoint file in a topic directory.
 pub const CHECKPOINT_FILE: &str = "dedup.checkpoint";
 
+/// An idempotency key and where its record is.
+type Keyed = (Bytes, DedupEntry);
+
 /// The in-memory layer.
 #[derive(Debug, Default)]
 pub struct Memory {
     recent: HashMap<Bytes, DedupEntry>,
+    /// The keys a checkpoint under way is moving to the store: still found
+    /// here until the store holds them, never added to. The checkpoint takes
+    /// `recent` whole into it and hands back what it did not store, so the
+    /// lock is held for a swap and a few keys, not for a pass over every key.
+    moving: Arc<HashMap<Bytes, DedupEntry>>,
     /// Bumped whenever keys move from memory to the store, so that a lookup in
     /// the store made before taking the lock can tell it may be stale.
     generation: u64,
@@ -54,7 +66,10 @@ pub struct Memory {
 
 impl Memory {
     pub fn get(&self, key: &[u8]) -> Option<DedupEntry> {
-        self.recent.get(key).copied()
+        self.recent
+            .get(key)
+            .or_else(|| self.moving.get(key))
+            .copied()
     }
 
     /// Remembers a key. A later record with the same key (appended after the
@@ -69,12 +84,13 @@ impl Memory {
         self.generation
     }
 
+    /// Keys held, those being moved to the store included.
     pub fn len(&self) -> usize {
-        self.recent.len()
+        self.recent.len() + self.moving.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.recent.is_empty()
+        self.len() == 0
     }
 }
 
@@ -196,55 +212,84 @@ impl Dedup {
     /// there is nothing new to record.
     fn checkpoint_below(&self, offsets: &[u64]) -> Result<()> {
         let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
-        let entries: Vec<(Bytes, DedupEntry)> = self
-            .lock()
-            .recent
+        let moving = self.start_moving();
+        let (entries, kept): (Vec<Keyed>, Vec<Keyed>) = moving
             .iter()
-            .filter(|(_, e)| {
+            .map(|(k, e)| (k.clone(), *e))
+            .partition(|(_, e)| {
                 offsets
                     .get(e.partition as usize)
                     .is_some_and(|end| e.offset < *end)
-            })
-            .map(|(k, e)| (k.clone(), *e))
-            .collect();
+            });
         let mut last = self
             .last_checkpoint
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if entries.is_empty() && last.as_deref() == Some(offsets) {
+            drop(kept);
+            self.stop_moving(moving);
             return Ok(());
         }
+        let started = Instant::now();
+        let stored = self.store(&entries, offsets);
+        let elapsed_ms = started.elapsed().as_millis() as u64;
+        if let Err(error) = stored {
+            self.stop_moving(moving);
+            return Err(error);
+        }
+        *last = Some(offsets.to_vec());
+        drop(last);
+        self.finish_moving(kept);
+        // The moved keys are freed here, outside the lock.
+        drop(moving);
+        tracing::debug!(topic = %self.topic, keys = entries.len(), elapsed_ms, "dedup checkpoint");
+        Ok(())
+    }
+
+    /// Writes `entries` to the store, syncs it, and records `offsets` as the
+    /// checkpoint.
+    fn store(&self, entries: &[Keyed], offsets: &[u64]) -> Result<()> {
         let expire_before_ms = self
             .log_time_ms
             .load(Ordering::Relaxed)
             .saturating_sub(self.window_ms as i64);
-        let started = Instant::now();
         self.meta
-            .dedup_insert(&self.store_key, &entries, expire_before_ms, self.keys_max)?;
-        let inserted = Instant::now();
+            .dedup_insert(&self.store_key, entries, expire_before_ms, self.keys_max)?;
         self.meta.sync()?;
-        let synced = Instant::now();
-        self.write_checkpoint(offsets)?;
-        *last = Some(offsets.to_vec());
-        drop(last);
+        self.write_checkpoint(offsets)
+    }
+
+    /// Takes every key in memory into `moving` (where lookups still find
+    /// them) and returns them.
+    fn start_moving(&self) -> Arc<HashMap<Bytes, DedupEntry>> {
         let mut memory = self.lock();
-        for (key, entry) in &entries {
-            if memory.recent.get(key) == Some(entry) {
-                memory.recent.remove(key);
-            }
+        let moving = Arc::new(std::mem::take(&mut memory.recent));
+        memory.moving = Arc::clone(&moving);
+        moving
+    }
+
+    /// After the store took the moving keys: forgets them, keeping `kept`
+    /// (keys of records not yet durable) unless a newer record of the same
+    /// key came meanwhile, and wakes appenders waiting for room.
+    fn finish_moving(&self, kept: Vec<Keyed>) {
+        let mut memory = self.lock();
+        memory.moving = Arc::default();
+        for (key, entry) in kept {
+            memory.recent.entry(key).or_insert(entry);
         }
         memory.generation += 1;
         drop(memory);
         self.room.notify_all();
-        tracing::debug!(
-            topic = %self.topic,
-            keys = entries.len(),
-            insert_ms = (inserted - started).as_millis() as u64,
-            sync_ms = (synced - inserted).as_millis() as u64,
-            total_ms = started.elapsed().as_millis() as u64,
-            "dedup checkpoint"
-        );
-        Ok(())
+    }
+
+    /// When nothing was stored: puts the moving keys back, those that came
+    /// meanwhile winning over them.
+    fn stop_moving(&self, moving: Arc<HashMap<Bytes, DedupEntry>>) {
+        let mut memory = self.lock();
+        memory.moving = Arc::default();
+        let mut keys = Arc::try_unwrap(moving).unwrap_or_else(|shared| (*shared).clone());
+        keys.extend(memory.recent.drain());
+        memory.recent = keys;
     }
 
     fn write_checkpoint(&self, offsets: &[u64]) -> Result<()> {

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
+use crate::meta::MetaStore;
 use crate::storage::io::Vfs;
 use crate::storage::sim::{FailOp, SimFs, SimMeta};
 use crate::{Durability, Engine, EngineConfig, Header, Record, RecordInput, TopicConfig};
@@ -413,6 +414,66 @@ fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
     assert_eq!(partition.durable_end(), 1);
     partition.flush().expect("flushed");
     assert_eq!(partition.durable_end(), 2);
+}
+
+#[test]
+fn keys_a_checkpoint_is_moving_stay_duplicates_and_keyed_appends_go_on() {
+    let (_fs, meta, engine) = fresh();
+    let engine = Arc::new(engine);
+    engine
+        .create_topic("k", topic_config(1, Durability::Sync))
+        .expect("create");
+    let keyed = |key: &'static str| RecordInput {
+        idempotency_key: Some(Bytes::from_static(key.as_bytes())),
+        ..RecordInput::new("v")
+    };
+    assert_eq!(engine.publish("k", &[keyed("a")]).expect("a")[0].offset, 0);
+    let topic = engine.topic("k").expect("topic");
+    meta.hold_dedup_inserts();
+    let checkpointing = {
+        let topic = Arc::clone(&topic);
+        std::thread::spawn(move || topic.dedup().checkpoint(topic.partitions()))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while meta.dedup_inserts_held() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint reached the store"
+        );
+        std::thread::yield_now();
+    }
+    // While the store insert is under way, "a" is out of the memory map it
+    // was in but must still be found, and a new key must go in.
+    let (answer, answered) = std::sync::mpsc::channel();
+    let publishing = {
+        let engine = Arc::clone(&engine);
+        std::thread::spawn(move || {
+            let again = engine.publish("k", &[keyed("a")]);
+            let new = engine.publish("k", &[keyed("b")]);
+            let _ = answer.send((again, new));
+        })
+    };
+    let published = answered.recv_timeout(std::time::Duration::from_secs(10));
+    meta.release_dedup_inserts();
+    let (again, new) = published.expect("keyed appends waited for the checkpoint");
+    let again = again.expect("publish a again")[0];
+    assert!(again.duplicate && again.offset == 0, "{again:?}");
+    let new = new.expect("publish b")[0];
+    assert!(!new.duplicate && new.offset == 1, "{new:?}");
+    checkpointing
+        .join()
+        .expect("checkpoint thread")
+        .expect("checkpointed");
+    publishing.join().expect("publish thread");
+    let stored = meta.dedup_get(topic.store_key(), b"a").expect("store");
+    assert_eq!(stored.map(|e| e.offset), Some(0), "a moved to the store");
+    for (key, offset) in [("a", 0), ("b", 1)] {
+        let retry = engine.publish("k", &[keyed(key)]).expect("retry")[0];
+        assert!(
+            retry.duplicate && retry.offset == offset,
+            "{key}: {retry:?}"
+        );
+    }
 }
 
 #[test]

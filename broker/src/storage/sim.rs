@@ -71,18 +71,19 @@ struct State {
 #[derive(Debug, Clone, Default)]
 pub struct SimFs {
     state: Arc<Mutex<State>>,
-    syncs: Arc<SyncGate>,
+    syncs: Arc<Gate>,
 }
 
-/// Holds `sync_data` calls back while closed.
+/// Holds calls back while closed, so that a test can look at what goes on
+/// while one is under way.
 #[derive(Debug, Default)]
-struct SyncGate {
-    /// Whether the gate is closed, and how many syncs wait at it.
+struct Gate {
+    /// Whether the gate is closed, and how many calls wait at it.
     state: Mutex<(bool, usize)>,
     opened: Condvar,
 }
 
-impl SyncGate {
+impl Gate {
     /// Returns once the gate is open.
     fn pass(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -91,6 +92,19 @@ impl SyncGate {
             state = self.opened.wait(state).unwrap_or_else(|e| e.into_inner());
         }
         state.1 -= 1;
+    }
+
+    fn close(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+    }
+
+    fn waiting(&self) -> usize {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+    }
+
+    fn open(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
+        self.opened.notify_all();
     }
 }
 
@@ -132,18 +146,17 @@ impl SimFs {
     /// Holds every `sync_data` back, before it makes anything durable, until
     /// [`SimFs::release_syncs`].
     pub fn hold_syncs(&self) {
-        self.syncs.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+        self.syncs.close();
     }
 
     /// How many syncs wait at [`SimFs::hold_syncs`]'s gate.
     pub fn syncs_held(&self) -> usize {
-        self.syncs.state.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.syncs.waiting()
     }
 
     /// Lets held syncs (and later ones) go on.
     pub fn release_syncs(&self) {
-        self.syncs.state.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
-        self.syncs.opened.notify_all();
+        self.syncs.open();
     }
 
     /// Simulates a power loss: pending operations survive, vanish or are trashed,
@@ -441,6 +454,7 @@ impl Vfs for SimFs {
 #[derive(Debug, Default)]
 pub struct SimMeta {
     state: Mutex<SimMetaState>,
+    dedup_inserts: Gate,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -457,6 +471,22 @@ struct MetaMaps {
 }
 
 impl SimMeta {
+    /// Holds every `dedup_insert` back, before it stores anything, until
+    /// [`SimMeta::release_dedup_inserts`].
+    pub fn hold_dedup_inserts(&self) {
+        self.dedup_inserts.close();
+    }
+
+    /// How many `dedup_insert` calls wait at the gate.
+    pub fn dedup_inserts_held(&self) -> usize {
+        self.dedup_inserts.waiting()
+    }
+
+    /// Lets held dedup inserts (and later ones) go on.
+    pub fn release_dedup_inserts(&self) {
+        self.dedup_inserts.open();
+    }
+
     pub fn crash(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.current = state.durable.clone();
@@ -517,6 +547,7 @@ impl crate::meta::MetaStore for SimMeta {
         expire_before_ms: i64,
         _keys_max: u64,
     ) -> crate::Result<()> {
+        self.dedup_inserts.pass();
         self.with(|m| {
             for (key, entry) in entries {
                 m.dedup.insert((topic.to_string(), key.to_vec()), *entry);
