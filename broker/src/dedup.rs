@@ -15,10 +15,10 @@
 //! - The checkpoint moves only after the store's files are truly synced.
 //! - Memory is bounded: at `DEDUP_MEMORY_KEYS_MAX` keys a checkpoint is due, and
 //!   appends with keys wait while a topic holds twice that many.
-//! - A checkpoint holds the memory lock only to swap maps and to hand back
-//!   the few keys it did not store, never for a pass over every key: keyed
-//!   appends wait microseconds for it, not milliseconds. Keys being moved stay
-//!   visible to lookups until the store holds them.
+//! - A checkpoint holds the memory lock only to swap maps and to take in the
+//!   few keys that came while it wrote, never for a pass over every key:
+//!   keyed appends wait microseconds for it, not milliseconds. Keys being
+//!   moved stay visible to lookups until the store holds them.
 //! - The window is measured on record timestamps: a key expires when the topic's
 //!   newest appended record is more than `dedup_window_ms` younger than the key's
 //!   record, not by the wall clock at lookup, so a clock that jumps forward
@@ -56,8 +56,9 @@ pub struct Memory {
     recent: HashMap<Bytes, DedupEntry>,
     /// The keys a checkpoint under way is moving to the store: still found
     /// here until the store holds them, never added to. The checkpoint takes
-    /// `recent` whole into it and hands back what it did not store, so the
-    /// lock is held for a swap and a few keys, not for a pass over every key.
+    /// `recent` whole into it and swaps back in what it did not store, so the
+    /// lock is held for swaps and the keys that came meanwhile, not for a pass
+    /// over every key.
     moving: Arc<HashMap<Bytes, DedupEntry>>,
     /// Bumped whenever keys move from memory to the store, so that a lookup in
     /// the store made before taking the lock can tell it may be stale.
@@ -226,23 +227,25 @@ impl Dedup {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if entries.is_empty() && last.as_deref() == Some(offsets) {
-            drop(kept);
-            self.stop_moving(moving);
+            self.end_moving(kept.into_iter().collect(), false);
             return Ok(());
         }
         let started = Instant::now();
-        let stored = self.store(&entries, offsets);
-        let elapsed_ms = started.elapsed().as_millis() as u64;
-        if let Err(error) = stored {
-            self.stop_moving(moving);
+        if let Err(error) = self.store(&entries, offsets) {
+            self.end_moving(entries.into_iter().chain(kept).collect(), false);
             return Err(error);
         }
         *last = Some(offsets.to_vec());
         drop(last);
-        self.finish_moving(kept);
+        self.end_moving(kept.into_iter().collect(), true);
         // The moved keys are freed here, outside the lock.
         drop(moving);
-        tracing::debug!(topic = %self.topic, keys = entries.len(), elapsed_ms, "dedup checkpoint");
+        tracing::debug!(
+            topic = %self.topic,
+            keys = entries.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "dedup checkpoint"
+        );
         Ok(())
     }
 
@@ -268,28 +271,20 @@ impl Dedup {
         moving
     }
 
-    /// After the store took the moving keys: forgets them, keeping `kept`
-    /// (keys of records not yet durable) unless a newer record of the same
-    /// key came meanwhile, and wakes appenders waiting for room.
-    fn finish_moving(&self, kept: Vec<Keyed>) {
+    /// Ends a move: memory keeps `unmoved` (the moving keys the store did not
+    /// take, built outside the lock) and the keys that came meanwhile, which
+    /// win over them, so the lock is held for the few keys that came. With
+    /// `stored`, lookups made in the store before now are stale.
+    fn end_moving(&self, unmoved: HashMap<Bytes, DedupEntry>, stored: bool) {
         let mut memory = self.lock();
         memory.moving = Arc::default();
-        for (key, entry) in kept {
-            memory.recent.entry(key).or_insert(entry);
+        let came = std::mem::replace(&mut memory.recent, unmoved);
+        memory.recent.extend(came);
+        if stored {
+            memory.generation += 1;
         }
-        memory.generation += 1;
         drop(memory);
         self.room.notify_all();
-    }
-
-    /// When nothing was stored: puts the moving keys back, those that came
-    /// meanwhile winning over them.
-    fn stop_moving(&self, moving: Arc<HashMap<Bytes, DedupEntry>>) {
-        let mut memory = self.lock();
-        memory.moving = Arc::default();
-        let mut keys = Arc::try_unwrap(moving).unwrap_or_else(|shared| (*shared).clone());
-        keys.extend(memory.recent.drain());
-        memory.recent = keys;
     }
 
     fn write_checkpoint(&self, offsets: &[u64]) -> Result<()> {
