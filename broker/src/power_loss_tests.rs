@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::meta::MetaStore;
 use crate::storage::io::Vfs;
-use crate::storage::sim::{FailOp, SimFs, SimMeta};
+use crate::storage::sim::{FailOp, Gate, SimFs, SimMeta};
 use crate::{Durability, Engine, EngineConfig, Header, Record, RecordInput, TopicConfig};
 
 const SEEDS_PER_TEST_DEFAULT: u64 = 2500;
@@ -371,6 +371,34 @@ fn a_failed_async_flush_is_never_retried() {
     );
 }
 
+/// How long a test waits for a call to reach a gate, or for work that must
+/// not wait for one.
+const GATE_TEST_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until a call waits at `gate`; fails the test with `never` after
+/// `GATE_TEST_DEADLINE`.
+fn wait_until_held(gate: &Gate, never: &str) {
+    let deadline = std::time::Instant::now() + GATE_TEST_DEADLINE;
+    while gate.held() == 0 {
+        assert!(std::time::Instant::now() < deadline, "{never}");
+        std::thread::yield_now();
+    }
+}
+
+/// Runs `work` on a thread of its own and waits up to `wait` for it: its
+/// output, or `None` if it was still running (join the handle once whatever
+/// held it is released).
+fn within<T: Send + 'static>(
+    wait: std::time::Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> (Option<T>, std::thread::JoinHandle<()>) {
+    let (done, output) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let _ = done.send(work());
+    });
+    (output.recv_timeout(wait).ok(), handle)
+}
+
 #[test]
 fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
     let (fs, _meta, engine) = fresh();
@@ -382,30 +410,21 @@ fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
         .publish("a", &[RecordInput::new("x")])
         .expect("written");
     let partition = Arc::clone(&engine.topic("a").expect("topic").partitions()[0]);
-    fs.hold_syncs();
+    fs.syncs().hold();
     let flushing = {
         let partition = Arc::clone(&partition);
         std::thread::spawn(move || partition.flush())
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while fs.syncs_held() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the flush never synced"
-        );
-        std::thread::yield_now();
-    }
+    wait_until_held(fs.syncs(), "the flush never synced");
     // While the flush's sync is under way, an append is written and
     // acknowledged (an async topic acknowledges once written).
-    let (done_tx, done) = std::sync::mpsc::channel();
-    let publishing = {
+    let (published, publishing) = {
         let engine = Arc::clone(&engine);
-        std::thread::spawn(move || {
-            let _ = done_tx.send(engine.publish("a", &[RecordInput::new("y")]));
+        within(GATE_TEST_DEADLINE, move || {
+            engine.publish("a", &[RecordInput::new("y")])
         })
     };
-    let published = done.recv_timeout(std::time::Duration::from_secs(10));
-    fs.release_syncs();
+    fs.syncs().release();
     let published = published.expect("the append waited for the flush's sync");
     assert_eq!(published.expect("appended")[0].offset, 1);
     flushing.join().expect("flush thread").expect("flushed");
@@ -429,32 +448,22 @@ fn keys_a_checkpoint_is_moving_stay_duplicates_and_keyed_appends_go_on() {
     };
     assert_eq!(engine.publish("k", &[keyed("a")]).expect("a")[0].offset, 0);
     let topic = engine.topic("k").expect("topic");
-    meta.hold_dedup_inserts();
+    meta.dedup_inserts().hold();
     let checkpointing = {
         let topic = Arc::clone(&topic);
         std::thread::spawn(move || topic.dedup().checkpoint(topic.partitions()))
     };
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while meta.dedup_inserts_held() == 0 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no checkpoint reached the store"
-        );
-        std::thread::yield_now();
-    }
+    wait_until_held(meta.dedup_inserts(), "no checkpoint reached the store");
     // While the store insert is under way, "a" is out of the memory map it
     // was in but must still be found, and a new key must go in.
-    let (answer, answered) = std::sync::mpsc::channel();
-    let publishing = {
+    let (published, publishing) = {
         let engine = Arc::clone(&engine);
-        std::thread::spawn(move || {
+        within(GATE_TEST_DEADLINE, move || {
             let again = engine.publish("k", &[keyed("a")]);
-            let new = engine.publish("k", &[keyed("b")]);
-            let _ = answer.send((again, new));
+            (again, engine.publish("k", &[keyed("b")]))
         })
     };
-    let published = answered.recv_timeout(std::time::Duration::from_secs(10));
-    meta.release_dedup_inserts();
+    meta.dedup_inserts().release();
     let (again, new) = published.expect("keyed appends waited for the checkpoint");
     let again = again.expect("publish a again")[0];
     assert!(again.duplicate && again.offset == 0, "{again:?}");

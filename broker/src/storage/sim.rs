@@ -10,7 +10,7 @@
 //!
 //! It also injects I/O errors on demand ([`SimFs::fail_next`]) to test that a
 //! failed write or fsync latches the partition, and holds syncs back on demand
-//! ([`SimFs::hold_syncs`]) to test what goes on while one is under way.
+//! ([`SimFs::syncs`], [`SimMeta::dedup_inserts`]) to test what goes on while one is under way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -77,7 +77,7 @@ pub struct SimFs {
 /// Holds calls back while closed, so that a test can look at what goes on
 /// while one is under way.
 #[derive(Debug, Default)]
-struct Gate {
+pub struct Gate {
     /// Whether the gate is closed, and how many calls wait at it.
     state: Mutex<(bool, usize)>,
     opened: Condvar,
@@ -94,15 +94,19 @@ impl Gate {
         state.1 -= 1;
     }
 
-    fn close(&self) {
+    /// Holds every later call back, before it does anything, until
+    /// [`Gate::release`].
+    pub fn hold(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
     }
 
-    fn waiting(&self) -> usize {
+    /// How many calls wait at the gate.
+    pub fn held(&self) -> usize {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).1
     }
 
-    fn open(&self) {
+    /// Lets held calls (and later ones) go on.
+    pub fn release(&self) {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
         self.opened.notify_all();
     }
@@ -143,20 +147,9 @@ impl SimFs {
         self.lock().fail_next = Some(op);
     }
 
-    /// Holds every `sync_data` back, before it makes anything durable, until
-    /// [`SimFs::release_syncs`].
-    pub fn hold_syncs(&self) {
-        self.syncs.close();
-    }
-
-    /// How many syncs wait at [`SimFs::hold_syncs`]'s gate.
-    pub fn syncs_held(&self) -> usize {
-        self.syncs.waiting()
-    }
-
-    /// Lets held syncs (and later ones) go on.
-    pub fn release_syncs(&self) {
-        self.syncs.open();
+    /// The gate every `sync_data` passes before it makes anything durable.
+    pub fn syncs(&self) -> &Gate {
+        &self.syncs
     }
 
     /// Simulates a power loss: pending operations survive, vanish or are trashed,
@@ -471,20 +464,9 @@ struct MetaMaps {
 }
 
 impl SimMeta {
-    /// Holds every `dedup_insert` back, before it stores anything, until
-    /// [`SimMeta::release_dedup_inserts`].
-    pub fn hold_dedup_inserts(&self) {
-        self.dedup_inserts.close();
-    }
-
-    /// How many `dedup_insert` calls wait at the gate.
-    pub fn dedup_inserts_held(&self) -> usize {
-        self.dedup_inserts.waiting()
-    }
-
-    /// Lets held dedup inserts (and later ones) go on.
-    pub fn release_dedup_inserts(&self) {
-        self.dedup_inserts.open();
+    /// The gate every `dedup_insert` passes before it stores anything.
+    pub fn dedup_inserts(&self) -> &Gate {
+        &self.dedup_inserts
     }
 
     pub fn crash(&self) {
