@@ -436,6 +436,40 @@ fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
 }
 
 #[test]
+fn a_flush_waits_for_a_sync_under_way_in_another_flush() {
+    let (fs, _meta, engine) = fresh();
+    engine
+        .create_topic("a", topic_config(1, Durability::Async))
+        .expect("create");
+    engine
+        .publish("a", &[RecordInput::new("x")])
+        .expect("written");
+    let partition = Arc::clone(&engine.topic("a").expect("topic").partitions()[0]);
+    fs.syncs().hold();
+    let first = {
+        let partition = Arc::clone(&partition);
+        std::thread::spawn(move || partition.flush())
+    };
+    wait_until_held(fs.syncs(), "the first flush never synced");
+    // "x" is not durable until the held sync ends: a second flush must not
+    // report success before then.
+    let (second, second_thread) = {
+        let partition = Arc::clone(&partition);
+        within(std::time::Duration::from_millis(200), move || {
+            partition.flush()
+        })
+    };
+    fs.syncs().release();
+    assert!(
+        second.is_none(),
+        "a flush returned during another's sync: {second:?}"
+    );
+    first.join().expect("first flush thread").expect("flushed");
+    second_thread.join().expect("second flush thread");
+    assert_eq!(partition.durable_end(), 1);
+}
+
+#[test]
 fn keys_a_checkpoint_is_moving_stay_duplicates_and_keyed_appends_go_on() {
     let (_fs, meta, engine) = fresh();
     let engine = Arc::new(engine);

@@ -17,7 +17,7 @@
 //!   holds). An fsync is never retried.
 //! - Bytes enqueued but not yet durable stay under `in_flight_bytes_max`; an
 //!   appender waits for room instead of growing the queue.
-//! - Lock order: `io` before `writer`, `writer` before `log`.
+//! - Lock order: `flushing` before `io`, `io` before `writer`, `writer` before `log`.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -480,6 +480,7 @@ impl Partition {
     /// writes: the offsets it makes durable are those written before it
     /// started.
     pub fn flush(&self) -> Result<()> {
+        let _one_at_a_time = lock(&self.flushing);
         let (log, log_path, end) = {
             let mut io = lock(&self.io);
             if let Some(cause) = &lock(&self.writer).failed {

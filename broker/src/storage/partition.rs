@@ -63,6 +63,10 @@ pub struct Partition {
     pub(super) queue_cv: Condvar,
     /// The active segment's files, held by the one thread writing at a time.
     pub(super) io: Mutex<WriterIo>,
+    /// Serialises `async` flushes, whose sync runs without the I/O lock: a
+    /// flush returns only once a sync started after everything written
+    /// before it was called has ended, not while another flush's is under way.
+    pub(super) flushing: Mutex<()>,
     /// Offsets below this are acknowledged (durable for `sync`, written for
     /// `async`): appenders check it without taking the writer lock.
     pub(super) acked_end: AtomicU64,
@@ -173,6 +177,7 @@ impl Partition {
             writer_cv: Condvar::new(),
             queue_cv: Condvar::new(),
             io: Mutex::new(io),
+            flushing: Mutex::new(()),
             acked_end: AtomicU64::new(end),
             visible_tx,
         })
