@@ -30,6 +30,7 @@ pub mod breaker;
 pub mod config;
 pub mod dead_letters;
 pub mod error;
+pub mod housekeeping;
 pub mod layout;
 pub mod leader;
 pub mod outbox;
@@ -48,7 +49,7 @@ pub use config::{
 pub use error::{Error, Result};
 pub use layout::{Layout, LayoutKind, EVENT_TYPE_HEADER};
 pub use leader::{Leadership, Lease, ADVISORY_LOCK_NAMESPACE, HOLDER_BYTES_MAX};
-pub use outbox::{Claim, Lag, Mode, Outbox, OutboxRow};
+pub use outbox::{Claim, Lag, Locked, Mode, Outbox, OutboxRow};
 pub use publish::{Failure, HeldKeys, Outcome, Publisher};
 pub use relay::{run, RelayConfig};
 pub use schema::{Schema, INIT_LOCK_TIMEOUT_MS, NOTIFY_CHANNEL};

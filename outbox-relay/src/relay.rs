@@ -1,8 +1,9 @@
 //! The running relay: stand by, lead, claim, publish, finish.
 //!
 //! Role: [`run`] keeps one PostgreSQL session and, while it leads the table,
-//! a [`Pipeline`] of batches in flight (on more sessions) and one fenced
-//! publisher. It stands by until it takes the table's leadership, announces
+//! a [`Pipeline`] of batches in flight (on more sessions), one fenced
+//! publisher and a [`Housekeeper`] (lag line, cleanup) on a session of its
+//! own. It stands by until it takes the table's leadership, announces
 //! its epoch to the broker, then runs the pipeline's rounds: claim a batch in
 //! a transaction, publish it, and in the same transaction delete (or mark)
 //! the acknowledged rows and dead-letter the refused ones, then commit.
@@ -35,6 +36,7 @@ use tokio::time::Instant;
 use crate::breaker::{CircuitBreaker, Transition};
 use crate::config::DatabaseConfig;
 use crate::error::{Error, Result};
+use crate::housekeeping::{Housekeeper, HousekeepingConfig};
 use crate::layout::Layout;
 use crate::leader::{Leadership, Lease};
 use crate::outbox::{Mode, Outbox};
@@ -44,7 +46,6 @@ use crate::pipeline::{
 };
 use crate::publish::{Failure, Publisher};
 use crate::session::Session;
-use crate::status::watch_stall;
 use crate::table::TableName;
 
 /// A session of the leader's may sit idle in a transaction this many
@@ -252,6 +253,16 @@ impl RelayConfig {
             .saturating_mul(IDLE_IN_TRANSACTION_ROUNDS)
     }
 
+    fn housekeeping(&self) -> HousekeepingConfig {
+        HousekeepingConfig {
+            pipeline: self.pipeline(),
+            lag_log_interval_ms: self.lag_log_interval_ms,
+            retention_ms: self.retention_ms,
+            cleanup_interval_ms: self.cleanup_interval_ms,
+            cleanup_batch_rows: self.cleanup_batch_rows,
+        }
+    }
+
     fn backoff(&self) -> RetryPolicy {
         RetryPolicy {
             base_ms: self.backoff_base_ms,
@@ -381,10 +392,10 @@ struct Leader<'c> {
     pacer: Pacer,
     rng: SmallRng,
     next_lease_check: Instant,
-    next_lag_log: Instant,
-    next_cleanup: Instant,
     /// Counts since the lead was taken, for the lag log.
-    totals: Finished,
+    totals: watch::Sender<Finished>,
+    /// The lag log and cleanup, on a session of their own.
+    _housekeeper: Housekeeper,
 }
 
 /// What the leader does next, after one step.
@@ -400,6 +411,8 @@ enum Next {
 impl<'c> Leader<'c> {
     fn new(config: &'c RelayConfig, pipeline: Pipeline, lease: Lease) -> Leader<'c> {
         let now = Instant::now();
+        let (totals, totals_seen) = watch::channel(Finished::default());
+        let housekeeper = Housekeeper::start(config.housekeeping(), totals_seen);
         Leader {
             config,
             pipeline,
@@ -409,19 +422,18 @@ impl<'c> Leader<'c> {
             pacer: Pacer::new(config.poll_min_ms, config.poll_max_ms),
             rng: SmallRng::from_entropy(),
             next_lease_check: now + Duration::from_millis(config.lease_check_interval_ms),
-            next_lag_log: now,
-            next_cleanup: now,
-            totals: Finished::default(),
+            totals,
+            _housekeeper: housekeeper,
         }
     }
 
     async fn lead(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<Ended> {
         loop {
             if *shutdown.borrow() {
-                self.totals += self.pipeline.settle().await?;
+                let settled = self.pipeline.settle().await?;
+                self.totals.send_modify(|totals| *totals += settled);
                 return Ok(Ended::Shutdown);
             }
-            self.housekeeping().await?;
             let next = match self.lease_lost().await? {
                 true => Next::End(Ended::Deposed),
                 false => self.step().await?,
@@ -465,7 +477,7 @@ impl<'c> Leader<'c> {
         };
         let round = self.pipeline.round(&publisher).await?;
         self.publisher = Some(publisher);
-        self.totals += round.finished;
+        self.totals.send_modify(|totals| *totals += round.finished);
         match round.published {
             Some(Err(Failure::Fenced(error))) => return Ok(self.deposed(&error.to_string())),
             Some(Err(Failure::Transient(error))) => {
@@ -574,80 +586,6 @@ impl<'c> Leader<'c> {
             "lost the lead of the outbox table (its lock or epoch is gone); standing by"
         );
         Ok(true)
-    }
-
-    /// The lag log line and, in mark mode, cleanup, when due. Both run on
-    /// the leader's session, inside its batch's transaction if it has one
-    /// in flight: harmless for a read, and a cleanup rolled back with a
-    /// failed batch runs again later.
-    async fn housekeeping(&mut self) -> Result<()> {
-        let now = Instant::now();
-        if now >= self.next_lag_log {
-            self.next_lag_log = now + Duration::from_millis(self.config.lag_log_interval_ms);
-            self.log_lag().await?;
-        }
-        if self.config.mode == Mode::Mark && now >= self.next_cleanup {
-            self.next_cleanup = now + Duration::from_millis(self.config.cleanup_interval_ms);
-            self.cleanup().await?;
-        }
-        Ok(())
-    }
-
-    async fn log_lag(&mut self) -> Result<()> {
-        let pid = self.lease.backend_pid();
-        let session = self.pipeline.leader_session();
-        let (client, timeout_ms) = (&session.client, session.call_timeout_ms);
-        let lag = self.pipeline.leader_outbox().lag(client, timeout_ms);
-        let lag = watch_stall(&self.config.database, pid, "lag query", lag).await?;
-        let Finished {
-            published,
-            duplicates,
-            dead_letters: dead_lettered,
-        } = self.totals;
-        if lag.held_rows > 0 || lag.dead_letters > 0 {
-            tracing::warn!(
-                unpublished_rows = lag.unpublished_rows,
-                oldest_unpublished_age_ms = lag.oldest_unpublished_age_ms,
-                held_rows = lag.held_rows,
-                dead_letters = lag.dead_letters,
-                published,
-                duplicates,
-                dead_lettered,
-                "lag: rows wait behind dead letters (see `postbox-relay dead-letters list`)"
-            );
-        } else {
-            tracing::info!(
-                unpublished_rows = lag.unpublished_rows,
-                oldest_unpublished_age_ms = lag.oldest_unpublished_age_ms,
-                published,
-                duplicates,
-                "lag"
-            );
-        }
-        Ok(())
-    }
-
-    /// Deletes published rows past retention, a small batch per statement,
-    /// until a batch comes back short.
-    async fn cleanup(&mut self) -> Result<()> {
-        let (retention_ms, batch_rows) = (self.config.retention_ms, self.config.cleanup_batch_rows);
-        let session = self.pipeline.leader_session();
-        let (client, timeout_ms) = (&session.client, session.call_timeout_ms);
-        let outbox = self.pipeline.leader_outbox();
-        let mut deleted = 0;
-        loop {
-            let batch = outbox
-                .cleanup(client, timeout_ms, retention_ms, batch_rows)
-                .await?;
-            deleted += batch;
-            if batch < u64::from(batch_rows) {
-                break;
-            }
-        }
-        if deleted > 0 {
-            tracing::info!(deleted, "cleaned up published rows past retention");
-        }
-        Ok(())
     }
 }
 

@@ -708,6 +708,101 @@ async fn mark_mode_marks_published_rows_and_cleans_them_up_after_retention() {
     check_exactly_once_in_order(&records, &expected);
 }
 
+/// How long the relay may take to publish rows while its cleanup waits on
+/// a row lock: well under the 30 s statement timeout that would end the wait.
+const BESIDE_A_STUCK_CLEANUP: Duration = Duration::from_secs(15);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cleanup_stuck_behind_a_row_lock_holds_up_no_claim() {
+    let setup = Setup::new(&[("orders", 2)]).await;
+    let app = setup.db.connect().await;
+    app.execute(
+        "INSERT INTO postbox_outbox (topic, partition_key, payload, published_at) \
+         VALUES ('orders', 'old', '\\x00', now() - interval '1 hour')",
+        &[],
+    )
+    .await
+    .expect("insert a row published an hour ago");
+    // The application holds a lock on the published row: cleanup must wait.
+    let blocker = setup.db.connect().await;
+    blocker
+        .batch_execute(
+            "BEGIN; SELECT id FROM postbox_outbox WHERE published_at IS NOT NULL FOR UPDATE",
+        )
+        .await
+        .expect("lock the published row");
+    let relay = setup.relay(
+        "relay",
+        &[
+            "--mode",
+            "mark",
+            "--retention-ms",
+            "1000",
+            "--cleanup-interval-ms",
+            "100",
+        ],
+    );
+    let deadline = Instant::now() + BESIDE_A_STUCK_CLEANUP;
+    loop {
+        let waiting: i64 = app
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
+                   AND query LIKE 'DELETE%'",
+                &[],
+            )
+            .await
+            .expect("look for the waiting cleanup")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the cleanup never waited on the lock; relay log:\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let expected = insert_concurrently(&setup.db, "orders", "fresh", 2, 10).await;
+    let deadline = Instant::now() + BESIDE_A_STUCK_CLEANUP;
+    while unpublished(&app).await > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "rows waited for the stuck cleanup; relay log:\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let records = setup.records("orders").await;
+    assert_eq!(records.len(), expected.len());
+    check_exactly_once_in_order(&records, &expected);
+
+    // Once the lock is gone, the cleanup that waited deletes the old row.
+    blocker.batch_execute("ROLLBACK").await.expect("unlock");
+    let deadline = Instant::now() + DRAIN_TIMEOUT;
+    loop {
+        let old: i64 = app
+            .query_one(
+                "SELECT count(*) FROM postbox_outbox WHERE partition_key = 'old'",
+                &[],
+            )
+            .await
+            .expect("count")
+            .get(0);
+        if old == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "cleanup stalled; log:\n{}",
+            relay.log()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_finishes_the_batch_releases_the_lead_and_exits_zero() {
     let setup = Setup::new(&[("orders", 2)]).await;
