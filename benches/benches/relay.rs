@@ -79,8 +79,8 @@ use postbox_benches::Broker;
 use postbox_client::{Admin, Consumer, ConsumerConfig, StartFrom, TopicSettings};
 use postbox_relay::relay::{MAX_BATCH_BYTES_DEFAULT, STATEMENT_TIMEOUT_MS_DEFAULT};
 use postbox_relay::{
-    DatabaseConfig, Layout, Leadership, Mode, Outbox, OutboxRow, Publisher, RelayConfig, Schema,
-    TableName,
+    DatabaseConfig, Layout, Leadership, Locked, Mode, Outbox, OutboxRow, Publisher, RelayConfig,
+    Schema, TableName,
 };
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
@@ -598,7 +598,7 @@ async fn drain_with_sql(client: &mut Client, mode: Mode, batch_rows: u32) -> Res
                 STATEMENT_TIMEOUT_MS,
                 (batch_rows, MAX_BATCH_BYTES_DEFAULT),
                 lease.epoch(),
-                false,
+                Locked::Wait,
             )
             .await
             .context("claim")?;

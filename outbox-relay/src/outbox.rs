@@ -13,7 +13,10 @@
 //!   ends. With nothing of the leader's in flight it waits for rows locked by
 //!   others; with batches in flight it skips locked rows (`SKIP LOCKED`),
 //!   which are then the leader's own (see `pipeline` for why no other
-//!   relay's remain).
+//!   relay's remain). Where the claim order is a unique integer id, it may
+//!   also pass over a gap-free run of ids whose rows the leader holds locked
+//!   for the whole claim ([`Locked::SkipRun`]): no other row can have those
+//!   ids, so it takes the same rows without checking each lock.
 //! - The claim takes rows only while its epoch is the table's in the
 //!   leadership table: a deposed leader whose claim starts after its
 //!   successor raised the epoch claims nothing, and locks nothing.
@@ -27,6 +30,7 @@
 
 use std::collections::HashMap;
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, GenericClient, Row, Statement};
 
 use crate::error::{Error, Result};
@@ -97,6 +101,25 @@ pub struct Claim {
     pub locked_rows: usize,
 }
 
+/// What a claim does with rows locked by other transactions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Locked {
+    /// Waits for them: with nothing of the leader's in flight, a locked row
+    /// is someone else's, and skipping it could publish a later row of its
+    /// key first.
+    Wait,
+    /// Skips them: with batches in flight they are the leader's own.
+    Skip,
+    /// Skips them, and does not even look at ids `first..=last`: a run of
+    /// ids with no gap, every one a row of a batch in flight whose
+    /// transaction stays open until the claim ends. With ids unique, no
+    /// other row can have one of those ids, so the claim takes what `Skip`
+    /// would, without a lock check on each of those rows (about a quarter of
+    /// a 1000-row claim with two batches in flight). Only for layouts where
+    /// [`Outbox::skips_runs`].
+    SkipRun { first: i64, last: i64 },
+}
+
 /// How far behind the relay is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Lag {
@@ -119,6 +142,8 @@ pub struct Outbox {
     topic_prefix: String,
     claim: Statement,
     claim_skipping_locked: Statement,
+    /// `None` unless the claim order is a unique integer id.
+    claim_skipping_run: Option<Statement>,
     finish: Statement,
     dead_letter: Statement,
     cleanup: Option<Statement>,
@@ -141,6 +166,9 @@ struct Fragments {
     payload: String,
     unpublished: String,
     order: String,
+    /// The claim order is the id column, an integer with a unique index: a
+    /// run of ids is a run of rows (see [`Locked::SkipRun`]).
+    order_is_unique_integer_id: bool,
     published_at: Option<String>,
     created_at: Option<String>,
 }
@@ -157,7 +185,8 @@ impl Outbox {
         mode: Mode,
     ) -> Result<Outbox> {
         let types = column_types(client, timeout_ms, table).await?;
-        let sql = Fragments::new(table, layout, mode, &types)?;
+        let unique = unique_columns(client, timeout_ms, table).await?;
+        let sql = Fragments::new(table, layout, mode, &types, &unique)?;
         let prepare = |text: String| async move {
             timed(
                 timeout_ms,
@@ -174,8 +203,12 @@ impl Outbox {
             table: table.clone(),
             mode,
             topic_prefix: layout.topic_prefix.clone(),
-            claim: prepare(sql.claim(false)).await?,
-            claim_skipping_locked: prepare(sql.claim(true)).await?,
+            claim: prepare(sql.claim(Locked::Wait)).await?,
+            claim_skipping_locked: prepare(sql.claim(Locked::Skip)).await?,
+            claim_skipping_run: match sql.order_is_unique_integer_id {
+                true => Some(prepare(sql.claim(Locked::SkipRun { first: 0, last: 0 })).await?),
+                false => None,
+            },
             finish: prepare(sql.finish(mode)).await?,
             dead_letter: prepare(sql.dead_letter()).await?,
             cleanup,
@@ -183,37 +216,51 @@ impl Outbox {
         })
     }
 
+    /// Whether claims can pass over a run of ids ([`Locked::SkipRun`]):
+    /// when the claim order is a unique integer id.
+    pub fn skips_runs(&self) -> bool {
+        self.claim_skipping_run.is_some()
+    }
+
     /// Claims the first unpublished rows in claim order as the leader at
-    /// `epoch`, waiting for rows locked by others, or skipping them when
-    /// `skip_locked` (see the module's invariants for the bounds).
+    /// `epoch`, doing with locked rows what `locked` says (see the module's
+    /// invariants for the bounds). A `SkipRun` claim on a table where
+    /// claims cannot skip runs is a `Skip` claim.
     pub async fn claim(
         &self,
         client: &impl GenericClient,
         timeout_ms: u64,
         limits: (u32, u64),
         epoch: u64,
-        skip_locked: bool,
+        locked: Locked,
     ) -> Result<Claim> {
         let max_rows = i64::from(limits.0);
         let max_bytes = i64::try_from(limits.1).unwrap_or(i64::MAX);
         let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
-        let statement = match skip_locked {
-            true => &self.claim_skipping_locked,
-            false => &self.claim,
+        let table_name = self.table.name();
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &max_rows,
+            &max_bytes,
+            &self.topic_prefix,
+            &table_name,
+            &epoch,
+        ];
+        let run = match locked {
+            Locked::SkipRun { first, last } => [first, last],
+            Locked::Wait | Locked::Skip => [0, 0],
+        };
+        let statement = match (locked, &self.claim_skipping_run) {
+            (Locked::Wait, _) => &self.claim,
+            (Locked::Skip, _) | (Locked::SkipRun { .. }, None) => &self.claim_skipping_locked,
+            (Locked::SkipRun { .. }, Some(statement)) => {
+                params.extend([&run[0] as &(dyn ToSql + Sync), &run[1]]);
+                statement
+            }
         };
         let rows = timed(
             timeout_ms,
             &format!("claim rows of {}", self.table),
-            client.query(
-                statement,
-                &[
-                    &max_rows,
-                    &max_bytes,
-                    &self.topic_prefix,
-                    &self.table.name(),
-                    &epoch,
-                ],
-            ),
+            client.query(statement, &params),
         )
         .await?;
         let locked_rows = match rows.first() {
@@ -391,12 +438,39 @@ async fn column_types(
         .collect())
 }
 
+/// Column types (as `format_type` names them) whose values have no gaps
+/// between consecutive ones.
+const INTEGER_TYPES: [&str; 3] = ["smallint", "integer", "bigint"];
+
+/// Columns of `table` with a unique index of their own (not partial, not
+/// on an expression, valid): a value there names one row.
+async fn unique_columns(
+    client: &Client,
+    timeout_ms: u64,
+    table: &TableName,
+) -> Result<Vec<String>> {
+    let rows = timed(
+        timeout_ms,
+        &format!("read the unique indexes of {table}"),
+        client.query(
+            "SELECT a.attname::text FROM pg_index i \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indisvalid \
+               AND i.indnkeyatts = 1 AND i.indpred IS NULL AND i.indexprs IS NULL",
+            &[&table.quoted()],
+        ),
+    )
+    .await?;
+    Ok(rows.iter().map(|row| row.get(0)).collect())
+}
+
 impl Fragments {
     fn new(
         table: &TableName,
         layout: &Layout,
         mode: Mode,
         types: &HashMap<String, String>,
+        unique: &[String],
     ) -> Result<Fragments> {
         let invalid = |reason: String| Error::Layout {
             table: table.to_string(),
@@ -477,6 +551,9 @@ impl Fragments {
                 .order_by
                 .as_deref()
                 .map_or_else(|| "o.ctid".to_owned(), column),
+            order_is_unique_integer_id: layout.order_by.as_deref() == Some(layout.id.as_str())
+                && INTEGER_TYPES.contains(&type_of(&layout.id).as_str())
+                && unique.contains(&layout.id),
             published_at: layout.published_at.as_deref().map(quote_identifier),
             created_at: layout.created_at.as_deref().map(column),
         })
@@ -503,37 +580,62 @@ impl Fragments {
     }
 
     /// $1 most rows, $2 most payload bytes, $3 topic prefix, $4 the outbox
-    /// table's name and $5 the epoch in the leadership table. The rows are
-    /// locked in a subquery (no window function may share its level), and
-    /// the byte bound applied over them.
-    fn claim(&self, skip_locked: bool) -> String {
+    /// table's name, $5 the epoch in the leadership table and, to skip a
+    /// run, $6 and $7 its first and last id. The rows are locked in a
+    /// subquery (no window function may share its level), and the row and
+    /// byte bounds applied over them. A run is skipped by locking the rows
+    /// below it and those above it, up to $1 each, and keeping the first $1:
+    /// any more stay locked, unsent, as a batch cut short by the byte bound.
+    fn claim(&self, locked: Locked) -> String {
         let Fragments {
-            table,
-            leader,
-            select,
-            payload,
-            unpublished,
-            order,
-            ..
+            select, payload, ..
         } = self;
-        let held = self.held("$3");
-        let skip = if skip_locked { " SKIP LOCKED" } else { "" };
+        let locking = match locked {
+            Locked::Wait => self.locking("TRUE", ""),
+            Locked::Skip => self.locking("TRUE", " SKIP LOCKED"),
+            Locked::SkipRun { .. } => {
+                let id = &self.id;
+                // Each side in a subquery of its own: a set operation
+                // refuses FOR UPDATE in its branches.
+                format!(
+                    "SELECT * FROM ({}) below UNION ALL SELECT * FROM ({}) above",
+                    self.locking(&format!("{id} < $6::int8"), " SKIP LOCKED"),
+                    self.locking(&format!("{id} > $7::int8"), " SKIP LOCKED"),
+                )
+            }
+        };
         format!(
             "SELECT row_id, topic, partition_key, idempotency_key, headers, event_type, payload, \
                     locked_rows \
              FROM (SELECT {select}, o.claim_sort, \
                           sum(octet_length({payload})) OVER (ORDER BY o.claim_sort ROWS UNBOUNDED PRECEDING) \
                             - octet_length({payload}) AS bytes_before, \
+                          row_number() OVER (ORDER BY o.claim_sort) AS position, \
                           count(*) OVER () AS locked_rows \
-                   FROM (SELECT o.*, {order} AS claim_sort FROM {table} \
-                         WHERE {unpublished} AND NOT {held} \
-                           AND EXISTS (SELECT FROM {leader} l \
-                                       WHERE l.outbox_table = $4::text AND l.epoch = $5::int8) \
-                         ORDER BY {order} \
-                         LIMIT $1::int8 \
-                         FOR UPDATE OF o{skip}) o) claim \
-             WHERE bytes_before < $2::int8 \
+                   FROM ({locking}) o) claim \
+             WHERE bytes_before < $2::int8 AND position <= $1::int8 \
              ORDER BY claim_sort"
+        )
+    }
+
+    /// The first $1 claimable rows where `range` holds, locked.
+    fn locking(&self, range: &str, skip: &str) -> String {
+        let Fragments {
+            table,
+            leader,
+            unpublished,
+            order,
+            ..
+        } = self;
+        let held = self.held("$3");
+        format!(
+            "SELECT o.*, {order} AS claim_sort FROM {table} \
+             WHERE {unpublished} AND {range} AND NOT {held} \
+               AND EXISTS (SELECT FROM {leader} l \
+                           WHERE l.outbox_table = $4::text AND l.epoch = $5::int8) \
+             ORDER BY {order} \
+             LIMIT $1::int8 \
+             FOR UPDATE OF o{skip}"
         )
     }
 

@@ -22,7 +22,10 @@
 //!   a claim on the table (a deposed leader's sessions that have not noticed
 //!   yet); claims those start later take nothing, since they check the epoch.
 //!   No cursor: a claim ahead takes the first unlocked unpublished rows, late
-//!   commits included.
+//!   commits included. It passes over the longest gap-free run of ids among
+//!   the batches that stay open while it runs (not the one committing in
+//!   the same round), which are locked throughout: a late commit can only
+//!   have an id in a gap.
 //! - A batch cut short by the byte bound keeps its last rows locked, unsent:
 //!   no claim runs ahead of it (it would skip them) until it has committed.
 //! - Keys held behind a dead letter by a batch not yet committed are held in
@@ -42,7 +45,7 @@ use std::time::Instant;
 use crate::config::{DatabaseConfig, APPLICATION_NAME};
 use crate::error::{Error, Result};
 use crate::layout::Layout;
-use crate::outbox::{Claim, Mode, Outbox, OutboxRow};
+use crate::outbox::{Claim, Locked, Mode, Outbox, OutboxRow};
 use crate::publish::{Failure, HeldKeys, Outcome, Publisher};
 use crate::session::{timed, Session};
 use crate::status::watch_stall;
@@ -78,10 +81,38 @@ pub struct PipelineConfig {
 
 /// One session of the leader's, with the outbox statements prepared on it.
 #[derive(Debug)]
-struct Lane {
-    session: Session,
-    outbox: Outbox,
-    backend_pid: i32,
+pub(crate) struct Lane {
+    pub(crate) session: Session,
+    pub(crate) outbox: Outbox,
+    pub(crate) backend_pid: i32,
+}
+
+impl Lane {
+    /// A new session with the outbox statements prepared on it, without
+    /// NOTIFY wake-ups (those come on the leader's session).
+    pub(crate) async fn open(config: &PipelineConfig) -> Result<Lane> {
+        let session = Session::open(
+            &config.database,
+            config.statement_timeout_ms,
+            config.idle_in_transaction_timeout_ms,
+            false,
+        )
+        .await?;
+        let prepare = Outbox::prepare(
+            &session.client,
+            session.call_timeout_ms,
+            &config.table,
+            &config.layout,
+            config.mode,
+        );
+        let backend_pid = read_backend_pid(&session).await?;
+        let outbox = watch_stall(&config.database, backend_pid, "preparation", prepare).await?;
+        Ok(Lane {
+            session,
+            outbox,
+            backend_pid,
+        })
+    }
 }
 
 /// A claimed batch and, once published, what the broker said.
@@ -166,27 +197,7 @@ impl Pipeline {
             backend_pid,
         }];
         for _ in 1..config.max_batches_in_flight.clamp(1, BATCHES_IN_FLIGHT_MAX) {
-            let session = Session::open(
-                &config.database,
-                config.statement_timeout_ms,
-                config.idle_in_transaction_timeout_ms,
-                false,
-            )
-            .await?;
-            let prepare = Outbox::prepare(
-                &session.client,
-                session.call_timeout_ms,
-                &config.table,
-                &config.layout,
-                config.mode,
-            );
-            let backend_pid = read_backend_pid(&session).await?;
-            let outbox = watch_stall(&config.database, backend_pid, "preparation", prepare).await?;
-            lanes.push(Lane {
-                session,
-                outbox,
-                backend_pid,
-            });
+            lanes.push(Lane::open(&config).await?);
         }
         Ok(Pipeline {
             config,
@@ -234,6 +245,7 @@ impl Pipeline {
         let claim = self.plan_claim().await?;
         let finishing = self.published.pop_front();
         let publishing = self.claimed.pop_front();
+        let claim = claim.map(|(lane, skip)| (lane, self.locking(skip, publishing.as_ref())));
         let finished_keys = finishing.as_ref().map(Batch::dead_keys).unwrap_or_default();
         let held = publishing.as_ref().map(|batch| self.held_for(batch.seq));
         let started = Instant::now();
@@ -372,9 +384,34 @@ impl Pipeline {
         Ok(self.others_gone)
     }
 
+    /// What a claim does with locked rows. A claim ahead skips them, and
+    /// passes over the longest gap-free run of ids among the batches whose
+    /// transactions stay open while it runs: every batch in flight but the
+    /// one this round commits (`publishing` and those still queued). Commits
+    /// happen only in the finish step, and a failed publish rolls back only
+    /// after the round, so those rows stay locked throughout the claim.
+    fn locking(&self, skip_locked: bool, publishing: Option<&Batch>) -> Locked {
+        if !skip_locked {
+            return Locked::Wait;
+        }
+        if !self.lanes[0].outbox.skips_runs() {
+            return Locked::Skip;
+        }
+        let ids: std::result::Result<Vec<i64>, _> = publishing
+            .into_iter()
+            .chain(self.batches())
+            .flat_map(|batch| &batch.rows)
+            .map(|row| row.row_id.parse::<i64>())
+            .collect();
+        match ids.ok().and_then(longest_run) {
+            Some((first, last)) => Locked::SkipRun { first, last },
+            None => Locked::Skip,
+        }
+    }
+
     /// Begins a transaction on the planned lane and claims in it.
-    async fn claim(&self, plan: Option<(usize, bool)>) -> Result<Option<(usize, Claim)>> {
-        let Some((lane_index, skip_locked)) = plan else {
+    async fn claim(&self, plan: Option<(usize, Locked)>) -> Result<Option<(usize, Claim)>> {
+        let Some((lane_index, locked)) = plan else {
             return Ok(None);
         };
         let lane = &self.lanes[lane_index];
@@ -384,7 +421,7 @@ impl Pipeline {
         let claim = async {
             timed(timeout_ms, "begin a claim", client.batch_execute("BEGIN")).await?;
             lane.outbox
-                .claim(client, timeout_ms, limits, self.epoch, skip_locked)
+                .claim(client, timeout_ms, limits, self.epoch, locked)
                 .await
         };
         let claim = watch_stall(&self.config.database, lane.backend_pid, "claim", claim).await?;
@@ -480,6 +517,25 @@ impl Batch {
     }
 }
 
+/// The longest run of consecutive ids among `ids` (first and last), if any.
+fn longest_run(mut ids: Vec<i64>) -> Option<(i64, i64)> {
+    ids.sort_unstable();
+    ids.dedup();
+    let mut best: Option<(i64, i64)> = None;
+    let mut start = 0;
+    for end in 0..ids.len() {
+        let run_ends = end + 1 == ids.len() || ids[end].checked_add(1) != Some(ids[end + 1]);
+        if run_ends {
+            let run = (ids[start], ids[end]);
+            if best.is_none_or(|(first, last)| run.1 - run.0 > last - first) {
+                best = Some(run);
+            }
+            start = end + 1;
+        }
+    }
+    best
+}
+
 /// `call`'s output and the ms from `started` to its end.
 async fn timed_ms<T>(started: Instant, call: impl std::future::Future<Output = T>) -> (T, u64) {
     let output = call.await;
@@ -497,4 +553,23 @@ async fn read_backend_pid(session: &Session) -> Result<i32> {
     .await?
     .try_get(0)
     .map_err(|error| Error::postgres(action, error))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::longest_run;
+
+    #[test]
+    fn the_longest_run_of_consecutive_ids_is_found_in_any_order() {
+        assert_eq!(longest_run(vec![]), None);
+        assert_eq!(longest_run(vec![7]), Some((7, 7)));
+        assert_eq!(longest_run(vec![5, 1, 2, 3, 9, 10]), Some((1, 3)));
+        // A gap (an id some transaction may still commit) ends a run.
+        assert_eq!(longest_run(vec![1, 2, 4, 5, 6, 8]), Some((4, 6)));
+        assert_eq!(longest_run(vec![3, 3, 4]), Some((3, 4)));
+        assert_eq!(
+            longest_run(vec![i64::MAX - 1, i64::MAX, 0]),
+            Some((i64::MAX - 1, i64::MAX))
+        );
+    }
 }
