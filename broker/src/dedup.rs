@@ -50,6 +50,17 @@ pub const CHECKPOINT_FILE: &str = "dedup.checkpoint";
 /// An idempotency key and where its record is.
 type Keyed = (Bytes, DedupEntry);
 
+/// The map memory goes on with after a checkpoint: `keys`, with room for
+/// `expected` keys, as many as came since the last checkpoint. A map that
+/// grew from empty instead would move every key it holds each time it
+/// doubled, under the lock every keyed append takes: a pause for every
+/// keyed publish, longer the more keys a checkpoint interval brings.
+fn with_room(keys: impl IntoIterator<Item = Keyed>, expected: usize) -> HashMap<Bytes, DedupEntry> {
+    let mut map = HashMap::with_capacity(expected);
+    map.extend(keys);
+    map
+}
+
 /// The in-memory layer.
 #[derive(Debug, Default)]
 pub struct Memory {
@@ -227,17 +238,20 @@ impl Dedup {
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         if entries.is_empty() && last.as_deref() == Some(offsets) {
-            self.end_moving(kept.into_iter().collect(), false);
+            self.end_moving(with_room(kept, moving.len()), false);
             return Ok(());
         }
         let started = Instant::now();
         if let Err(error) = self.store(&entries, offsets) {
-            self.end_moving(entries.into_iter().chain(kept).collect(), false);
+            self.end_moving(
+                with_room(entries.into_iter().chain(kept), moving.len()),
+                false,
+            );
             return Err(error);
         }
         *last = Some(offsets.to_vec());
         drop(last);
-        self.end_moving(kept.into_iter().collect(), true);
+        self.end_moving(with_room(kept, moving.len()), true);
         // The moved keys are freed here, outside the lock.
         drop(moving);
         tracing::debug!(
@@ -260,6 +274,12 @@ impl Dedup {
             .dedup_insert(&self.store_key, entries, expire_before_ms, self.keys_max)?;
         self.meta.sync()?;
         self.write_checkpoint(offsets)
+    }
+
+    /// The capacity of the memory map, for tests.
+    #[cfg(test)]
+    pub fn memory_capacity(&self) -> usize {
+        self.lock().recent.capacity()
     }
 
     /// Takes every key in memory into `moving` (where lookups still find

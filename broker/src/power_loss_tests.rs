@@ -520,6 +520,39 @@ fn keys_a_checkpoint_is_moving_stay_duplicates_and_keyed_appends_go_on() {
 }
 
 #[test]
+fn after_a_checkpoint_memory_has_room_for_as_many_keys_as_the_last_interval_brought() {
+    let (_fs, _meta, engine) = fresh();
+    engine
+        .create_topic("k", topic_config(1, Durability::Sync))
+        .expect("create");
+    let keys = 5_000;
+    let records: Vec<RecordInput> = (0..keys)
+        .map(|i| RecordInput {
+            idempotency_key: Some(Bytes::from(format!("key-{i}"))),
+            ..RecordInput::new("v")
+        })
+        .collect();
+    engine.publish("k", &records).expect("publish");
+    let topic = engine.topic("k").expect("topic");
+    topic
+        .dedup()
+        .checkpoint(topic.partitions())
+        .expect("checkpoint");
+    assert_eq!(
+        topic.dedup().memory_keys(),
+        0,
+        "every key moved to the store"
+    );
+    // The next interval's keys go in without the map growing (and moving
+    // every key it holds, under the dedup lock) on the way.
+    assert!(
+        topic.dedup().memory_capacity() >= keys,
+        "room for {} keys",
+        topic.dedup().memory_capacity()
+    );
+}
+
+#[test]
 fn a_checkpoint_taken_while_rebuilding_covers_only_what_was_scanned() {
     // More keys than memory holds, never checkpointed: the reopen rebuilds
     // from the window's start and checkpoints part-way. A crash right after
