@@ -6,23 +6,12 @@
 mod common;
 
 use common::TestDatabase;
-use postbox_relay::{Layout, Leadership, Locked, Mode, Outbox, Schema, TableName};
+use postbox_relay::{Layout, Leadership, Locked, Mode, Outbox, TableName};
 use tokio_postgres::Client;
 
 /// Generous: these statements take milliseconds.
 const TIMEOUT_MS: u64 = 30_000;
 const MAX_BATCH_BYTES: u64 = 1024 * 1024;
-
-/// A test database with the default outbox schema.
-async fn initialised() -> TestDatabase {
-    let db = TestDatabase::create().await;
-    let mut client = db.connect().await;
-    Schema::new(TableName::default())
-        .apply(&mut client)
-        .await
-        .expect("init");
-    db
-}
 
 async fn prepare(client: &Client) -> Outbox {
     Outbox::prepare(
@@ -69,7 +58,7 @@ async fn claim(
 
 #[tokio::test]
 async fn a_claim_passing_over_a_run_in_flight_takes_what_checking_each_row_takes() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let leader = db.connect().await;
     let epoch = Leadership::new(TableName::default(), "claim-test")
         .expect("holder")
@@ -144,7 +133,7 @@ async fn a_claim_passing_over_a_run_in_flight_takes_what_checking_each_row_takes
 
 #[tokio::test]
 async fn claims_skip_runs_only_where_the_order_is_a_unique_integer_id() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let client = db.connect().await;
     assert!(prepare(&client).await.skips_runs());
     client

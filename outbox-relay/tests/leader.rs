@@ -8,17 +8,6 @@ use common::TestDatabase;
 use postbox_relay::{Error, Leadership, Lease, Schema, TableName, ADVISORY_LOCK_NAMESPACE};
 use tokio_postgres::Client;
 
-/// A test database with the default outbox schema.
-async fn initialised() -> TestDatabase {
-    let db = TestDatabase::create().await;
-    let mut client = db.connect().await;
-    Schema::new(TableName::default())
-        .apply(&mut client)
-        .await
-        .expect("init");
-    db
-}
-
 fn leadership(holder: &str) -> Leadership {
     Leadership::new(TableName::default(), holder).expect("valid holder")
 }
@@ -79,7 +68,7 @@ async fn stored_leader(client: &Client) -> (i64, String) {
 
 #[tokio::test]
 async fn standby_takes_over_with_a_higher_epoch_when_the_leaders_session_is_terminated() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let first = db.connect().await;
     let second = db.connect().await;
     let operator = db.connect().await;
@@ -106,7 +95,7 @@ async fn standby_takes_over_with_a_higher_epoch_when_the_leaders_session_is_term
 
 #[tokio::test]
 async fn epochs_strictly_increase_across_acquisitions() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let operator = db.connect().await;
     let mut last_epoch = 0;
     for round in 0..6 {
@@ -135,7 +124,7 @@ async fn epochs_strictly_increase_across_acquisitions() {
 
 #[tokio::test]
 async fn released_lease_is_not_held_and_frees_the_table() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let client = db.connect().await;
     let other = db.connect().await;
     let leadership = leadership("relay-a");
@@ -160,7 +149,7 @@ async fn released_lease_is_not_held_and_frees_the_table() {
 
 #[tokio::test]
 async fn lease_is_lost_when_a_newer_epoch_exists_even_with_the_lock_still_held() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let client = db.connect().await;
     let operator = db.connect().await;
     let lease = lead("relay-a", &client, "leads").await;
@@ -179,7 +168,7 @@ async fn lease_is_lost_when_a_newer_epoch_exists_even_with_the_lock_still_held()
 
 #[tokio::test]
 async fn lease_is_not_held_on_another_session() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let client = db.connect().await;
     let other = db.connect().await;
     let lease = lead("relay-a", &client, "leads").await;
@@ -190,7 +179,7 @@ async fn lease_is_not_held_on_another_session() {
 
 #[tokio::test]
 async fn the_lock_is_the_documented_key_and_visible_to_operators() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let client = db.connect().await;
     let operator = db.connect().await;
     let lease = lead("relay-a", &client, "leads").await;
@@ -290,7 +279,7 @@ async fn a_failed_acquisition_holds_no_lock() {
 
 #[tokio::test]
 async fn still_held_reports_a_closed_session_as_lost_not_as_an_error() {
-    let db = initialised().await;
+    let db = TestDatabase::initialised().await;
     let client = db.connect().await;
     let operator = db.connect().await;
     let lease = lead("relay-a", &client, "leads").await;

@@ -92,13 +92,13 @@ async fn insert(client: &Client, topic: &str, key: &str, seq: u64) -> String {
     row.get(0)
 }
 
+/// Counts the rows not yet published.
+const UNPUBLISHED_SQL: &str = "SELECT count(*) FROM postbox_outbox WHERE published_at IS NULL";
+
 /// Unpublished rows left in the outbox.
 async fn unpublished(client: &Client) -> i64 {
     client
-        .query_one(
-            "SELECT count(*) FROM postbox_outbox WHERE published_at IS NULL",
-            &[],
-        )
+        .query_one(UNPUBLISHED_SQL, &[])
         .await
         .expect("count")
         .get(0)
@@ -106,11 +106,40 @@ async fn unpublished(client: &Client) -> i64 {
 
 /// Waits until the outbox has no unpublished rows.
 async fn drained(client: &Client, relay: &RelayProcess) {
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while unpublished(client).await > 0 {
+    wait_for_count(
+        client,
+        UNPUBLISHED_SQL,
+        |unpublished| unpublished == 0,
+        DRAIN_TIMEOUT,
+        "the outbox did not drain",
+        relay,
+    )
+    .await;
+}
+
+/// Polls `count_sql` (a `SELECT count(*)`) until `done` holds for its
+/// answer; fails after `timeout` saying `what` did not happen.
+async fn wait_for_count(
+    client: &Client,
+    count_sql: &str,
+    done: impl Fn(i64) -> bool,
+    timeout: Duration,
+    what: &str,
+    relay: &RelayProcess,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count: i64 = client
+            .query_one(count_sql, &[])
+            .await
+            .expect("count")
+            .get(0);
+        if done(count) {
+            return;
+        }
         assert!(
             Instant::now() < deadline,
-            "the outbox did not drain within {DRAIN_TIMEOUT:?}; relay log:\n{}",
+            "{what} within {timeout:?}; relay log:\n{}",
             relay.log()
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -685,23 +714,15 @@ async fn mark_mode_marks_published_rows_and_cleans_them_up_after_retention() {
         .expect("count")
         .get(0);
     assert!(marked > 0, "published rows stay, marked, until retention");
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let left: i64 = app
-            .query_one("SELECT count(*) FROM postbox_outbox", &[])
-            .await
-            .expect("count")
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cleanup stalled; log:\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_count(
+        &app,
+        "SELECT count(*) FROM postbox_outbox",
+        |left| left == 0,
+        DRAIN_TIMEOUT,
+        "cleanup did not empty the table",
+        &relay,
+    )
+    .await;
     relay.wait_for_log("cleaned up published rows past retention", 1, DRAIN_TIMEOUT);
     let records = setup.records("orders").await;
     assert_eq!(records.len(), expected.len());
@@ -742,65 +763,43 @@ async fn a_cleanup_stuck_behind_a_row_lock_holds_up_no_claim() {
             "100",
         ],
     );
-    let deadline = Instant::now() + BESIDE_A_STUCK_CLEANUP;
-    loop {
-        let waiting: i64 = app
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock' \
-                   AND query LIKE 'DELETE%'",
-                &[],
-            )
-            .await
-            .expect("look for the waiting cleanup")
-            .get(0);
-        if waiting > 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the cleanup never waited on the lock; relay log:\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_count(
+        &app,
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock' \
+           AND query LIKE 'DELETE%'",
+        |waiting| waiting > 0,
+        BESIDE_A_STUCK_CLEANUP,
+        "the cleanup did not wait on the lock",
+        &relay,
+    )
+    .await;
 
     let expected = insert_concurrently(&setup.db, "orders", "fresh", 2, 10).await;
-    let deadline = Instant::now() + BESIDE_A_STUCK_CLEANUP;
-    while unpublished(&app).await > 0 {
-        assert!(
-            Instant::now() < deadline,
-            "rows waited for the stuck cleanup; relay log:\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_count(
+        &app,
+        UNPUBLISHED_SQL,
+        |unpublished| unpublished == 0,
+        BESIDE_A_STUCK_CLEANUP,
+        "rows waited for the stuck cleanup: not published",
+        &relay,
+    )
+    .await;
     let records = setup.records("orders").await;
     assert_eq!(records.len(), expected.len());
     check_exactly_once_in_order(&records, &expected);
 
     // Once the lock is gone, the cleanup that waited deletes the old row.
     blocker.batch_execute("ROLLBACK").await.expect("unlock");
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let old: i64 = app
-            .query_one(
-                "SELECT count(*) FROM postbox_outbox WHERE partition_key = 'old'",
-                &[],
-            )
-            .await
-            .expect("count")
-            .get(0);
-        if old == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "cleanup stalled; log:\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_for_count(
+        &app,
+        "SELECT count(*) FROM postbox_outbox WHERE partition_key = 'old'",
+        |old| old == 0,
+        DRAIN_TIMEOUT,
+        "cleanup did not delete the old row",
+        &relay,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -6,7 +6,7 @@
 // Each test binary uses a different part of this module.
 #![allow(dead_code)]
 
-use postbox_relay::DatabaseConfig;
+use postbox_relay::{DatabaseConfig, Schema, TableName};
 use tokio_postgres::Client;
 
 /// The shared server when `POSTBOX_TEST_DATABASE_URL` does not say otherwise.
@@ -36,6 +36,17 @@ impl TestDatabase {
             .unwrap_or_else(|error| panic!("cannot create database {name}: {error:?}"));
         let url = with_database(&shared_url(), &name);
         TestDatabase { name, url }
+    }
+
+    /// Creates a test database with the default outbox schema.
+    pub async fn initialised() -> TestDatabase {
+        let db = TestDatabase::create().await;
+        let mut client = db.connect().await;
+        Schema::new(TableName::default())
+            .apply(&mut client)
+            .await
+            .expect("init");
+        db
     }
 
     /// The database's name.
