@@ -54,7 +54,9 @@ type Keyed = (Bytes, DedupEntry);
 /// `expected` keys, as many as came since the last checkpoint. A map that
 /// grew from empty instead would move every key it holds each time it
 /// doubled, under the lock every keyed append takes: a pause for every
-/// keyed publish, longer the more keys a checkpoint interval brings.
+/// keyed publish, longer the more keys a checkpoint interval brings. The
+/// price is memory: until the moved keys are freed, the new map's room sits
+/// beside them (at most `2 * DEDUP_MEMORY_KEYS_MAX` entries).
 fn with_room(keys: impl IntoIterator<Item = Keyed>, expected: usize) -> HashMap<Bytes, DedupEntry> {
     let mut map = HashMap::with_capacity(expected);
     map.extend(keys);
