@@ -399,8 +399,14 @@ fn within<T: Send + 'static>(
     (output.recv_timeout(wait).ok(), handle)
 }
 
-#[test]
-fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
+/// An async topic "a" holding record "x", and a flush of its partition held
+/// in its sync (release it with `fs.syncs().release()`).
+fn a_flush_held_in_its_sync() -> (
+    SimFs,
+    Arc<Engine>,
+    Arc<crate::storage::partition::Partition>,
+    std::thread::JoinHandle<crate::Result<()>>,
+) {
     let (fs, _meta, engine) = fresh();
     let engine = Arc::new(engine);
     engine
@@ -416,6 +422,12 @@ fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
         std::thread::spawn(move || partition.flush())
     };
     wait_until_held(fs.syncs(), "the flush never synced");
+    (fs, engine, partition, flushing)
+}
+
+#[test]
+fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
+    let (fs, engine, partition, flushing) = a_flush_held_in_its_sync();
     // While the flush's sync is under way, an append is written and
     // acknowledged (an async topic acknowledges once written).
     let (published, publishing) = {
@@ -437,20 +449,7 @@ fn an_async_flush_holds_up_no_append_and_covers_only_what_came_before_it() {
 
 #[test]
 fn a_flush_waits_for_a_sync_under_way_in_another_flush() {
-    let (fs, _meta, engine) = fresh();
-    engine
-        .create_topic("a", topic_config(1, Durability::Async))
-        .expect("create");
-    engine
-        .publish("a", &[RecordInput::new("x")])
-        .expect("written");
-    let partition = Arc::clone(&engine.topic("a").expect("topic").partitions()[0]);
-    fs.syncs().hold();
-    let first = {
-        let partition = Arc::clone(&partition);
-        std::thread::spawn(move || partition.flush())
-    };
-    wait_until_held(fs.syncs(), "the first flush never synced");
+    let (fs, _engine, partition, first) = a_flush_held_in_its_sync();
     // "x" is not durable until the held sync ends: a second flush must not
     // report success before then.
     let (second, second_thread) = {

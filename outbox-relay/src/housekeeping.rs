@@ -20,9 +20,9 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio::time::Instant;
+use tokio::time::{interval, MissedTickBehavior};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::outbox::Mode;
 use crate::pipeline::{Finished, Lane, PipelineConfig};
 use crate::status::watch_stall;
@@ -64,53 +64,49 @@ impl Drop for Housekeeper {
     }
 }
 
-/// When each chore is next due.
-struct Due {
-    lag: Instant,
-    /// `None` outside mark mode.
-    cleanup: Option<Instant>,
+/// One of the housekeeping chores.
+#[derive(Debug, Clone, Copy)]
+enum Chore {
+    Lag,
+    Cleanup,
 }
 
 async fn run(config: HousekeepingConfig, totals: watch::Receiver<Finished>) {
     let mark = config.pipeline.mode == Mode::Mark;
-    let now = Instant::now();
-    let mut due = Due {
-        lag: now,
-        cleanup: mark.then_some(now),
+    // Each interval's first tick is at once; a chore that runs late delays
+    // its next one rather than bunching them up.
+    let every = |ms: u64| {
+        let mut ticks = interval(Duration::from_millis(ms));
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        ticks
     };
+    let (mut lag_ticks, mut cleanup_ticks) = (
+        every(config.lag_log_interval_ms),
+        every(config.cleanup_interval_ms),
+    );
     let mut lane: Option<Lane> = None;
     loop {
-        let now = Instant::now();
-        let lag_due = now >= due.lag;
-        let cleanup_due = due.cleanup.is_some_and(|at| now >= at);
-        if lag_due {
-            due.lag = now + Duration::from_millis(config.lag_log_interval_ms);
-        }
-        if cleanup_due {
-            due.cleanup = Some(now + Duration::from_millis(config.cleanup_interval_ms));
-        }
-        if lag_due || cleanup_due {
-            let chores = async {
-                let lane = match &mut lane {
-                    Some(lane) => lane,
-                    None => lane.insert(Lane::open(&config.pipeline).await?),
-                };
-                if lag_due {
-                    let totals_now = *totals.borrow();
-                    log_lag(&config, lane, totals_now).await?;
-                }
-                if cleanup_due {
-                    cleanup(&config, lane).await?;
-                }
-                Ok::<(), Error>(())
+        let chore = tokio::select! {
+            _ = lag_ticks.tick() => Chore::Lag,
+            _ = cleanup_ticks.tick(), if mark => Chore::Cleanup,
+        };
+        let done = async {
+            let lane = match &mut lane {
+                Some(lane) => lane,
+                None => lane.insert(Lane::open(&config.pipeline).await?),
             };
-            if let Err(error) = chores.await {
-                tracing::warn!(%error, "housekeeping failed; it runs again at its next interval on a new session");
-                lane = None;
+            match chore {
+                Chore::Lag => {
+                    let totals_now = *totals.borrow();
+                    log_lag(&config, lane, totals_now).await
+                }
+                Chore::Cleanup => cleanup(&config, lane).await,
             }
+        };
+        if let Err(error) = done.await {
+            tracing::warn!(%error, ?chore, "housekeeping failed; it runs again at its next interval on a new session");
+            lane = None;
         }
-        let next = due.cleanup.map_or(due.lag, |cleanup| cleanup.min(due.lag));
-        tokio::time::sleep_until(next).await;
     }
 }
 
