@@ -580,6 +580,7 @@ async fn drain_with_sql(client: &mut Client, mode: Mode, batch_rows: u32) -> Res
         &TableName::default(),
         &Layout::postbox(),
         mode,
+        batch_rows,
     )
     .await
     .context("prepare the relay's statements")?;
@@ -591,26 +592,28 @@ async fn drain_with_sql(client: &mut Client, mode: Mode, batch_rows: u32) -> Res
         .context("another relay leads the bench's table")?;
     let mut drained_rows = 0;
     loop {
-        let transaction = client.transaction().await.context("begin a claim")?;
         let claim = outbox
             .claim(
-                &transaction,
+                client,
                 STATEMENT_TIMEOUT_MS,
-                (batch_rows, MAX_BATCH_BYTES_DEFAULT),
+                MAX_BATCH_BYTES_DEFAULT,
                 lease.epoch(),
                 Locked::Wait,
             )
             .await
             .context("claim")?;
         if claim.rows.is_empty() {
+            client
+                .batch_execute("ROLLBACK")
+                .await
+                .context("end the last claim")?;
             break;
         }
         let ids: Vec<String> = claim.rows.iter().map(|row| row.row_id.clone()).collect();
         drained_rows += outbox
-            .finish(&transaction, STATEMENT_TIMEOUT_MS, &ids)
+            .finish(client, STATEMENT_TIMEOUT_MS, &ids)
             .await
             .context("finish")?;
-        transaction.commit().await.context("commit a claim")?;
     }
     lease.release(client).await.context("release the lead")?;
     Ok((drained_rows, elapsed_ms(started)))

@@ -104,6 +104,7 @@ impl Lane {
             &config.table,
             &config.layout,
             config.mode,
+            config.max_batch_rows,
         );
         let backend_pid = read_backend_pid(&session).await?;
         let outbox = watch_stall(&config.database, backend_pid, "preparation", prepare).await?;
@@ -415,15 +416,13 @@ impl Pipeline {
             return Ok(None);
         };
         let lane = &self.lanes[lane_index];
-        let timeout_ms = lane.session.call_timeout_ms;
-        let client = &lane.session.client;
-        let limits = (self.config.max_batch_rows, self.config.max_batch_bytes);
-        let claim = async {
-            timed(timeout_ms, "begin a claim", client.batch_execute("BEGIN")).await?;
-            lane.outbox
-                .claim(client, timeout_ms, limits, self.epoch, locked)
-                .await
-        };
+        let claim = lane.outbox.claim(
+            &lane.session.client,
+            lane.session.call_timeout_ms,
+            self.config.max_batch_bytes,
+            self.epoch,
+            locked,
+        );
         let claim = watch_stall(&self.config.database, lane.backend_pid, "claim", claim).await?;
         Ok(Some((lane_index, claim)))
     }
@@ -444,8 +443,8 @@ impl Pipeline {
         self.next_seq += 1;
         Ok(())
     }
-    /// Commits a published batch: acknowledged rows finished, refused ones
-    /// dead-lettered, in the claim's transaction.
+    /// Commits a published batch: refused rows dead-lettered, then
+    /// acknowledged rows finished and the claim's transaction committed.
     async fn finish(&self, batch: Option<Batch>) -> Result<Finished> {
         let Some(Batch {
             lane,
@@ -460,14 +459,6 @@ impl Pipeline {
             session, outbox, ..
         } = &self.lanes[lane];
         let (client, timeout_ms) = (&session.client, session.call_timeout_ms);
-        let finished = outbox.finish(client, timeout_ms, &outcome.acked).await?;
-        if finished != outcome.acked.len() as u64 {
-            tracing::warn!(
-                acknowledged = outcome.acked.len(),
-                finished,
-                "some published rows were already gone: changed by something other than the relay"
-            );
-        }
         for (index, reason) in &outcome.dead {
             let row = &rows[*index];
             outbox.dead_letter(client, timeout_ms, row, reason).await?;
@@ -480,7 +471,14 @@ impl Pipeline {
                  of its key wait until `postbox-relay dead-letters retry` or `drop`"
             );
         }
-        self.end_transaction(lane, "COMMIT").await?;
+        let finished = outbox.finish(client, timeout_ms, &outcome.acked).await?;
+        if finished != outcome.acked.len() as u64 {
+            tracing::warn!(
+                acknowledged = outcome.acked.len(),
+                finished,
+                "some published rows were already gone: changed by something other than the relay"
+            );
+        }
         tracing::debug!(
             rows = rows.len(),
             acknowledged = outcome.acked.len(),

@@ -341,6 +341,7 @@ async fn serve_session(
         &config.table,
         &config.layout,
         config.mode,
+        config.max_batch_rows,
     )
     .await?;
     let mut pipeline = Pipeline::open(config.pipeline(), session, outbox).await?;

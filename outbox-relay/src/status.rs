@@ -123,6 +123,10 @@ impl Status {
     }
 }
 
+/// The row bound of the claims prepared beside the lag statement: the status
+/// runs none, but the statements are prepared together.
+const STATUS_CLAIM_ROWS: u32 = 1;
+
 /// The lag, waiting at most [`LAG_LOCK_TIMEOUT_MS`] for the table's lock.
 async fn lag(client: &Client, timeout_ms: u64, table: &TableName, layout: &Layout) -> Result<Lag> {
     timed(
@@ -131,7 +135,15 @@ async fn lag(client: &Client, timeout_ms: u64, table: &TableName, layout: &Layou
         client.batch_execute(&format!("SET lock_timeout = {LAG_LOCK_TIMEOUT_MS}")),
     )
     .await?;
-    let outbox = Outbox::prepare(client, timeout_ms, table, layout, Mode::Delete).await?;
+    let outbox = Outbox::prepare(
+        client,
+        timeout_ms,
+        table,
+        layout,
+        Mode::Delete,
+        STATUS_CLAIM_ROWS,
+    )
+    .await?;
     outbox.lag(client, timeout_ms).await
 }
 

@@ -1,7 +1,8 @@
-//! The claim against a real PostgreSQL, with batches in flight on other
-//! sessions: a claim that passes over a gap-free run of ids in flight takes
-//! exactly what a claim that checks every locked row takes, a late commit
-//! in a gap included; and claims skip runs only where ids name one row.
+//! The claim and the finish against a real PostgreSQL, with batches in
+//! flight on other sessions: a claim that passes over a gap-free run of ids
+//! in flight takes exactly what a claim that checks every locked row takes,
+//! a late commit in a gap included; claims skip runs only where ids name one
+//! row; a finish that fails commits nothing of its transaction.
 
 mod common;
 
@@ -13,13 +14,15 @@ use tokio_postgres::Client;
 const TIMEOUT_MS: u64 = 30_000;
 const MAX_BATCH_BYTES: u64 = 1024 * 1024;
 
-async fn prepare(client: &Client) -> Outbox {
+/// The outbox statements on `client`, claiming at most `rows` rows.
+async fn prepare(client: &Client, rows: u32) -> Outbox {
     Outbox::prepare(
         client,
         TIMEOUT_MS,
         &TableName::default(),
         &Layout::postbox(),
         Mode::Delete,
+        rows,
     )
     .await
     .expect("prepare")
@@ -37,17 +40,11 @@ async fn insert(client: &Client, id: i64) {
         .expect("insert");
 }
 
-/// Begins a transaction on `client` and claims `rows` rows in it.
-async fn claim(
-    outbox: &Outbox,
-    client: &Client,
-    epoch: u64,
-    rows: u32,
-    locked: Locked,
-) -> Vec<i64> {
-    client.batch_execute("BEGIN").await.expect("begin");
-    outbox
-        .claim(client, TIMEOUT_MS, (rows, MAX_BATCH_BYTES), epoch, locked)
+/// Claims up to `rows` rows on `client`, in a transaction the claim begins.
+async fn claim(client: &Client, epoch: u64, rows: u32, locked: Locked) -> Vec<i64> {
+    prepare(client, rows)
+        .await
+        .claim(client, TIMEOUT_MS, MAX_BATCH_BYTES, epoch, locked)
         .await
         .expect("claim")
         .rows
@@ -56,17 +53,22 @@ async fn claim(
         .collect()
 }
 
+/// Takes the lead of the default table on `client`; returns the epoch.
+async fn lead(client: &Client) -> u64 {
+    Leadership::new(TableName::default(), "claim-test")
+        .expect("holder")
+        .acquire(client)
+        .await
+        .expect("acquire")
+        .expect("the only relay leads")
+        .epoch()
+}
+
 #[tokio::test]
 async fn a_claim_passing_over_a_run_in_flight_takes_what_checking_each_row_takes() {
     let db = TestDatabase::initialised().await;
     let leader = db.connect().await;
-    let epoch = Leadership::new(TableName::default(), "claim-test")
-        .expect("holder")
-        .acquire(&leader)
-        .await
-        .expect("acquire")
-        .expect("the only relay leads")
-        .epoch();
+    let epoch = lead(&leader).await;
     let app = db.connect().await;
     for id in (1..=12).filter(|id| *id != 3) {
         insert(&app, id).await;
@@ -77,46 +79,34 @@ async fn a_claim_passing_over_a_run_in_flight_takes_what_checking_each_row_takes
     insert(&late, 3).await;
 
     let (in_flight, ahead, checking) = (db.connect().await, db.connect().await, db.connect().await);
-    let (outbox_in_flight, outbox_ahead, outbox_checking) = (
-        prepare(&in_flight).await,
-        prepare(&ahead).await,
-        prepare(&checking).await,
-    );
     assert!(
-        outbox_ahead.skips_runs(),
+        prepare(&ahead, 3).await.skips_runs(),
         "a bigserial primary key orders the claim"
     );
-    let batch = claim(&outbox_in_flight, &in_flight, epoch, 6, Locked::Wait).await;
+    let batch = claim(&in_flight, epoch, 6, Locked::Wait).await;
     assert_eq!(batch, vec![1, 2, 4, 5, 6, 7]);
     late.batch_execute("COMMIT").await.expect("commit late");
 
     // The run 4..=7 has no gap: those rows are the batch's, locked.
-    let passing = claim(
-        &outbox_ahead,
-        &ahead,
-        epoch,
-        3,
-        Locked::SkipRun { first: 4, last: 7 },
-    )
-    .await;
+    let passing = claim(&ahead, epoch, 3, Locked::SkipRun { first: 4, last: 7 }).await;
     assert_eq!(
         passing,
         vec![3, 8, 9],
         "the late commit in the gap comes first"
     );
     ahead.batch_execute("ROLLBACK").await.expect("rollback");
-    let checked = claim(&outbox_checking, &checking, epoch, 3, Locked::Skip).await;
+    let checked = claim(&checking, epoch, 3, Locked::Skip).await;
     assert_eq!(passing, checked);
     checking.batch_execute("ROLLBACK").await.expect("rollback");
 
     // Rows below a run fill the batch first; the rows above it that were
     // locked too stay locked, unsent: the batch is cut short.
-    ahead.batch_execute("BEGIN").await.expect("begin");
-    let claim_ahead = outbox_ahead
+    let claim_ahead = prepare(&ahead, 1)
+        .await
         .claim(
             &ahead,
             TIMEOUT_MS,
-            (1, MAX_BATCH_BYTES),
+            MAX_BATCH_BYTES,
             epoch,
             Locked::SkipRun { first: 4, last: 7 },
         )
@@ -135,7 +125,7 @@ async fn a_claim_passing_over_a_run_in_flight_takes_what_checking_each_row_takes
 async fn claims_skip_runs_only_where_the_order_is_a_unique_integer_id() {
     let db = TestDatabase::initialised().await;
     let client = db.connect().await;
-    assert!(prepare(&client).await.skips_runs());
+    assert!(prepare(&client, 1).await.skips_runs());
     client
         .batch_execute(
             "ALTER TABLE postbox_outbox DROP CONSTRAINT postbox_outbox_pkey; \
@@ -144,7 +134,7 @@ async fn claims_skip_runs_only_where_the_order_is_a_unique_integer_id() {
         .await
         .expect("make ids non-unique");
     assert!(
-        !prepare(&client).await.skips_runs(),
+        !prepare(&client, 1).await.skips_runs(),
         "without a unique index, two rows may share an id of a run"
     );
     let mut by_time = Layout::postbox();
@@ -155,8 +145,119 @@ async fn claims_skip_runs_only_where_the_order_is_a_unique_integer_id() {
         &TableName::default(),
         &by_time,
         Mode::Delete,
+        1,
     )
     .await
     .expect("prepare");
     assert!(!outbox.skips_runs(), "timestamps are not a run of ids");
+}
+
+/// The finish sends its statement and `COMMIT` in one round trip: when the
+/// statement fails, the `COMMIT` must end the transaction with a rollback,
+/// taking the dead letter moved before it along.
+#[tokio::test]
+async fn a_finish_whose_statement_fails_commits_nothing() {
+    let db = TestDatabase::initialised().await;
+    let client = db.connect().await;
+    let epoch = lead(&client).await;
+    for id in 1..=3 {
+        insert(&client, id).await;
+    }
+    client
+        .batch_execute(
+            "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS \
+               $$ BEGIN RAISE EXCEPTION 'row % may not go', OLD.id; END $$; \
+             CREATE TRIGGER refuse_delete BEFORE DELETE ON postbox_outbox \
+               FOR EACH ROW WHEN (OLD.id = 2) EXECUTE FUNCTION refuse_delete()",
+        )
+        .await
+        .expect("install the refusing trigger");
+    let outbox = prepare(&client, 3).await;
+    let claimed = outbox
+        .claim(&client, TIMEOUT_MS, MAX_BATCH_BYTES, epoch, Locked::Wait)
+        .await
+        .expect("claim");
+    assert_eq!(claimed.rows.len(), 3);
+    outbox
+        .dead_letter(
+            &client,
+            TIMEOUT_MS,
+            &claimed.rows[0],
+            "refused for the test",
+        )
+        .await
+        .expect("dead-letter row 1");
+    let ids: Vec<String> = claimed.rows[1..]
+        .iter()
+        .map(|row| row.row_id.clone())
+        .collect();
+    let error = outbox
+        .finish(&client, TIMEOUT_MS, &ids)
+        .await
+        .expect_err("row 2's delete is refused");
+    assert!(
+        error.to_string().contains("may not go"),
+        "the statement's error, not the commit's: {error}"
+    );
+
+    let count = |sql: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query_one(sql, &[])
+                .await
+                .expect("count")
+                .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(count("SELECT count(*) FROM postbox_outbox").await, 3);
+    assert_eq!(
+        count("SELECT count(*) FROM postbox_outbox_dead_letters").await,
+        0
+    );
+    let again = outbox
+        .claim(&client, TIMEOUT_MS, MAX_BATCH_BYTES, epoch, Locked::Wait)
+        .await
+        .expect("the session is out of the failed transaction: a new claim begins");
+    assert_eq!(again.rows.len(), 3);
+}
+
+/// With the row bound a parameter of `LIMIT`, PostgreSQL judged a generic
+/// plan (made for a tenth of the table) worse than a fresh one, and planned
+/// every claim anew, which took longer than running it. With the bound
+/// written into the statement, the session plans it once.
+#[tokio::test]
+async fn a_session_plans_its_claim_once() {
+    let db = TestDatabase::initialised().await;
+    let client = db.connect().await;
+    let epoch = lead(&client).await;
+    for id in 1..=20 {
+        insert(&client, id).await;
+    }
+    let outbox = prepare(&client, 10).await;
+    const CLAIMS: i64 = 12;
+    for _ in 0..CLAIMS {
+        let claimed = outbox
+            .claim(&client, TIMEOUT_MS, MAX_BATCH_BYTES, epoch, Locked::Wait)
+            .await
+            .expect("claim");
+        assert_eq!(claimed.rows.len(), 10);
+        client.batch_execute("ROLLBACK").await.expect("rollback");
+    }
+    let plans = client
+        .query_one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+             WHERE statement LIKE '%claim_sort%' AND generic_plans + custom_plans > 0 \
+               AND statement NOT LIKE '%pg_prepared_statements%'",
+            &[],
+        )
+        .await
+        .expect("the claim's plan counts");
+    let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+    assert_eq!(generic + custom, CLAIMS);
+    assert!(
+        custom <= 5,
+        "PostgreSQL tries custom plans 5 times, then keeps the generic one: \
+         {custom} custom plans, {generic} generic"
+    );
 }
