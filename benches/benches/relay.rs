@@ -11,8 +11,9 @@
 //!    mode. The table is filled with `POSTBOX_BENCH_ROWS` rows (topic
 //!    `events`, 1000 partition keys, 512-byte payloads), then drained. The
 //!    baseline runs the relay's own prepared claim and delete (or mark)
-//!    statements in a loop without publishing: the ceiling the relay could
-//!    reach if the broker cost nothing. The relay run times from the relay's
+//!    statements in a loop without publishing, through the relay's own calls
+//!    (`Outbox::claim` and `Outbox::finish`, so with the same round trips):
+//!    the ceiling the relay could reach if the broker cost nothing. The relay run times from the relay's
 //!    start to the moment no unpublished row is left, polled every 10 ms with
 //!    an `EXISTS` (a `count(*)` over 100,000 rows would take a core's share
 //!    from the relay on a small machine). Every run starts from a truncated,
