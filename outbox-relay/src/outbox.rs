@@ -24,9 +24,11 @@
 //!   so that a key's later rows wait behind it.
 //! - Rows are deleted or marked, and dead-lettered, only by the caller's
 //!   claim transaction, after the broker's acknowledgment.
-//! - Rows and bytes per claim are bounded: at most `max_rows` rows, and rows
-//!   are taken only while the payloads before them sum to less than
-//!   `max_bytes` (the first row always, however large).
+//! - Rows and bytes per claim are bounded: at most `max_batch_rows` rows
+//!   (fixed when the statements are prepared), and rows are taken only while
+//!   the payloads before them sum to less than `max_batch_bytes` (the first
+//!   row always, however large). Locked rows beyond the bounds are counted
+//!   and stay locked, unsent.
 
 use std::collections::HashMap;
 
@@ -236,9 +238,10 @@ impl Outbox {
     /// Begins a transaction on `client` and claims in it the first
     /// unpublished rows in claim order as the leader at `epoch`, doing with
     /// locked rows what `locked` says (see the module's invariants for the
-    /// bounds: the rows prepared for, and `max_batch_bytes`). A `SkipRun` claim on a table where claims cannot skip runs
-    /// is a `Skip` claim. The transaction stays open: [`Outbox::finish`]
-    /// commits it, a `ROLLBACK` gives the rows back.
+    /// bounds: the rows prepared for, and `max_batch_bytes`). A `SkipRun`
+    /// claim on a table where claims cannot skip runs is a `Skip` claim.
+    /// The transaction stays open: [`Outbox::finish`] commits it, a
+    /// `ROLLBACK` gives the rows back.
     ///
     /// `BEGIN` and the claim go in one round trip: tokio-postgres sends
     /// requests in the order they are first polled, and `join!` polls in
