@@ -2,7 +2,9 @@
 //! flight on other sessions: a claim that passes over a gap-free run of ids
 //! in flight takes exactly what a claim that checks every locked row takes,
 //! a late commit in a gap included; claims skip runs only where ids name one
-//! row; a finish that fails commits nothing of its transaction.
+//! row; the byte bound ends a batch and keeps the rest locked; a session
+//! plans its claim once; a finish that fails commits nothing of its
+//! transaction.
 
 mod common;
 
@@ -260,4 +262,48 @@ async fn a_session_plans_its_claim_once() {
         "PostgreSQL tries custom plans 5 times, then keeps the generic one: \
          {custom} custom plans, {generic} generic"
     );
+}
+
+/// The byte bound: rows are taken while the payloads before them sum to less
+/// than it, the first row however large; the locked rows beyond the bound
+/// are counted, stay locked, and come back to no one else.
+#[tokio::test]
+async fn the_byte_bound_ends_a_batch_and_keeps_the_rest_locked() {
+    let db = TestDatabase::initialised().await;
+    let client = db.connect().await;
+    let epoch = lead(&client).await;
+    client
+        .batch_execute(
+            "INSERT INTO postbox_outbox (id, topic, partition_key, payload) \
+             SELECT g, 'orders', 'k' || g, decode(repeat('ab', 100), 'hex') \
+             FROM generate_series(1, 5) g",
+        )
+        .await
+        .expect("insert five rows of 100 bytes");
+    let outbox = prepare(&client, 10).await;
+    let claimed = outbox
+        .claim(&client, TIMEOUT_MS, 250, epoch, Locked::Wait)
+        .await
+        .expect("claim");
+    let ids: Vec<&str> = claimed.rows.iter().map(|row| row.row_id.as_str()).collect();
+    assert_eq!(ids, ["1", "2", "3"], "0, 100 and 200 bytes before them");
+    assert!(claimed.rows.iter().all(|row| row.payload == [0xab; 100]));
+    assert_eq!(claimed.locked_rows, 5);
+
+    let other = db.connect().await;
+    let behind = prepare(&other, 10)
+        .await
+        .claim(&other, TIMEOUT_MS, 250, epoch, Locked::Skip)
+        .await
+        .expect("claim on another session");
+    assert!(behind.rows.is_empty(), "rows 4 and 5 stay locked");
+    other.batch_execute("ROLLBACK").await.expect("rollback");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
+
+    let alone = outbox
+        .claim(&client, TIMEOUT_MS, 10, epoch, Locked::Wait)
+        .await
+        .expect("claim under a bound smaller than one row");
+    assert_eq!(alone.rows.len(), 1, "the first row always goes");
+    assert_eq!(alone.rows[0].payload.len(), 100);
 }
