@@ -573,7 +573,7 @@ async fn insert_sessions(url: &str, connections: usize) -> Result<Vec<(Client, S
 /// relay prepares them, in the relay's transaction shape, without publishing.
 /// Returns the rows drained and the time taken in ms (preparing included, as
 /// the relay's start is in its time).
-async fn drain_with_sql(client: &mut Client, mode: Mode, batch_rows: u32) -> Result<(u64, f64)> {
+async fn drain_with_sql(client: &Client, mode: Mode, batch_rows: u32) -> Result<(u64, f64)> {
     let started = Instant::now();
     let outbox = Outbox::prepare(
         client,

@@ -32,7 +32,7 @@
 
 use std::collections::HashMap;
 
-use tokio_postgres::types::ToSql;
+use tokio_postgres::types::{FromSql, ToSql};
 use tokio_postgres::{Client, GenericClient, Row, Statement};
 
 use crate::error::{Error, Result};
@@ -255,50 +255,37 @@ impl Outbox {
         locked: Locked,
     ) -> Result<Claim> {
         let begin = timed(timeout_ms, "begin a claim", client.batch_execute("BEGIN"));
-        let claim = self.claim_rows(client, timeout_ms, max_batch_bytes, epoch, locked);
-        let (begun, claimed) = tokio::join!(begin, claim);
+        let claim = async {
+            let max_bytes = i64::try_from(max_batch_bytes).unwrap_or(i64::MAX);
+            let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
+            let table_name = self.table.name();
+            let mut params: Vec<&(dyn ToSql + Sync)> =
+                vec![&max_bytes, &self.topic_prefix, &table_name, &epoch];
+            let run = match locked {
+                Locked::SkipRun { first, last } => [first, last],
+                Locked::Wait | Locked::Skip => [0, 0],
+            };
+            let statement = match (locked, &self.claim_skipping_run) {
+                (Locked::Wait, _) => &self.claim,
+                (Locked::Skip, _) | (Locked::SkipRun { .. }, None) => &self.claim_skipping_locked,
+                (Locked::SkipRun { .. }, Some(statement)) => {
+                    params.extend([&run[0] as &(dyn ToSql + Sync), &run[1]]);
+                    statement
+                }
+            };
+            timed(
+                timeout_ms,
+                &format!("claim rows of {}", self.table),
+                client.query(statement, &params),
+            )
+            .await
+        };
+        let (begun, rows) = tokio::join!(begin, claim);
         begun?;
-        claimed
-    }
-
-    /// The claim itself, in the transaction `claim` began.
-    async fn claim_rows(
-        &self,
-        client: &Client,
-        timeout_ms: u64,
-        max_batch_bytes: u64,
-        epoch: u64,
-        locked: Locked,
-    ) -> Result<Claim> {
-        let max_bytes = i64::try_from(max_batch_bytes).unwrap_or(i64::MAX);
-        let epoch = i64::try_from(epoch).unwrap_or(i64::MAX);
-        let table_name = self.table.name();
-        let mut params: Vec<&(dyn ToSql + Sync)> =
-            vec![&max_bytes, &self.topic_prefix, &table_name, &epoch];
-        let run = match locked {
-            Locked::SkipRun { first, last } => [first, last],
-            Locked::Wait | Locked::Skip => [0, 0],
-        };
-        let statement = match (locked, &self.claim_skipping_run) {
-            (Locked::Wait, _) => &self.claim,
-            (Locked::Skip, _) | (Locked::SkipRun { .. }, None) => &self.claim_skipping_locked,
-            (Locked::SkipRun { .. }, Some(statement)) => {
-                params.extend([&run[0] as &(dyn ToSql + Sync), &run[1]]);
-                statement
-            }
-        };
-        let rows = timed(
-            timeout_ms,
-            &format!("claim rows of {}", self.table),
-            client.query(statement, &params),
-        )
-        .await?;
+        let rows = rows?;
         let mut claimed = Vec::with_capacity(rows.len());
         for row in &rows {
-            let in_batch: bool = row.try_get(7).map_err(|error| {
-                Error::postgres(format!("read a claimed row of {}", self.table), error)
-            })?;
-            if !in_batch {
+            if !self.column::<bool>(row, 7)? {
                 break;
             }
             claimed.push(self.row(row)?);
@@ -309,37 +296,35 @@ impl Outbox {
         })
     }
 
+    /// Column `index` of a claimed row.
+    fn column<'r, T: FromSql<'r>>(&self, row: &'r Row, index: usize) -> Result<T> {
+        row.try_get(index)
+            .map_err(|error| Error::postgres(self.reading(), error))
+    }
+
+    fn reading(&self) -> String {
+        format!("read a claimed row of {}", self.table)
+    }
+
     /// A column of a claimed row that may not be NULL.
     fn text(&self, row: &Row, index: usize, what: &str) -> Result<String> {
-        let action = || format!("read a claimed row of {}", self.table);
-        row.try_get::<_, Option<String>>(index)
-            .map_err(|error| Error::postgres(action(), error))?
+        self.column::<Option<String>>(row, index)?
             .ok_or_else(|| Error::Unexpected {
-                action: action(),
+                action: self.reading(),
                 detail: format!("its {what} is NULL"),
             })
     }
 
     fn row(&self, row: &Row) -> Result<OutboxRow> {
-        let get = |index: usize| -> Result<Option<String>> {
-            row.try_get(index).map_err(|error| {
-                Error::postgres(format!("read a claimed row of {}", self.table), error)
-            })
-        };
         let required = |index: usize, what: &str| self.text(row, index, what);
         Ok(OutboxRow {
             row_id: required(0, "id")?,
             topic: required(1, "topic")?,
-            partition_key: get(2)?,
+            partition_key: self.column(row, 2)?,
             idempotency_key: required(3, "idempotency key")?,
-            headers: get(4)?,
-            event_type: get(5)?,
-            payload: row
-                .try_get::<_, Option<Vec<u8>>>(6)
-                .map_err(|error| {
-                    Error::postgres(format!("read a claimed row of {}", self.table), error)
-                })?
-                .unwrap_or_default(),
+            headers: self.column(row, 4)?,
+            event_type: self.column(row, 5)?,
+            payload: self.column::<Option<Vec<u8>>>(row, 6)?.unwrap_or_default(),
         })
     }
 

@@ -9,7 +9,7 @@
 mod common;
 
 use common::TestDatabase;
-use postbox_relay::{Layout, Leadership, Locked, Mode, Outbox, TableName};
+use postbox_relay::{Claim, Layout, Leadership, Locked, Mode, Outbox, TableName};
 use tokio_postgres::Client;
 
 /// Generous: these statements take milliseconds.
@@ -42,17 +42,34 @@ async fn insert(client: &Client, id: i64) {
         .expect("insert");
 }
 
-/// Claims up to `rows` rows on `client`, in a transaction the claim begins.
-async fn claim(client: &Client, epoch: u64, rows: u32, locked: Locked) -> Vec<i64> {
-    prepare(client, rows)
-        .await
-        .claim(client, TIMEOUT_MS, MAX_BATCH_BYTES, epoch, locked)
+/// Claims with `outbox` on `client`, in a transaction the claim begins.
+async fn take(
+    outbox: &Outbox,
+    client: &Client,
+    epoch: u64,
+    max_batch_bytes: u64,
+    locked: Locked,
+) -> Claim {
+    outbox
+        .claim(client, TIMEOUT_MS, max_batch_bytes, epoch, locked)
         .await
         .expect("claim")
-        .rows
-        .iter()
-        .map(|row| row.row_id.parse().expect("integer id"))
-        .collect()
+}
+
+/// Claims up to `rows` rows on `client`; returns their ids.
+async fn claim(client: &Client, epoch: u64, rows: u32, locked: Locked) -> Vec<i64> {
+    take(
+        &prepare(client, rows).await,
+        client,
+        epoch,
+        MAX_BATCH_BYTES,
+        locked,
+    )
+    .await
+    .rows
+    .iter()
+    .map(|row| row.row_id.parse().expect("integer id"))
+    .collect()
 }
 
 /// Takes the lead of the default table on `client`; returns the epoch.
@@ -64,6 +81,17 @@ async fn lead(client: &Client) -> u64 {
         .expect("acquire")
         .expect("the only relay leads")
         .epoch()
+}
+
+/// A fresh database led by a session of its own, with rows `1..=rows`.
+async fn leading_with_rows(rows: i64) -> (TestDatabase, Client, u64) {
+    let db = TestDatabase::initialised().await;
+    let client = db.connect().await;
+    let epoch = lead(&client).await;
+    for id in 1..=rows {
+        insert(&client, id).await;
+    }
+    (db, client, epoch)
 }
 
 #[tokio::test]
@@ -103,17 +131,15 @@ async fn a_claim_passing_over_a_run_in_flight_takes_what_checking_each_row_takes
 
     // Rows below a run fill the batch first; the rows above it that were
     // locked too stay locked, unsent: the batch is cut short.
-    let claim_ahead = prepare(&ahead, 1)
-        .await
-        .claim(
-            &ahead,
-            TIMEOUT_MS,
-            MAX_BATCH_BYTES,
-            epoch,
-            Locked::SkipRun { first: 4, last: 7 },
-        )
-        .await
-        .expect("claim");
+    let run = Locked::SkipRun { first: 4, last: 7 };
+    let claim_ahead = take(
+        &prepare(&ahead, 1).await,
+        &ahead,
+        epoch,
+        MAX_BATCH_BYTES,
+        run,
+    )
+    .await;
     let ids: Vec<&str> = claim_ahead
         .rows
         .iter()
@@ -159,12 +185,7 @@ async fn claims_skip_runs_only_where_the_order_is_a_unique_integer_id() {
 /// taking the dead letter moved before it along.
 #[tokio::test]
 async fn a_finish_whose_statement_fails_commits_nothing() {
-    let db = TestDatabase::initialised().await;
-    let client = db.connect().await;
-    let epoch = lead(&client).await;
-    for id in 1..=3 {
-        insert(&client, id).await;
-    }
+    let (_db, client, epoch) = leading_with_rows(3).await;
     client
         .batch_execute(
             "CREATE FUNCTION refuse_delete() RETURNS trigger LANGUAGE plpgsql AS \
@@ -175,10 +196,7 @@ async fn a_finish_whose_statement_fails_commits_nothing() {
         .await
         .expect("install the refusing trigger");
     let outbox = prepare(&client, 3).await;
-    let claimed = outbox
-        .claim(&client, TIMEOUT_MS, MAX_BATCH_BYTES, epoch, Locked::Wait)
-        .await
-        .expect("claim");
+    let claimed = take(&outbox, &client, epoch, MAX_BATCH_BYTES, Locked::Wait).await;
     assert_eq!(claimed.rows.len(), 3);
     outbox
         .dead_letter(
@@ -217,10 +235,8 @@ async fn a_finish_whose_statement_fails_commits_nothing() {
         count("SELECT count(*) FROM postbox_outbox_dead_letters").await,
         0
     );
-    let again = outbox
-        .claim(&client, TIMEOUT_MS, MAX_BATCH_BYTES, epoch, Locked::Wait)
-        .await
-        .expect("the session is out of the failed transaction: a new claim begins");
+    // The session is out of the failed transaction: a new claim begins.
+    let again = take(&outbox, &client, epoch, MAX_BATCH_BYTES, Locked::Wait).await;
     assert_eq!(again.rows.len(), 3);
 }
 
@@ -230,19 +246,11 @@ async fn a_finish_whose_statement_fails_commits_nothing() {
 /// written into the statement, the session plans it once.
 #[tokio::test]
 async fn a_session_plans_its_claim_once() {
-    let db = TestDatabase::initialised().await;
-    let client = db.connect().await;
-    let epoch = lead(&client).await;
-    for id in 1..=20 {
-        insert(&client, id).await;
-    }
+    let (_db, client, epoch) = leading_with_rows(20).await;
     let outbox = prepare(&client, 10).await;
     const CLAIMS: i64 = 12;
     for _ in 0..CLAIMS {
-        let claimed = outbox
-            .claim(&client, TIMEOUT_MS, MAX_BATCH_BYTES, epoch, Locked::Wait)
-            .await
-            .expect("claim");
+        let claimed = take(&outbox, &client, epoch, MAX_BATCH_BYTES, Locked::Wait).await;
         assert_eq!(claimed.rows.len(), 10);
         client.batch_execute("ROLLBACK").await.expect("rollback");
     }
@@ -269,9 +277,7 @@ async fn a_session_plans_its_claim_once() {
 /// are counted, stay locked, and come back to no one else.
 #[tokio::test]
 async fn the_byte_bound_ends_a_batch_and_keeps_the_rest_locked() {
-    let db = TestDatabase::initialised().await;
-    let client = db.connect().await;
-    let epoch = lead(&client).await;
+    let (db, client, epoch) = leading_with_rows(0).await;
     client
         .batch_execute(
             "INSERT INTO postbox_outbox (id, topic, partition_key, payload) \
@@ -281,29 +287,20 @@ async fn the_byte_bound_ends_a_batch_and_keeps_the_rest_locked() {
         .await
         .expect("insert five rows of 100 bytes");
     let outbox = prepare(&client, 10).await;
-    let claimed = outbox
-        .claim(&client, TIMEOUT_MS, 250, epoch, Locked::Wait)
-        .await
-        .expect("claim");
+    let claimed = take(&outbox, &client, epoch, 250, Locked::Wait).await;
     let ids: Vec<&str> = claimed.rows.iter().map(|row| row.row_id.as_str()).collect();
     assert_eq!(ids, ["1", "2", "3"], "0, 100 and 200 bytes before them");
     assert!(claimed.rows.iter().all(|row| row.payload == [0xab; 100]));
     assert_eq!(claimed.locked_rows, 5);
 
     let other = db.connect().await;
-    let behind = prepare(&other, 10)
-        .await
-        .claim(&other, TIMEOUT_MS, 250, epoch, Locked::Skip)
-        .await
-        .expect("claim on another session");
+    let behind = take(&prepare(&other, 10).await, &other, epoch, 250, Locked::Skip).await;
     assert!(behind.rows.is_empty(), "rows 4 and 5 stay locked");
     other.batch_execute("ROLLBACK").await.expect("rollback");
     client.batch_execute("ROLLBACK").await.expect("rollback");
 
-    let alone = outbox
-        .claim(&client, TIMEOUT_MS, 10, epoch, Locked::Wait)
-        .await
-        .expect("claim under a bound smaller than one row");
+    // A bound smaller than one row.
+    let alone = take(&outbox, &client, epoch, 10, Locked::Wait).await;
     assert_eq!(alone.rows.len(), 1, "the first row always goes");
     assert_eq!(alone.rows[0].payload.len(), 100);
 }
