@@ -26,7 +26,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+use std::hash::BuildHasher;
 use std::io::{Read, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -42,6 +42,8 @@ pub const DEDUP_RUN_BLOCK_ENTRIES: usize = 64;
 /// Bloom filter bits per key: about 1% false positives with 7 probes.
 const BLOOM_BITS_PER_KEY: u64 = 10;
 const BLOOM_PROBES: u64 = 7;
+/// The seed of the Bloom filters' hash (any value does).
+const BLOOM_SEED: u64 = 0x706f_7374_626f_7821;
 
 const RUN_MAGIC: &[u8; 4] = b"PBDR";
 const RUN_VERSION: u32 = 1;
@@ -55,7 +57,8 @@ const RUN_SUFFIX: &str = "run";
 #[derive(Debug)]
 pub struct RunStore {
     dir: PathBuf,
-    topics: RwLock<HashMap<String, Arc<TopicRuns>>>,
+    /// Looked up once per stored key a publish checks: a fast hash.
+    topics: RwLock<HashMap<String, Arc<TopicRuns>, foldhash::fast::RandomState>>,
 }
 
 /// One topic's runs, oldest first.
@@ -472,9 +475,11 @@ fn next_entry(bytes: &[u8]) -> Option<(&[u8], DedupEntry, &[u8])> {
     Some((key, entry, rest))
 }
 
-/// A key's hash for the Bloom filters: fixed keys, so one hash serves every run.
+/// A key's hash for the Bloom filters: a fixed seed, so one hash serves every
+/// run. The filters live in memory only, so the hash may change between
+/// versions.
 fn bloom_hash(key: &[u8]) -> u64 {
-    BuildHasherDefault::<DefaultHasher>::default().hash_one(key)
+    foldhash::quality::FixedState::with_seed(BLOOM_SEED).hash_one(key)
 }
 
 /// A Bloom filter over key hashes, probed by double hashing.
