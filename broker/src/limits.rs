@@ -88,6 +88,22 @@ pub const DEDUP_MEMORY_KEYS_MAX: usize = 200_000;
 /// (so at least three), so a lone appender never waits.
 pub const GROUP_COMMIT_LINGER_MAX: std::time::Duration = std::time::Duration::from_micros(200);
 
+/// How far past the end of its data the active segment is zero-filled when a
+/// small group commit grows it. On ext4 (and most file systems) an fdatasync
+/// after an append that grows the file also commits the new size and block
+/// allocation to the journal; an append over blocks already written and synced
+/// needs only the data flush. Measured on the development machine (one 1 KiB to
+/// 16 KiB write and fdatasync at a time): 1.3 to 1.9 times as many syncs per
+/// second over zero-filled space. The zeros ride in the same write and the
+/// same fdatasync as the group that triggers them.
+pub const PREALLOCATE_STEP_BYTES: u64 = 1024 * 1024;
+
+/// Largest group commit that zero-fills ahead of itself. Writing the zeros costs
+/// about as much disk time as a group of their size saves, so it pays only for
+/// groups much smaller than `PREALLOCATE_STEP_BYTES`; larger groups just grow
+/// the file.
+pub const PREALLOCATE_GROUP_BYTES_MAX: u64 = PREALLOCATE_STEP_BYTES / 8;
+
 /// Longest an append with idempotency keys waits for a dedup checkpoint to make
 /// room in memory before it fails with a limit error (the metadata store is
 /// failing or far behind).

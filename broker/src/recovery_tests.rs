@@ -46,6 +46,19 @@ impl Fixture {
             .join(crate::storage::segment::log_file_name(base))
     }
 
+    /// The first segment's log up to the end of its last frame, without the
+    /// zero-filled space that small appends leave ahead of their data.
+    fn log_data(&self, data_end: u64) -> Vec<u8> {
+        let mut log = fs::read(self.log_path(0)).expect("log");
+        assert!(log.len() as u64 >= data_end);
+        assert!(
+            log[data_end as usize..].iter().all(|b| *b == 0),
+            "only zeros after the last frame"
+        );
+        log.truncate(data_end as usize);
+        log
+    }
+
     fn index_path(&self, base: u64) -> PathBuf {
         self.data_dir
             .join("topics/t/0")
@@ -112,7 +125,7 @@ fn expect_prefix(engine: &Engine, records: u64) {
 fn torn_tail_cut_at_every_byte_of_the_last_two_batches() {
     let fx = Fixture::new();
     let ends = fill(&fx.open(), 4);
-    let log = fs::read(fx.log_path(0)).expect("log");
+    let log = fx.log_data(ends[3]);
     let index = fs::read(fx.index_path(0)).expect("index");
     let start = ends[1] as usize;
     for cut in start..log.len() {
@@ -136,7 +149,7 @@ fn a_tail_of_zeros_or_random_bytes_is_cut_back_to_the_last_whole_batch() {
     for garbage in ["zeros", "random", "zeros-over-last", "huge-length"] {
         let fx = Fixture::new();
         let ends = fill(&fx.open(), 3);
-        let mut log = fs::read(fx.log_path(0)).expect("log");
+        let mut log = fx.log_data(ends[2]);
         let mut kept_batches = 3;
         match garbage {
             "zeros" => log.extend(vec![0u8; 8192]),
@@ -179,7 +192,7 @@ fn a_flipped_bit_in_a_sealed_batch_is_data_loss_and_nothing_after_it_is_lost() {
         let mut fx = Fixture::new();
         fx.index_interval_bytes = interval;
         let ends = fill(&fx.open(), 5);
-        let mut log = fs::read(fx.log_path(0)).expect("log");
+        let mut log = fx.log_data(ends[4]);
         let len_before = log.len();
         log[ends[1] as usize + at] ^= 0x10;
         fs::write(fx.log_path(0), &log).expect("write");
@@ -235,7 +248,7 @@ fn a_flipped_bit_in_a_sealed_batch_is_data_loss_and_nothing_after_it_is_lost() {
 fn a_damaged_or_missing_index_is_rebuilt() {
     for damage in ["garbage", "missing", "stale"] {
         let fx = Fixture::new();
-        fill(&fx.open(), 6);
+        let ends = fill(&fx.open(), 6);
         let index_path = fx.index_path(0);
         let good_index = fs::read(&index_path).expect("index");
         match damage {
@@ -249,7 +262,7 @@ fn a_damaged_or_missing_index_is_rebuilt() {
             "missing" => fs::remove_file(&index_path).expect("rm"),
             _ => {
                 // Entries pointing into a tail the log no longer has.
-                let log = fs::read(fx.log_path(0)).expect("log");
+                let log = fx.log_data(ends[5]);
                 fs::write(fx.log_path(0), &log[..log.len() / 2]).expect("cut");
             }
         }
@@ -277,9 +290,15 @@ fn a_damaged_or_missing_index_is_rebuilt() {
 #[test]
 fn reopening_twice_changes_nothing() {
     let fx = Fixture::new();
-    fill(&fx.open(), 3);
+    let ends = fill(&fx.open(), 3);
     let snapshot = |p: &Path| fs::read(p).expect("read");
-    let log = snapshot(&fx.log_path(0));
+    let log = fx.log_data(ends[2]);
+    drop(fx.open());
+    assert_eq!(
+        snapshot(&fx.log_path(0)),
+        log,
+        "the first reopen trims the zero-filled space, nothing else"
+    );
     drop(fx.open());
     drop(fx.open());
     assert_eq!(snapshot(&fx.log_path(0)), log);
@@ -304,4 +323,101 @@ fn a_short_or_garbled_dedup_checkpoint_means_a_rebuild_not_a_crash() {
         let r = engine.publish("t", &[retry]).expect("publish")[0];
         assert!(r.duplicate && r.offset == 4, "{content:?}");
     }
+}
+
+/// Log files of partition 0 of "t", in base offset order, with their lengths.
+fn log_files(fx: &Fixture) -> Vec<(PathBuf, u64)> {
+    let mut logs: Vec<(PathBuf, u64)> = fs::read_dir(fx.data_dir.join("topics/t/0"))
+        .expect("partition dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|x| x == "log"))
+        .map(|p| {
+            let len = fs::metadata(&p).expect("meta").len();
+            (p, len)
+        })
+        .collect();
+    logs.sort();
+    logs
+}
+
+#[test]
+fn small_appends_write_into_zero_filled_space_that_a_reopen_trims() {
+    use crate::limits::PREALLOCATE_STEP_BYTES;
+    let fx = Fixture::new();
+    let engine = fx.open();
+    let ends = fill(&engine, 3);
+    let file_len = || fs::metadata(fx.log_path(0)).expect("meta").len();
+    assert_eq!(
+        file_len(),
+        ends[0] + PREALLOCATE_STEP_BYTES,
+        "the first append zero-fills a step ahead; the next two land inside it"
+    );
+    assert_eq!(
+        read_all(&engine).expect("readable").len(),
+        9,
+        "zeros are not records"
+    );
+    drop(engine);
+    let engine = fx.open();
+    assert_eq!(
+        file_len(),
+        ends[2],
+        "a reopen cuts the log at its last frame"
+    );
+    expect_prefix(&engine, 9);
+    assert!(
+        file_len() > ends[2] + PREALLOCATE_STEP_BYTES / 2,
+        "the next small append zero-fills again"
+    );
+}
+
+#[test]
+fn a_sealed_segment_ends_at_its_last_frame_and_large_groups_add_no_zeros() {
+    use crate::limits::PREALLOCATE_GROUP_BYTES_MAX;
+    let fx = Fixture::new();
+    let engine = fx.open();
+    let segment_bytes = 64 * 1024;
+    let config = TopicConfig {
+        segment_bytes,
+        ..TopicConfig::with_partitions(1)
+    };
+    engine.create_topic("t", config).expect("create");
+    for i in 0..200 {
+        engine
+            .publish("t", &[RecordInput::new(vec![b'r'; 1000 + i])])
+            .expect("publish");
+    }
+    let logs = log_files(&fx);
+    assert!(logs.len() >= 3, "rolled: {logs:?}");
+    let (sealed, active) = logs.split_at(logs.len() - 1);
+    for (path, len) in sealed {
+        let bytes = fs::read(path).expect("read");
+        assert_eq!(bytes.len() as u64, *len);
+        assert_ne!(
+            bytes.last(),
+            Some(&0),
+            "{}: no zeros after the last frame",
+            path.display()
+        );
+    }
+    assert_eq!(
+        active[0].1, segment_bytes,
+        "the active segment is zero-filled up to the segment size, not past it"
+    );
+
+    let fx = Fixture::new();
+    let engine = fx.open();
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
+    let large = vec![b'L'; PREALLOCATE_GROUP_BYTES_MAX as usize + 1];
+    engine
+        .publish("t", &[RecordInput::new(large)])
+        .expect("publish");
+    let size = engine.describe_topic("t").expect("t").partitions[0].size_bytes;
+    assert_eq!(
+        log_files(&fx)[0].1,
+        size,
+        "a large group only grows the file"
+    );
 }

@@ -33,7 +33,10 @@ use super::partition::{lock, write, Partition};
 use super::segment::{self, Segment};
 use crate::config::Durability;
 use crate::error::{Error, IoContext, Result};
-use crate::limits::GROUP_COMMIT_LINGER_MAX;
+use crate::limits::{GROUP_COMMIT_LINGER_MAX, PREALLOCATE_GROUP_BYTES_MAX, PREALLOCATE_STEP_BYTES};
+
+/// What zero-filled space ahead of the data is written from.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// A frame waiting for the writer.
 #[derive(Debug)]
@@ -102,6 +105,9 @@ pub(super) struct WriterIo {
     index_interval_bytes: u32,
     /// Bytes of whole frames in the active log.
     position: u64,
+    /// The active log's length: past `position` it holds zeros written ahead
+    /// of the data (see `zeros_after`).
+    file_bytes: u64,
     /// One past the last offset written.
     end_offset: u64,
     /// Whether writes since the last fdatasync exist (`async` topics).
@@ -127,6 +133,8 @@ impl WriterIo {
             since_index_bytes,
             index_interval_bytes,
             position: active.size_bytes,
+            // Recovery cut the file to its last whole frame.
+            file_bytes: active.size_bytes,
             end_offset: active.end_offset,
             unsynced: false,
         }
@@ -146,6 +154,21 @@ pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Zero bytes to write after a group that ends the active log's data at
+/// `end`: when the group grows the file and is small, the file is zero-filled a
+/// step ahead (within the segment size), so that the appends after it overwrite
+/// blocks already allocated and synced and their fdatasync need not commit a new
+/// file size (see `PREALLOCATE_STEP_BYTES`). None when the group lands inside
+/// zero-filled space or is too large to gain from it.
+fn zeros_after(end: u64, file_bytes: u64, group_bytes: u64, segment_bytes: u64) -> u64 {
+    if end <= file_bytes || group_bytes > PREALLOCATE_GROUP_BYTES_MAX {
+        return 0;
+    }
+    (end + PREALLOCATE_STEP_BYTES)
+        .min(segment_bytes)
+        .saturating_sub(end)
 }
 
 /// The files of a segment just created.
@@ -398,10 +421,23 @@ impl Partition {
         if frames.is_empty() {
             return Ok(());
         }
-        let slices: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
+        let zeros = zeros_after(
+            io.position,
+            io.file_bytes,
+            io.position - start,
+            self.settings.segment_bytes,
+        );
+        let mut slices: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
+        let mut left = zeros;
+        while left > 0 {
+            let n = left.min(ZEROS.len() as u64);
+            slices.push(&ZEROS[..n as usize]);
+            left -= n;
+        }
         io.log
             .write_all_at(&slices, start)
             .context(|| format!("writing {}", io.log_path.display()))?;
+        io.file_bytes = io.file_bytes.max(io.position + zeros);
         if !entries.is_empty() {
             let base = io.base_offset;
             let mut bytes = Vec::with_capacity(entries.len() * index::INDEX_ENTRY_BYTES as usize);
@@ -435,6 +471,14 @@ impl Partition {
     /// Seals the active segment (log and index synced) and starts a new one whose
     /// file and directory entry are durable before anything is written to it.
     fn roll(&self, io: &mut WriterIo) -> Result<()> {
+        // A sealed segment ends at its last frame: its zero-filled space goes
+        // before the sync that makes the seal durable.
+        if io.file_bytes > io.position {
+            io.log
+                .set_len(io.position)
+                .context(|| format!("trimming {}", io.log_path.display()))?;
+            io.file_bytes = io.position;
+        }
         io.log
             .sync_data()
             .context(|| format!("syncing {}", io.log_path.display()))?;
@@ -456,6 +500,7 @@ impl Partition {
             since_index_bytes: u64::MAX,
             index_interval_bytes: io.index_interval_bytes,
             position: 0,
+            file_bytes: 0,
             end_offset: base,
             unsynced: false,
         };

@@ -536,8 +536,16 @@ fn open_segment(
     let outcome = recovery::scan(&log, &log_path, start, active)
         .context(|| format!("scanning {}", log_path.display()))?;
     if let Some((position, reason)) = &outcome.torn_tail {
-        tracing::warn!(path = %log_path.display(), position, cut_bytes = log_bytes - outcome.end_position, reason = %reason,
-            "truncating a torn tail (records never acknowledged)");
+        let cut_bytes = log_bytes - outcome.end_position;
+        let zeros = recovery::zero_filled(&log, *position, log_bytes)
+            .context(|| format!("reading {}", log_path.display()))?;
+        if zeros {
+            tracing::debug!(path = %log_path.display(), position, cut_bytes,
+                "trimming the zero-filled space ahead of the last frame");
+        } else {
+            tracing::warn!(path = %log_path.display(), position, cut_bytes, reason = %reason,
+                "truncating a torn tail (records never acknowledged)");
+        }
         log.set_len(outcome.end_position)
             .context(|| format!("truncating {}", log_path.display()))?;
         log.sync_data()

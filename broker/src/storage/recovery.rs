@@ -251,6 +251,28 @@ pub fn trusted_prefix(
     Ok(keep)
 }
 
+/// Whether bytes `from..to` of `file` are all zero: the space a group commit
+/// zero-filled ahead of its data, rather than a torn write.
+pub fn zero_filled(file: &Arc<dyn VFile>, from: u64, to: u64) -> io::Result<bool> {
+    let mut buf = vec![0u8; ZERO_CHECK_CHUNK_BYTES.min(to.saturating_sub(from)) as usize];
+    let mut position = from;
+    while position < to {
+        let n = buf.len().min((to - position) as usize);
+        let read = file.read_at(&mut buf[..n], position)?;
+        if read == 0 {
+            return Ok(true);
+        }
+        if buf[..read].iter().any(|b| *b != 0) {
+            return Ok(false);
+        }
+        position += read as u64;
+    }
+    Ok(true)
+}
+
+/// Bytes read at a time by `zero_filled`.
+const ZERO_CHECK_CHUNK_BYTES: u64 = 64 * 1024;
+
 /// Convenience for an empty index: where a scan of the whole segment starts.
 pub fn start_of_segment(base_offset: u64, index_interval_bytes: u32) -> ScanStart {
     ScanStart {
