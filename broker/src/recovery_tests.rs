@@ -404,6 +404,20 @@ fn a_sealed_segment_ends_at_its_last_frame_and_large_groups_add_no_zeros() {
         active[0].1, segment_bytes,
         "the active segment is zero-filled up to the segment size, not past it"
     );
+    // Zeros after a sealed segment's data (a file system that lost the trim) are
+    // cut at open, not taken for damage.
+    let (first, first_len) = &sealed[0];
+    let mut bytes = fs::read(first).expect("read");
+    bytes.extend(vec![0u8; 5000]);
+    fs::write(first, &bytes).expect("write");
+    drop(engine);
+    let engine = fx.open();
+    assert_eq!(fs::metadata(first).expect("meta").len(), *first_len);
+    let all = read_all(&engine).expect("no data loss reported");
+    assert_eq!(all.len(), 200);
+    for (i, payload) in all.iter().enumerate() {
+        assert_eq!(payload.len(), 1000 + i, "record {i}");
+    }
 
     let fx = Fixture::new();
     let engine = fx.open();
@@ -420,4 +434,17 @@ fn a_sealed_segment_ends_at_its_last_frame_and_large_groups_add_no_zeros() {
         size,
         "a large group only grows the file"
     );
+
+    let fx = Fixture::new();
+    let engine = fx.open();
+    let config = TopicConfig {
+        durability: crate::Durability::Async,
+        ..TopicConfig::with_partitions(1)
+    };
+    engine.create_topic("t", config).expect("create");
+    engine
+        .publish("t", &[RecordInput::new("small")])
+        .expect("publish");
+    let size = engine.describe_topic("t").expect("t").partitions[0].size_bytes;
+    assert_eq!(log_files(&fx)[0].1, size, "an async topic adds no zeros");
 }

@@ -421,12 +421,17 @@ impl Partition {
         if frames.is_empty() {
             return Ok(());
         }
-        let zeros = zeros_after(
-            io.position,
-            io.file_bytes,
-            io.position - start,
-            self.settings.segment_bytes,
-        );
+        // `async` topics sync large spans at once and would gain nothing.
+        let zeros = if self.settings.durability == Durability::Sync {
+            zeros_after(
+                io.position,
+                io.file_bytes,
+                io.position - start,
+                self.settings.segment_bytes,
+            )
+        } else {
+            0
+        };
         let mut slices: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
         let mut left = zeros;
         while left > 0 {

@@ -536,16 +536,14 @@ fn open_segment(
     let outcome = recovery::scan(&log, &log_path, start, active)
         .context(|| format!("scanning {}", log_path.display()))?;
     if let Some((position, reason)) = &outcome.torn_tail {
-        let cut_bytes = log_bytes - outcome.end_position;
-        let zeros = recovery::zero_filled(&log, *position, log_bytes)
-            .context(|| format!("reading {}", log_path.display()))?;
-        if zeros {
-            tracing::debug!(path = %log_path.display(), position, cut_bytes,
-                "trimming the zero-filled space ahead of the last frame");
-        } else {
-            tracing::warn!(path = %log_path.display(), position, cut_bytes, reason = %reason,
-                "truncating a torn tail (records never acknowledged)");
-        }
+        tracing::warn!(path = %log_path.display(), position, cut_bytes = log_bytes - outcome.end_position, reason = %reason,
+            "truncating a torn tail (records never acknowledged)");
+    } else if let Some(position) = outcome.zero_tail {
+        tracing::debug!(path = %log_path.display(), position, cut_bytes = log_bytes - outcome.end_position,
+            "trimming the zero-filled space after the last frame");
+    }
+    let cut = outcome.torn_tail.is_some() || outcome.zero_tail.is_some();
+    if cut {
         log.set_len(outcome.end_position)
             .context(|| format!("truncating {}", log_path.display()))?;
         log.sync_data()
@@ -563,7 +561,9 @@ fn open_segment(
             index_damaged,
         )?;
     }
-    let size_bytes = if active {
+    // A sealed segment keeps damaged bytes at its end (reads of them report
+    // data loss); zeros it never held as data are cut like a torn tail.
+    let size_bytes = if active || cut {
         outcome.end_position
     } else {
         log_bytes

@@ -13,6 +13,10 @@
 //!   acknowledged: nothing is truncated, the damage is logged, and reads that
 //!   reach it fail with a data-loss error instead of skipping it.
 //!
+//! Zeros from a bad frame to the end of the file are neither: they are the
+//! space a group commit zero-filled ahead of its data (`group_commit`), cut in
+//! any segment, since a frame is never all zeros.
+//!
 //! Invariant: recovery never truncates a frame that a later valid frame proves
 //! durable, and never hands a reader bytes whose CRC did not hold.
 
@@ -47,6 +51,10 @@ pub struct ScanOutcome {
     pub last_timestamp_ms: i64,
     /// Bytes cut off as a torn tail, with the reason, if any.
     pub torn_tail: Option<(u64, String)>,
+    /// Where zero-filled space after the data starts, if the file ends with
+    /// some: space a group commit wrote ahead of its frames, never data, cut
+    /// in any segment.
+    pub zero_tail: Option<u64>,
     pub damage: Vec<Damage>,
 }
 
@@ -82,7 +90,9 @@ pub struct ScanStart {
 }
 
 /// Scans `file` from `start` to its end. Only the active segment may lose a
-/// torn tail; in a sealed segment every bad region is damage.
+/// torn tail; in a sealed segment every bad region is damage. Zeros from a bad
+/// frame to the end of the file are neither: no frame can follow them, so the
+/// scan ends there without searching them for one.
 pub fn scan(
     file: &Arc<dyn VFile>,
     path: &Path,
@@ -94,6 +104,7 @@ pub fn scan(
     let mut frames: Vec<ScannedFrame> = Vec::new();
     let mut holes: Vec<Hole> = Vec::new();
     let mut expected = start.offset;
+    let mut zero_tail = None;
     loop {
         let (position, reason) = match reader.next_frame()? {
             Frame::End => break,
@@ -122,6 +133,10 @@ pub fn scan(
             ),
             Frame::Bad { position, reason } => (position, reason),
         };
+        if zero_filled(file, position, file_len)? {
+            zero_tail = Some(position);
+            break;
+        }
         let hole = Hole {
             position,
             offset: expected,
@@ -137,7 +152,10 @@ pub fn scan(
             None => break,
         }
     }
-    Ok(decide(path, start, active, frames, holes))
+    Ok(ScanOutcome {
+        zero_tail,
+        ..decide(path, start, active, frames, holes)
+    })
 }
 
 /// Keeps every hole that a later frame proves durable and cuts the log at the
@@ -215,6 +233,7 @@ fn decide(
         end_offset: last.map_or(start.offset, |f| f.end_offset),
         last_timestamp_ms: last.map_or(start.timestamp_ms, |f| f.timestamp_ms),
         torn_tail,
+        zero_tail: None,
         damage,
     }
 }
@@ -253,7 +272,7 @@ pub fn trusted_prefix(
 
 /// Whether bytes `from..to` of `file` are all zero: the space a group commit
 /// zero-filled ahead of its data, rather than a torn write.
-pub fn zero_filled(file: &Arc<dyn VFile>, from: u64, to: u64) -> io::Result<bool> {
+fn zero_filled(file: &Arc<dyn VFile>, from: u64, to: u64) -> io::Result<bool> {
     let mut buf = vec![0u8; ZERO_CHECK_CHUNK_BYTES.min(to.saturating_sub(from)) as usize];
     let mut position = from;
     while position < to {
