@@ -202,9 +202,7 @@ impl Dedup {
 
     /// Looks keys up in the store (without the memory lock).
     pub fn lookup_stored(&self, keys: &[&Bytes]) -> Result<Vec<Option<DedupEntry>>> {
-        keys.iter()
-            .map(|k| self.meta.dedup_get(&self.store_key, k))
-            .collect()
+        self.meta.dedup_get_many(&self.store_key, keys)
     }
 
     /// Advances the window's clock to a record's append time.

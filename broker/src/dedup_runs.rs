@@ -85,6 +85,19 @@ struct Run {
     entries_end: u64,
 }
 
+/// The newest entry of `key` in `runs` (oldest first), if any.
+fn find(runs: &[Arc<Run>], key: &[u8]) -> Result<Option<DedupEntry>> {
+    let hash = bloom_hash(key);
+    for run in runs.iter().rev() {
+        if run.bloom.may_contain(hash) {
+            if let Some(entry) = run.find(key)? {
+                return Ok(Some(entry));
+            }
+        }
+    }
+    Ok(None)
+}
+
 impl RunStore {
     pub fn new(dir: PathBuf) -> RunStore {
         RunStore {
@@ -94,17 +107,19 @@ impl RunStore {
     }
 
     pub fn get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>> {
+        Ok(self.get_many(topic, &[key])?.pop().flatten())
+    }
+
+    /// The stored entries of many keys of one topic, in order: the topic's runs
+    /// are found and locked once per batch, not once per key.
+    pub fn get_many<K: AsRef<[u8]>>(
+        &self,
+        topic: &str,
+        keys: &[K],
+    ) -> Result<Vec<Option<DedupEntry>>> {
         let topic = self.topic(topic)?;
         let runs = topic.read_runs();
-        let hash = bloom_hash(key);
-        for run in runs.iter().rev() {
-            if run.bloom.may_contain(hash) {
-                if let Some(entry) = run.find(key)? {
-                    return Ok(Some(entry));
-                }
-            }
-        }
-        Ok(None)
+        keys.iter().map(|key| find(&runs, key.as_ref())).collect()
     }
 
     /// Stores `entries` as a new run, then forgets and merges runs.
@@ -587,6 +602,17 @@ mod tests {
             }
             assert_eq!(store.get("t", b"key-absent").expect("get"), None);
             assert_eq!(store.get("t", b"").expect("get"), None);
+            // One batch lookup answers as the single ones do, in order.
+            let batch: Vec<String> = (0..next)
+                .step_by(7)
+                .flat_map(|i| [format!("key-{i:08}"), format!("absent-{i}")])
+                .collect();
+            let found = store.get_many("t", &batch).expect("get_many");
+            assert_eq!(found.len(), batch.len());
+            for (key, entry) in batch.iter().zip(found) {
+                assert_eq!(entry, store.get("t", key.as_bytes()).expect("get"), "{key}");
+                assert_eq!(entry.is_some(), key.starts_with("key-"), "{key}");
+            }
         };
         check(&store);
         let runs = store.topic("t").expect("topic").read_runs().len();

@@ -18,6 +18,8 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+
 use crate::dedup_runs::RunStore;
 use crate::error::{Error, Result};
 
@@ -39,6 +41,10 @@ pub trait MetaStore: Send + Sync + std::fmt::Debug {
     /// Committed offsets of a group in a topic, by partition.
     fn committed_offsets(&self, topic: &str, group: &str) -> Result<Vec<(u32, u64)>>;
     fn dedup_get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>>;
+    /// `dedup_get` for many keys of one topic, in order.
+    fn dedup_get_many(&self, topic: &str, keys: &[&Bytes]) -> Result<Vec<Option<DedupEntry>>> {
+        keys.iter().map(|k| self.dedup_get(topic, k)).collect()
+    }
     /// Stores one checkpoint's keys, then forgets whole checkpoints of keys,
     /// oldest first: those whose newest record is older than `expire_before_ms`,
     /// and more while the topic remembers over `keys_max` keys (never the one
@@ -221,6 +227,10 @@ impl MetaStore for SledMeta {
 
     fn dedup_get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>> {
         self.runs.get(topic, key)
+    }
+
+    fn dedup_get_many(&self, topic: &str, keys: &[&Bytes]) -> Result<Vec<Option<DedupEntry>>> {
+        self.runs.get_many(topic, keys)
     }
 
     fn dedup_insert(
