@@ -66,6 +66,10 @@
 //!   reach the rate; the output shows the rate achieved.
 //! - `POSTBOX_BENCH_DIR`: where the broker keeps its files (a fresh
 //!   directory in it, deleted at the end), default the system temp directory.
+//! - `POSTBOX_BENCH_ONLY`: what to run, comma-separated, from `delete/100`,
+//!   `delete/1000`, `mark/100`, `mark/1000` (drain cases), `latency` and
+//!   `inserts`; default all of them. For profiling one case, or repeating
+//!   it for statistics without the rest.
 //!
 //! Run: `cargo bench -p postbox-benches --bench relay`; a quick check:
 //! `POSTBOX_BENCH_ROWS=5000 POSTBOX_BENCH_SECONDS=2 cargo bench -p
@@ -172,6 +176,8 @@ struct Settings {
     insert_run_ms: u64,
     latency_rate_rows_per_s: u64,
     latency_connections: usize,
+    /// The parts asked for by `POSTBOX_BENCH_ONLY`; `None` runs them all.
+    only: Option<Vec<String>>,
 }
 
 impl Settings {
@@ -193,6 +199,7 @@ impl Settings {
                 "POSTBOX_BENCH_LATENCY_CONNECTIONS",
                 LATENCY_CONNECTIONS_DEFAULT,
             )?,
+            only: only_from_env()?,
         };
         if settings.drain_rows == 0
             || settings.drain_rounds == 0
@@ -206,6 +213,40 @@ impl Settings {
         }
         Ok(settings)
     }
+}
+
+impl Settings {
+    /// Whether `part` (a name of [`PARTS`]) is to run.
+    fn wants(&self, part: &str) -> bool {
+        self.only
+            .as_ref()
+            .is_none_or(|only| only.iter().any(|wanted| wanted == part))
+    }
+}
+
+/// Every part `POSTBOX_BENCH_ONLY` may name.
+const PARTS: [&str; 6] = [
+    "delete/100",
+    "delete/1000",
+    "mark/100",
+    "mark/1000",
+    "latency",
+    "inserts",
+];
+
+/// The parts `POSTBOX_BENCH_ONLY` names, each checked against [`PARTS`].
+fn only_from_env() -> Result<Option<Vec<String>>> {
+    let Ok(text) = std::env::var("POSTBOX_BENCH_ONLY") else {
+        return Ok(None);
+    };
+    let parts: Vec<String> = text.split(',').map(|part| part.trim().to_owned()).collect();
+    if let Some(unknown) = parts.iter().find(|part| !PARTS.contains(&part.as_str())) {
+        bail!(
+            "POSTBOX_BENCH_ONLY names {unknown:?}; the parts are {}",
+            PARTS.join(", ")
+        );
+    }
+    Ok(Some(parts))
 }
 
 fn env_or<T>(name: &str, default: T) -> Result<T>
@@ -299,16 +340,20 @@ async fn connect(url: &str) -> Result<Client> {
 fn run(settings: &Settings, runtime: &Runtime, database: &BenchDatabase) -> Result<()> {
     let mut client = runtime.block_on(prepare(database))?;
     drain_rates(settings, runtime, database, &mut client)?;
-    let broker = fresh_broker(runtime)?;
-    runtime.block_on(commit_to_delivery(
-        settings,
-        database,
-        broker.url(),
-        &client,
-    ))?;
-    drop(broker);
-    let broker = fresh_broker(runtime)?;
-    runtime.block_on(insert_rates(settings, database, broker.url(), &mut client))
+    if settings.wants("latency") {
+        let broker = fresh_broker(runtime)?;
+        runtime.block_on(commit_to_delivery(
+            settings,
+            database,
+            broker.url(),
+            &client,
+        ))?;
+    }
+    if settings.wants("inserts") {
+        let broker = fresh_broker(runtime)?;
+        runtime.block_on(insert_rates(settings, database, broker.url(), &mut client))?;
+    }
+    Ok(())
 }
 
 /// Creates the outbox schema and prints the report's header; returns a
@@ -397,6 +442,9 @@ fn drain_rates(
     runtime.block_on(set_autovacuum(client, false))?;
     for mode in [Mode::Delete, Mode::Mark] {
         for batch_rows in DRAIN_BATCH_ROWS {
+            if !settings.wants(&format!("{mode}/{batch_rows}")) {
+                continue;
+            }
             let mut baseline_rows_per_s = Vec::new();
             let mut publish_rows_per_s = Vec::new();
             let mut relay_rows_per_s = Vec::new();

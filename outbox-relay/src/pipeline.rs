@@ -23,9 +23,10 @@
 //!   yet); claims those start later take nothing, since they check the epoch.
 //!   No cursor: a claim ahead takes the first unlocked unpublished rows, late
 //!   commits included. It passes over the longest gap-free run of ids among
-//!   the batches that stay open while it runs (not the one committing in
-//!   the same round), which are locked throughout: a late commit can only
-//!   have an id in a gap.
+//!   the batches in flight (the one committing in the same round included):
+//!   a late commit can only have an id in a gap, and the only rows of the
+//!   run that the commit beside it can leave claimable are held behind a
+//!   dead letter, where a later claim finds them.
 //! - A batch cut short by the byte bound keeps its last rows locked, unsent:
 //!   no claim runs ahead of it (it would skip them) until it has committed.
 //! - Keys held behind a dead letter by a batch not yet committed are held in
@@ -246,7 +247,10 @@ impl Pipeline {
         let claim = self.plan_claim().await?;
         let finishing = self.published.pop_front();
         let publishing = self.claimed.pop_front();
-        let claim = claim.map(|(lane, skip)| (lane, self.locking(skip, publishing.as_ref())));
+        let claim = claim.map(|(lane, skip)| {
+            let plan = self.locking(skip, [finishing.as_ref(), publishing.as_ref()]);
+            (lane, plan)
+        });
         let finished_keys = finishing.as_ref().map(Batch::dead_keys).unwrap_or_default();
         let held = publishing.as_ref().map(|batch| self.held_for(batch.seq));
         let started = Instant::now();
@@ -386,20 +390,27 @@ impl Pipeline {
     }
 
     /// What a claim does with locked rows. A claim ahead skips them, and
-    /// passes over the longest gap-free run of ids among the batches whose
-    /// transactions stay open while it runs: every batch in flight but the
-    /// one this round commits (`publishing` and those still queued). Commits
-    /// happen only in the finish step, and a failed publish rolls back only
-    /// after the round, so those rows stay locked throughout the claim.
-    fn locking(&self, skip_locked: bool, publishing: Option<&Batch>) -> Locked {
+    /// passes over the longest gap-free run of ids among the batches in
+    /// flight (`popped`: the ones this round finishes and publishes, taken
+    /// off their queues already; and those still queued). No other row can
+    /// have an id inside the run. The batch this round finishes may commit
+    /// while the claim runs; its commit deletes or marks every row it
+    /// published or dead-lettered, and the claim runs only when no batch in
+    /// flight was cut short (`plan_claim`), so the only rows of the run that
+    /// can become claimable meanwhile are rows held behind a dead letter.
+    /// Passing over those leaves them where a held row belongs: behind its
+    /// dead letter, for a later claim. Without the finishing batch in the
+    /// run, the claim would check each of its rows' locks one by one.
+    fn locking(&self, skip_locked: bool, popped: [Option<&Batch>; 2]) -> Locked {
         if !skip_locked {
             return Locked::Wait;
         }
         if !self.lanes[0].outbox.skips_runs() {
             return Locked::Skip;
         }
-        let ids: std::result::Result<Vec<i64>, _> = publishing
+        let ids: std::result::Result<Vec<i64>, _> = popped
             .into_iter()
+            .flatten()
             .chain(self.batches())
             .flat_map(|batch| &batch.rows)
             .map(|row| row.row_id.parse::<i64>())

@@ -2,8 +2,9 @@
 //! check, converts, and calls the engine.
 //!
 //! Invariants:
-//! - Engine calls block (fsync, file reads, sled), so they run on the blocking
-//!   pool (`status::blocking`), never on the async workers.
+//! - Engine calls block (fsync, file reads, sled), so they run through
+//!   `status::blocking`, which hands the worker's other tasks to another
+//!   thread first: no engine call stalls the async workers.
 //! - A request is checked whole before anything changes: a bad offset in a
 //!   commit of several partitions commits none of them.
 
