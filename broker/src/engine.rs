@@ -4,7 +4,7 @@
 //!
 //! This is the storage engine's whole public face; the gRPC service (a later
 //! layer) calls only this. Blocking: callers in async code use
-//! `spawn_blocking` for appends and reads.
+//! `block_in_place` or `spawn_blocking` for appends and reads.
 //!
 //! Layout of the data directory:
 //!
