@@ -588,6 +588,14 @@ mod tests {
             .collect()
     }
 
+    /// A store in a fresh directory holding one run of `entries` in topic `t`.
+    fn store_with(entries: &[(Bytes, DedupEntry)]) -> (tempfile::TempDir, RunStore) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = RunStore::new(dir.path().to_path_buf());
+        store.insert("t", entries, 0, u64::MAX).expect("insert");
+        (dir, store)
+    }
+
     #[test]
     fn the_bloom_filter_passes_about_one_absent_key_in_a_hundred() {
         let keys = 20_000u64;
@@ -614,11 +622,7 @@ mod tests {
 
     #[test]
     fn a_run_passes_no_key_outside_its_range_and_every_key_inside_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = RunStore::new(dir.path().to_path_buf());
-        store
-            .insert("t", &keys(1_000..2_000, 1), 0, u64::MAX)
-            .expect("insert");
+        let (_dir, store) = store_with(&keys(1_000..2_000, 1));
         let topic = store.topic("t").expect("topic");
         let runs = topic.read_runs();
         let [run] = &runs[..] else {
@@ -684,11 +688,7 @@ mod tests {
 
     #[test]
     fn a_newer_entry_wins_and_survives_the_old_runs_expiry() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = RunStore::new(dir.path().to_path_buf());
-        store
-            .insert("t", &keys(0..10, 100), 0, u64::MAX)
-            .expect("insert");
+        let (_dir, store) = store_with(&keys(0..10, 100));
         let again = vec![(Bytes::from("key-00000003"), entry(99, 500))];
         store.insert("t", &again, 0, u64::MAX).expect("insert");
         assert_eq!(
@@ -709,11 +709,7 @@ mod tests {
 
     #[test]
     fn a_damaged_run_is_set_aside_and_a_partial_one_removed_at_open() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = RunStore::new(dir.path().to_path_buf());
-        store
-            .insert("t", &keys(0..10, 1), 0, u64::MAX)
-            .expect("insert");
+        let (dir, store) = store_with(&keys(0..10, 1));
         store
             .insert("t", &keys(10..20, 2), 0, u64::MAX)
             .expect("insert");
