@@ -161,6 +161,10 @@ pub struct EngineConfig {
     /// under a mapping stops the process (SIGBUS) instead of failing one read
     /// with a data-loss error; turn this off on a disk that reports read errors.
     pub map_sealed_segments: bool,
+    /// Newest bytes of each partition's log kept in the page cache; older
+    /// synced bytes are handed back to the kernel (see `storage::write_behind`).
+    /// 0 leaves the cache to the kernel alone.
+    pub page_cache_window_bytes: u64,
 }
 
 impl EngineConfig {
@@ -175,6 +179,7 @@ impl EngineConfig {
             retention_check_interval_ms: 60_000,
             dedup_checkpoint_interval_ms: 2_000,
             map_sealed_segments: true,
+            page_cache_window_bytes: PAGE_CACHE_WINDOW_BYTES_DEFAULT,
         }
     }
 

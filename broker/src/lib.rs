@@ -19,6 +19,8 @@ pub mod storage;
 pub mod topic;
 
 #[cfg(test)]
+mod page_cache_tests;
+#[cfg(test)]
 mod power_loss_tests;
 #[cfg(test)]
 mod recovery_tests;

@@ -165,6 +165,7 @@ impl Topic {
             index_interval_bytes: engine.index_interval_bytes,
             in_flight_bytes_max: engine.in_flight_bytes_per_partition,
             map_sealed_segments: engine.map_sealed_segments,
+            page_cache_window_bytes: engine.page_cache_window_bytes,
         };
         let partitions = (0..config.partitions)
             .map(|id| {

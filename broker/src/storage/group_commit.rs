@@ -31,6 +31,7 @@ use super::index::{self, entry_position, IndexEntry, SparseIndex};
 use super::io::{VFile, Vfs};
 use super::partition::{lock, write, Partition};
 use super::segment::{self, Segment};
+use super::write_behind::{Releases, WriteBehind};
 use crate::config::Durability;
 use crate::error::{Error, IoContext, Result};
 use crate::limits::{GROUP_COMMIT_LINGER_MAX, PREALLOCATE_GROUP_BYTES_MAX, PREALLOCATE_STEP_BYTES};
@@ -112,6 +113,8 @@ pub(super) struct WriterIo {
     end_offset: u64,
     /// Whether writes since the last fdatasync exist (`async` topics).
     unsynced: bool,
+    /// What of the log the page cache may let go.
+    write_behind: WriteBehind,
 }
 
 impl WriterIo {
@@ -119,6 +122,7 @@ impl WriterIo {
         active: &Segment,
         index_file: Arc<dyn VFile>,
         index_interval_bytes: u32,
+        page_cache_window_bytes: u64,
     ) -> Self {
         let since_index_bytes = active
             .index
@@ -137,6 +141,7 @@ impl WriterIo {
             file_bytes: active.size_bytes,
             end_offset: active.end_offset,
             unsynced: false,
+            write_behind: WriteBehind::new(page_cache_window_bytes),
         }
     }
 }
@@ -284,7 +289,8 @@ impl Partition {
             w.last_group_frames = group.len();
             let group_bytes: u64 = group.iter().map(|q| q.frame.len() as u64).sum();
             drop(w);
-            let result = self.write_group(group, sync);
+            let mut releases = Releases::default();
+            let result = self.write_group(group, sync, &mut releases);
             let mut w = lock(&self.writer);
             w.flushing = false;
             w.in_flight_bytes -= group_bytes;
@@ -303,6 +309,8 @@ impl Partition {
                 }
             }
             self.release_and_wake(w);
+            // After the acknowledgments: page cache upkeep is no one's wait.
+            releases.run();
         }
     }
 
@@ -367,8 +375,9 @@ impl Partition {
     }
 
     /// Writes a group of frames (rolling segments as needed) and, for `sync`
-    /// topics, fdatasyncs them. Returns the new written end.
-    fn write_group(&self, group: Vec<Queued>, sync: bool) -> Result<u64> {
+    /// topics, fdatasyncs them. Returns the new written end; what the page
+    /// cache may let go of goes into `releases`.
+    fn write_group(&self, group: Vec<Queued>, sync: bool, releases: &mut Releases) -> Result<u64> {
         let mut io = lock(&self.io);
         let mut frames: Vec<Bytes> = Vec::with_capacity(group.len());
         let mut entries: Vec<IndexEntry> = Vec::new();
@@ -380,7 +389,7 @@ impl Partition {
                 self.write_frames(&mut io, start, &frames, &entries, last_timestamp_ms)?;
                 frames.clear();
                 entries.clear();
-                self.roll(&mut io)?;
+                self.roll(&mut io, releases)?;
                 start = 0;
             }
             if io.since_index_bytes >= io.index_interval_bytes as u64 {
@@ -402,6 +411,13 @@ impl Partition {
             io.log
                 .sync_data()
                 .context(|| format!("syncing {}", io.log_path.display()))?;
+            let WriterIo {
+                log,
+                position,
+                write_behind,
+                ..
+            } = &mut *io;
+            write_behind.synced(log, *position, releases);
         } else {
             io.unsynced = true;
         }
@@ -475,7 +491,7 @@ impl Partition {
 
     /// Seals the active segment (log and index synced) and starts a new one whose
     /// file and directory entry are durable before anything is written to it.
-    fn roll(&self, io: &mut WriterIo) -> Result<()> {
+    fn roll(&self, io: &mut WriterIo, releases: &mut Releases) -> Result<()> {
         // A sealed segment ends at its last frame: its zero-filled space goes
         // before the sync that makes the seal durable.
         if io.file_bytes > io.position {
@@ -496,6 +512,8 @@ impl Partition {
             log_path,
             index: index_file,
         } = create_segment(self.vfs.as_ref(), &self.dir, base)?;
+        let mut write_behind = std::mem::replace(&mut io.write_behind, WriteBehind::new(0));
+        write_behind.rolled(Arc::clone(&io.log), io.position, releases);
         *io = WriterIo {
             log: log.clone(),
             log_path: log_path.clone(),
@@ -508,6 +526,7 @@ impl Partition {
             file_bytes: 0,
             end_offset: base,
             unsynced: false,
+            write_behind,
         };
         write(&self.log).segments.push(Segment {
             mapped: Default::default(),
@@ -531,7 +550,7 @@ impl Partition {
     /// started.
     pub fn flush(&self) -> Result<()> {
         let _one_at_a_time = lock(&self.flushing);
-        let (log, log_path, end) = {
+        let (log, log_path, end, position) = {
             let mut io = lock(&self.io);
             if let Some(cause) = &lock(&self.writer).failed {
                 // Never retry an fsync: after a failure the kernel may have dropped
@@ -542,7 +561,12 @@ impl Partition {
                 return Ok(());
             }
             io.unsynced = false;
-            (Arc::clone(&io.log), io.log_path.clone(), io.end_offset)
+            (
+                Arc::clone(&io.log),
+                io.log_path.clone(),
+                io.end_offset,
+                io.position,
+            )
         };
         if let Err(error) = log.sync_data() {
             let error = Error::io(format!("syncing {}", log_path.display()), error);
@@ -551,8 +575,19 @@ impl Partition {
             self.release_and_wake(w);
             return Err(error);
         }
-        let mut w = lock(&self.writer);
-        w.durable_end = w.durable_end.max(end);
+        let mut releases = Releases::default();
+        {
+            let mut io = lock(&self.io);
+            // A segment rolled meanwhile was synced as it was sealed.
+            if Arc::ptr_eq(&io.log, &log) {
+                io.write_behind.synced(&log, position, &mut releases);
+            }
+        }
+        {
+            let mut w = lock(&self.writer);
+            w.durable_end = w.durable_end.max(end);
+        }
+        releases.run();
         Ok(())
     }
 

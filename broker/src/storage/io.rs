@@ -30,6 +30,13 @@ pub trait VFile: Send + Sync + fmt::Debug {
     fn set_len(&self, len: u64) -> io::Result<()>;
     /// The file's current size in bytes.
     fn size_bytes(&self) -> io::Result<u64>;
+    /// Tells the kernel that `len` bytes at `position` need not stay in the
+    /// page cache (`posix_fadvise(POSIX_FADV_DONTNEED)`). Clean pages are
+    /// dropped, dirty ones only start their writeback: a hint that cannot
+    /// lose data. Does nothing where there is no page cache.
+    fn release_cache(&self, _position: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// The whole file mapped into memory, for files that never change again
     /// (sealed segments); `None` where mapping is not supported.
     fn map(&self) -> io::Result<Option<Bytes>> {
@@ -142,6 +149,15 @@ impl VFile for RealFile {
 
     fn set_len(&self, len: u64) -> io::Result<()> {
         self.0.set_len(len)
+    }
+
+    fn release_cache(&self, position: u64, len: u64) -> io::Result<()> {
+        // A length of zero would mean "to the end of the file".
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return Ok(());
+        };
+        rustix::fs::fadvise(&self.0, position, Some(len), rustix::fs::Advice::DontNeed)?;
+        Ok(())
     }
 
     fn size_bytes(&self) -> io::Result<u64> {

@@ -6,7 +6,8 @@
 //! Modules, bottom up: `io` (file I/O trait), `batch` (the frame format),
 //! `index` (sparse offset/timestamp index), `segment` (files and frame reader),
 //! `recovery` (torn tail versus damage), `group_commit` (the writer),
-//! `partition` (open, read, retention).
+//! `write_behind` (page cache released behind the head), `partition` (open,
+//! read, retention).
 
 pub mod batch;
 pub mod group_commit;
@@ -17,3 +18,4 @@ pub mod recovery;
 pub mod segment;
 #[cfg(test)]
 pub mod sim;
+pub mod write_behind;

@@ -34,6 +34,8 @@ pub struct PartitionSettings {
     pub in_flight_bytes_max: u64,
     /// Whether sealed segments are read through a memory map (see `segment`).
     pub map_sealed_segments: bool,
+    /// Newest bytes of the log kept in the page cache (see `write_behind`).
+    pub page_cache_window_bytes: u64,
 }
 
 /// The segments as readers see them.
@@ -160,7 +162,12 @@ impl Partition {
             .map(|s| s.last_timestamp_ms)
             .max()
             .unwrap_or(0);
-        let io = WriterIo::new(active, active_index, settings.index_interval_bytes);
+        let io = WriterIo::new(
+            active,
+            active_index,
+            settings.index_interval_bytes,
+            settings.page_cache_window_bytes,
+        );
         let writer = WriterState::new(end, last_timestamp_ms);
         let (visible_tx, _) = watch::channel(end);
         Ok(Partition {

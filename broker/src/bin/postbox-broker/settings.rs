@@ -76,6 +76,11 @@ pub struct Settings {
     /// Read sealed segments through a memory map [default: true].
     #[arg(long, env = "POSTBOX_MAP_SEALED_SEGMENTS")]
     pub map_sealed_segments: Option<bool>,
+    /// Newest bytes of each partition's log kept in the page cache; older
+    /// synced bytes are handed back to the kernel; 0 leaves it all to the
+    /// kernel [default: 268435456].
+    #[arg(long, env = "POSTBOX_PAGE_CACHE_WINDOW_BYTES")]
+    pub page_cache_window_bytes: Option<u64>,
     /// How often retention runs [default: 60000].
     #[arg(long, env = "POSTBOX_RETENTION_CHECK_INTERVAL_MS")]
     pub retention_check_interval_ms: Option<u64>,
@@ -118,6 +123,9 @@ impl Settings {
             index_interval_bytes: self.index_interval_bytes.or(other.index_interval_bytes),
             meta_cache_bytes: self.meta_cache_bytes.or(other.meta_cache_bytes),
             map_sealed_segments: self.map_sealed_segments.or(other.map_sealed_segments),
+            page_cache_window_bytes: self
+                .page_cache_window_bytes
+                .or(other.page_cache_window_bytes),
             retention_check_interval_ms: self
                 .retention_check_interval_ms
                 .or(other.retention_check_interval_ms),
@@ -148,6 +156,7 @@ impl Settings {
         set(&mut c.index_interval_bytes, self.index_interval_bytes);
         set(&mut c.meta_cache_bytes, self.meta_cache_bytes);
         set(&mut c.map_sealed_segments, self.map_sealed_segments);
+        set(&mut c.page_cache_window_bytes, self.page_cache_window_bytes);
         set(
             &mut c.retention_check_interval_ms,
             self.retention_check_interval_ms,
