@@ -14,9 +14,11 @@
 //!    statements in a loop without publishing, through the relay's own calls
 //!    (`Outbox::claim` and `Outbox::finish`, so with the same round trips):
 //!    the ceiling the relay could reach if the broker cost nothing. The relay run times from the relay's
-//!    start to the moment no unpublished row is left, polled every 10 ms with
-//!    an `EXISTS` (a `count(*)` over 100,000 rows would take a core's share
-//!    from the relay on a small machine). Every run starts from a truncated,
+//!    start to the moment no unpublished row is left, polled every 10 ms: the
+//!    broker's end offset until every row is appended, then an `EXISTS` (which
+//!    walks the index past every row deleted so far, so asking PostgreSQL
+//!    all along would take its time from the relay; a `count(*)` over 100,000
+//!    rows would take a core's share). Every run starts from a truncated,
 //!    refilled, vacuumed and checkpointed table, with autovacuum of the table
 //!    off while the drains run, so the runs are comparable; each is repeated
 //!    (rounds interleaved) and the medians are shown.
