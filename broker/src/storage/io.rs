@@ -37,6 +37,12 @@ pub trait VFile: Send + Sync + fmt::Debug {
     fn release_cache(&self, _position: u64, _len: u64) -> io::Result<()> {
         Ok(())
     }
+    /// Asks the kernel to start reading `len` bytes at `position` into the
+    /// page cache (`posix_fadvise(POSIX_FADV_WILLNEED)`) without waiting for
+    /// them. Does nothing where there is no page cache.
+    fn read_ahead(&self, _position: u64, _len: u64) -> io::Result<()> {
+        Ok(())
+    }
     /// The whole file mapped into memory, for files that never change again
     /// (sealed segments); `None` where mapping is not supported.
     fn map(&self) -> io::Result<Option<Bytes>> {
@@ -117,6 +123,17 @@ pub struct RealFs;
 #[derive(Debug)]
 struct RealFile(File);
 
+impl RealFile {
+    fn advise(&self, position: u64, len: u64, advice: rustix::fs::Advice) -> io::Result<()> {
+        // A length of zero would mean "to the end of the file".
+        let Some(len) = std::num::NonZeroU64::new(len) else {
+            return Ok(());
+        };
+        rustix::fs::fadvise(&self.0, position, Some(len), advice)?;
+        Ok(())
+    }
+}
+
 impl VFile for RealFile {
     fn read_at(&self, buf: &mut [u8], position: u64) -> io::Result<usize> {
         self.0.read_at(buf, position)
@@ -152,12 +169,11 @@ impl VFile for RealFile {
     }
 
     fn release_cache(&self, position: u64, len: u64) -> io::Result<()> {
-        // A length of zero would mean "to the end of the file".
-        let Some(len) = std::num::NonZeroU64::new(len) else {
-            return Ok(());
-        };
-        rustix::fs::fadvise(&self.0, position, Some(len), rustix::fs::Advice::DontNeed)?;
-        Ok(())
+        self.advise(position, len, rustix::fs::Advice::DontNeed)
+    }
+
+    fn read_ahead(&self, position: u64, len: u64) -> io::Result<()> {
+        self.advise(position, len, rustix::fs::Advice::WillNeed)
     }
 
     fn size_bytes(&self) -> io::Result<u64> {

@@ -22,6 +22,12 @@ use super::io::{read_exact_at, VFile};
 
 /// Bytes a reader fetches ahead in one positional read.
 pub const READ_CHUNK_BYTES: usize = 1024 * 1024;
+/// Bytes of a mapped segment the kernel is asked to read in ahead of a
+/// reader (`POSIX_FADV_WILLNEED`). Page faults on a mapping read ahead only
+/// the device's small window (128 KiB here) and wait for each: a replay of
+/// 1 GB from the disk ran at 560–610 MB/s that way, 830–850 MB/s with this
+/// (1,010 MB/s from the page cache).
+pub const MAPPED_READ_AHEAD_BYTES: u64 = 32 * 1024 * 1024;
 
 pub fn log_file_name(base_offset: u64) -> String {
     format!("{base_offset:020}.log")
@@ -64,8 +70,9 @@ pub struct Segment {
 
 impl Segment {
     /// A reader of this segment's frames from `position` to `limit`. Sealed
-    /// segments are read from a memory map (no copy); the active one with
-    /// positional reads, since it still grows.
+    /// segments are read from a memory map (no copy), with the bytes ahead
+    /// asked for at once; the active one with positional reads, since it
+    /// still grows.
     pub fn reader(&self, position: u64, limit: u64, sealed: bool) -> FrameReader {
         let mapped = if sealed {
             self.mapped
@@ -78,6 +85,13 @@ impl Segment {
         } else {
             None
         };
+        if mapped.is_some() {
+            let ahead = MAPPED_READ_AHEAD_BYTES.min(limit.saturating_sub(position));
+            // A hint: where it fails, page faults read the bytes instead.
+            if let Err(error) = self.log.read_ahead(position, ahead) {
+                tracing::debug!(path = %self.log_path.display(), %error, "read-ahead hint failed");
+            }
+        }
         FrameReader {
             file: self.log.clone(),
             position,
