@@ -39,16 +39,17 @@ fn payload(i: u64) -> Bytes {
     Bytes::from(vec![(i % 251) as u8; 64 * 1024])
 }
 
-/// Publishes `PUBLISHES` MiB to a `sync` topic with `window_bytes` of cache;
-/// returns the engine and the partition's log files in offset order.
-fn fill(data_dir: &Path, window_bytes: u64) -> (Engine, Vec<PathBuf>) {
+/// Publishes `PUBLISHES` MiB to a topic with `window_bytes` of cache, then
+/// flushes it (the sync of an `async` topic); returns the engine and the
+/// partition's log files in offset order.
+fn fill(data_dir: &Path, window_bytes: u64, durability: Durability) -> (Engine, Vec<PathBuf>) {
     let mut config = EngineConfig::new(data_dir);
     config.page_cache_window_bytes = window_bytes;
     config.maintenance_interval_ms = 60_000;
     let engine =
         Engine::open_with(config, Arc::new(RealFs), Arc::new(SimMeta::default())).expect("opens");
     let topic = TopicConfig {
-        durability: Durability::Sync,
+        durability,
         segment_bytes: SEGMENT_BYTES,
         ..TopicConfig::with_partitions(1)
     };
@@ -59,6 +60,7 @@ fn fill(data_dir: &Path, window_bytes: u64) -> (Engine, Vec<PathBuf>) {
             .collect();
         engine.publish("t", &records).expect("publish");
     }
+    engine.flush().expect("flush");
     let dir = data_dir.join("topics/t/0");
     let mut logs: Vec<PathBuf> = fs::read_dir(&dir)
         .expect("partition dir")
@@ -81,11 +83,10 @@ fn read_back(engine: &Engine) {
     }
 }
 
-#[test]
-fn synced_bytes_a_window_behind_the_head_leave_the_page_cache() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (engine, logs) = fill(dir.path(), WINDOW_BYTES);
-    let [sealed, active] = &logs[..] else {
+/// Checks what the page cache holds of a partition filled by `fill` with a
+/// window of `WINDOW_BYTES`, then that every record reads back.
+fn expect_released_behind_the_window(engine: &Engine, logs: &[PathBuf]) {
+    let [sealed, active] = logs else {
         panic!("expected two segments, got {logs:?}");
     };
     let sealed = resident_pages(sealed);
@@ -115,13 +116,27 @@ fn synced_bytes_a_window_behind_the_head_leave_the_page_cache() {
             .all(|resident| *resident),
         "the newest MiB, within the window, is cached"
     );
-    read_back(&engine);
+    read_back(engine);
+}
+
+#[test]
+fn synced_bytes_a_window_behind_the_head_leave_the_page_cache() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, logs) = fill(dir.path(), WINDOW_BYTES, Durability::Sync);
+    expect_released_behind_the_window(&engine, &logs);
+}
+
+#[test]
+fn an_async_flush_releases_what_it_synced() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (engine, logs) = fill(dir.path(), WINDOW_BYTES, Durability::Async);
+    expect_released_behind_the_window(&engine, &logs);
 }
 
 #[test]
 fn a_window_of_zero_leaves_the_cache_to_the_kernel() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (engine, logs) = fill(dir.path(), 0);
+    let (engine, logs) = fill(dir.path(), 0, Durability::Sync);
     let first = resident_pages(&logs[0]);
     assert!(
         first.iter().all(|resident| *resident),
