@@ -106,9 +106,13 @@ pub const PREALLOCATE_GROUP_BYTES_MAX: u64 = PREALLOCATE_STEP_BYTES / 8;
 
 /// Default newest bytes of each partition's log kept in the page cache before
 /// the bytes behind them are handed back to the kernel (see
-/// `storage::write_behind`): about a second of appends at this machine kind's
-/// top rate, so that consumers that keep up read from memory.
+/// `storage::write_behind`): a quarter to half a second of appends at this
+/// machine kind's top rates, so that consumers that keep up read from memory.
 pub const PAGE_CACHE_WINDOW_BYTES_DEFAULT: u64 = 256 * 1024 * 1024;
+
+/// Least bytes of a log released from the page cache at once (see
+/// `storage::write_behind`): fewer, larger calls.
+pub const RELEASE_STEP_BYTES: u64 = 2 * 1024 * 1024;
 
 /// Longest an append with idempotency keys waits for a dedup checkpoint to make
 /// room in memory before it fails with a limit error (the metadata store is

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::limits::RELEASE_STEP_BYTES;
 use crate::storage::io::RealFs;
 use crate::storage::sim::SimMeta;
-use crate::storage::write_behind::RELEASE_STEP_BYTES;
 use crate::{Durability, Engine, EngineConfig, RecordInput, TopicConfig};
 
 const MIB: u64 = 1024 * 1024;
@@ -27,12 +27,21 @@ fn resident_pages(path: &Path) -> Vec<bool> {
     // SAFETY: the mapping is only passed to mincore, never read: a file
     // changed meanwhile cannot make it read anything.
     let map = unsafe { memmap2::Mmap::map(&file) }.expect("map");
-    let page_bytes = 4096;
+    let page_bytes = rustix::param::page_size();
     let mut pages = vec![0u8; map.len().div_ceil(page_bytes)];
     // SAFETY: the vector has one byte per page of the mapping, as mincore needs.
     let rc = unsafe { libc::mincore(map.as_ptr() as *mut _, map.len(), pages.as_mut_ptr()) };
     assert_eq!(rc, 0, "mincore: {}", std::io::Error::last_os_error());
     pages.iter().map(|page| page & 1 == 1).collect()
+}
+
+/// A temporary directory beside the build's files: on a tmpfs, a common
+/// place for the system's temporary directory, there is no page cache to
+/// release.
+fn disk_tempdir() -> tempfile::TempDir {
+    let parent = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/page-cache-tests");
+    fs::create_dir_all(&parent).expect("create the tests' directory");
+    tempfile::tempdir_in(parent).expect("tempdir")
 }
 
 fn payload(i: u64) -> Bytes {
@@ -97,7 +106,7 @@ fn expect_released_behind_the_window(engine: &Engine, logs: &[PathBuf]) {
         sealed.len()
     );
     let active = resident_pages(active);
-    let page_bytes = 4096;
+    let page_bytes = rustix::param::page_size() as u64;
     let behind = (active.len() as u64 * page_bytes)
         .saturating_sub(WINDOW_BYTES + RELEASE_STEP_BYTES)
         / page_bytes;
@@ -121,21 +130,21 @@ fn expect_released_behind_the_window(engine: &Engine, logs: &[PathBuf]) {
 
 #[test]
 fn synced_bytes_a_window_behind_the_head_leave_the_page_cache() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = disk_tempdir();
     let (engine, logs) = fill(dir.path(), WINDOW_BYTES, Durability::Sync);
     expect_released_behind_the_window(&engine, &logs);
 }
 
 #[test]
 fn an_async_flush_releases_what_it_synced() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = disk_tempdir();
     let (engine, logs) = fill(dir.path(), WINDOW_BYTES, Durability::Async);
     expect_released_behind_the_window(&engine, &logs);
 }
 
 #[test]
 fn a_window_of_zero_leaves_the_cache_to_the_kernel() {
-    let dir = tempfile::tempdir().expect("tempdir");
+    let dir = disk_tempdir();
     let (engine, logs) = fill(dir.path(), 0, Durability::Sync);
     let first = resident_pages(&logs[0]);
     assert!(

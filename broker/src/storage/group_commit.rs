@@ -309,7 +309,8 @@ impl Partition {
                 }
             }
             self.release_and_wake(w);
-            // After the acknowledgments: page cache upkeep is no one's wait.
+            // After the acknowledgments and outside the locks: only this
+            // leader's own call waits for it, about as long as its write took.
             releases.run();
         }
     }
@@ -512,8 +513,8 @@ impl Partition {
             log_path,
             index: index_file,
         } = create_segment(self.vfs.as_ref(), &self.dir, base)?;
-        let mut write_behind = std::mem::replace(&mut io.write_behind, WriteBehind::new(0));
-        write_behind.rolled(Arc::clone(&io.log), io.position, releases);
+        io.write_behind.rolled(&io.log, io.position, releases);
+        let write_behind = std::mem::take(&mut io.write_behind);
         *io = WriterIo {
             log: log.clone(),
             log_path: log_path.clone(),
@@ -549,7 +550,7 @@ impl Partition {
     /// writes: the offsets it makes durable are those written before it
     /// started.
     pub fn flush(&self) -> Result<()> {
-        let _one_at_a_time = lock(&self.flushing);
+        let one_at_a_time = lock(&self.flushing);
         let (log, log_path, end, position) = {
             let mut io = lock(&self.io);
             if let Some(cause) = &lock(&self.writer).failed {
@@ -587,6 +588,7 @@ impl Partition {
             let mut w = lock(&self.writer);
             w.durable_end = w.durable_end.max(end);
         }
+        drop(one_at_a_time);
         releases.run();
         Ok(())
     }

@@ -5,9 +5,9 @@
 //!
 //! Modules, bottom up: `io` (file I/O trait), `batch` (the frame format),
 //! `index` (sparse offset/timestamp index), `segment` (files and frame reader),
-//! `recovery` (torn tail versus damage), `group_commit` (the writer),
-//! `write_behind` (page cache released behind the head), `partition` (open,
-//! read, retention).
+//! `recovery` (torn tail versus damage), `write_behind` (page cache released
+//! behind the head), `group_commit` (the writer), `partition` (open, read,
+//! retention).
 
 pub mod batch;
 pub mod group_commit;

@@ -280,7 +280,7 @@ impl Partition {
                 path,
                 base,
                 start_offset,
-            }) = self.cursor(from, previous.map(|(base, _)| base))
+            }) = self.cursor(from, previous.map(|(base, _)| base), max_bytes)
             else {
                 break;
             };
@@ -340,8 +340,14 @@ impl Partition {
 
     /// A reader of the segment holding `from` (when `previous_base` is `None`)
     /// or of the segment after the one at `previous_base`, positioned by the
-    /// sparse index; `None` past the last segment.
-    fn cursor(&self, from: u64, previous_base: Option<u64>) -> Option<SegmentCursor> {
+    /// sparse index, for a read of about `max_bytes`; `None` past the last
+    /// segment.
+    fn cursor(
+        &self,
+        from: u64,
+        previous_base: Option<u64>,
+        max_bytes: u32,
+    ) -> Option<SegmentCursor> {
         let log = read(&self.log);
         let i = match previous_base {
             None => log
@@ -361,6 +367,7 @@ impl Partition {
                 position,
                 segment.size_bytes,
                 self.settings.map_sealed_segments && sealed,
+                u64::from(max_bytes),
             ),
             path: segment.log_path.clone(),
             base: segment.base_offset,

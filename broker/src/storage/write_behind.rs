@@ -17,34 +17,40 @@
 //! - Only synced bytes are released. `DONTNEED` drops clean pages and only
 //!   starts writeback of dirty ones, so no call can lose data; it is a hint,
 //!   and one that fails changes nothing but the cache.
-//! - In the active segment, bytes at least `window_bytes` behind the synced
-//!   end are released, in page-aligned steps of at least
-//!   [`RELEASE_STEP_BYTES`].
-//! - A sealed segment keeps its cached tail until the active segment's synced
-//!   end is `window_bytes` in; one sealed segment at most is tracked (a
-//!   segment smaller than the window shortens the window to one segment).
+//! - The newest `window_bytes` of the log stay cached, across the boundary
+//!   between the active segment and the last sealed one; bytes behind them
+//!   are released in page-aligned steps of at least `RELEASE_STEP_BYTES`, so
+//!   that in steady state each sync releases about what it wrote. (The first
+//!   sync after an open may release most of a recovered active segment.)
+//! - One sealed segment at most is tracked: when a segment smaller than the
+//!   window is sealed, the one before it is released whole.
+//! - A sealed segment is held weakly: retention may delete it meanwhile,
+//!   and its file is not kept open for this.
 //! - A window of 0 releases nothing: the kernel alone decides.
-//! - The releases are made by the caller, after it has released its locks
-//!   (see [`Releases::run`]): a large one can take milliseconds.
+//! - The releases are made by the caller once it holds no lock (see
+//!   [`Releases::run`]).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use super::io::VFile;
-
-/// Least bytes released in one call: fewer, larger calls.
-pub const RELEASE_STEP_BYTES: u64 = 2 * 1024 * 1024;
-/// Releases start on a page boundary: a partial page would stay cached anyway.
-const PAGE_BYTES: u64 = 4096;
+use crate::limits::RELEASE_STEP_BYTES;
 
 /// What is cached of one partition's log, and what can be released.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(super) struct WriteBehind {
     window_bytes: u64,
     /// Bytes of the active segment below this are released.
     released_to: u64,
-    /// The last sealed segment's log with the bytes not yet released:
-    /// from, to.
-    sealed: Option<(Arc<dyn VFile>, u64, u64)>,
+    /// The last sealed segment, while part of it is in the window.
+    sealed: Option<Sealed>,
+}
+
+/// A sealed segment's log with the bytes of it not yet released.
+#[derive(Debug)]
+struct Sealed {
+    log: Weak<dyn VFile>,
+    released_to: u64,
+    size_bytes: u64,
 }
 
 /// Byte ranges of log files to release, made after the locks are let go.
@@ -70,6 +76,13 @@ impl Releases {
     }
 }
 
+/// `position` rounded down to a page boundary: a partial page stays cached
+/// anyway.
+fn page_floor(position: u64) -> u64 {
+    let page_bytes = rustix::param::page_size() as u64;
+    position / page_bytes * page_bytes
+}
+
 impl WriteBehind {
     pub(super) fn new(window_bytes: u64) -> Self {
         WriteBehind {
@@ -80,7 +93,7 @@ impl WriteBehind {
     }
 
     /// The active segment's `log` is synced up to `synced_bytes`: what is now
-    /// far enough behind goes into `releases`.
+    /// behind the window goes into `releases`.
     pub(super) fn synced(
         &mut self,
         log: &Arc<dyn VFile>,
@@ -90,34 +103,55 @@ impl WriteBehind {
         if self.window_bytes == 0 {
             return;
         }
-        let Some(behind) = synced_bytes.checked_sub(self.window_bytes) else {
-            return;
-        };
-        if let Some((sealed, from, to)) = self.sealed.take() {
-            releases.push(sealed, from, to);
+        if let Some(sealed) = &mut self.sealed {
+            // The window's part in the sealed segment is what the active one
+            // does not fill.
+            let in_window = self.window_bytes.saturating_sub(synced_bytes);
+            let end = sealed.size_bytes.saturating_sub(in_window);
+            let end = if end == sealed.size_bytes {
+                end
+            } else {
+                page_floor(end)
+            };
+            if end == sealed.size_bytes || end >= sealed.released_to + RELEASE_STEP_BYTES {
+                if let Some(file) = sealed.log.upgrade() {
+                    releases.push(file, sealed.released_to, end);
+                }
+                sealed.released_to = end;
+            }
+            if sealed.released_to >= sealed.size_bytes {
+                self.sealed = None;
+            }
         }
-        let end = behind / PAGE_BYTES * PAGE_BYTES;
+        let end = page_floor(synced_bytes.saturating_sub(self.window_bytes));
         if end >= self.released_to + RELEASE_STEP_BYTES {
             releases.push(Arc::clone(log), self.released_to, end);
             self.released_to = end;
         }
     }
 
-    /// The active segment was sealed, synced, at `size_bytes`, and a new one
-    /// started: its unreleased bytes wait until the new one is a window in.
+    /// The active segment, `log`, was sealed (synced) at `size_bytes` and a
+    /// new one started: its bytes in the window wait until the new one has
+    /// pushed them out.
     pub(super) fn rolled(
         &mut self,
-        sealed: Arc<dyn VFile>,
+        log: &Arc<dyn VFile>,
         size_bytes: u64,
         releases: &mut Releases,
     ) {
         if self.window_bytes == 0 {
             return;
         }
-        if let Some((older, from, to)) = self.sealed.take() {
-            releases.push(older, from, to);
+        if let Some(older) = self.sealed.take() {
+            if let Some(file) = older.log.upgrade() {
+                releases.push(file, older.released_to, older.size_bytes);
+            }
         }
-        self.sealed = Some((sealed, self.released_to, size_bytes));
+        self.sealed = Some(Sealed {
+            log: Arc::downgrade(log),
+            released_to: self.released_to,
+            size_bytes,
+        });
         self.released_to = 0;
     }
 }
@@ -190,23 +224,37 @@ mod tests {
     }
 
     #[test]
-    fn a_sealed_segment_keeps_its_tail_until_the_new_one_is_a_window_in() {
+    fn a_sealed_segments_tail_leaves_the_window_as_the_new_one_fills() {
         let (old, new) = (Arc::new(Noting::default()), Arc::new(Noting::default()));
         let mut behind = WriteBehind::new(4 * MIB);
         sync(&mut behind, &old, 10 * MIB);
         assert_eq!(old.released(), [(0, 6 * MIB)]);
         let mut releases = Releases::default();
-        behind.rolled(old.clone(), 10 * MIB + 100, &mut releases);
+        let sealed: Arc<dyn VFile> = old.clone();
+        behind.rolled(&sealed, 10 * MIB + 100, &mut releases);
         releases.run();
-        sync(&mut behind, &new, 3 * MIB);
+        sync(&mut behind, &new, MIB);
         assert_eq!(
             old.released(),
             [(0, 6 * MIB)],
-            "the old tail is in the window"
+            "less than a step left the window"
+        );
+        sync(&mut behind, &new, 2 * MIB + 100);
+        assert_eq!(
+            old.released(),
+            [(0, 6 * MIB), (6 * MIB, 2 * MIB)],
+            "the window's first 2 MiB, down to a page, left it"
         );
         sync(&mut behind, &new, 4 * MIB);
-        assert_eq!(old.released(), [(0, 6 * MIB), (6 * MIB, 4 * MIB + 100)]);
+        assert_eq!(
+            old.released(),
+            [(0, 6 * MIB), (6 * MIB, 2 * MIB), (8 * MIB, 2 * MIB + 100)],
+            "all of it is behind the window"
+        );
         assert_eq!(new.released(), [], "nothing of the new one is behind yet");
+        sync(&mut behind, &new, 7 * MIB);
+        assert_eq!(old.released().len(), 3, "a released segment is forgotten");
+        assert_eq!(new.released(), [(0, 3 * MIB)]);
     }
 
     #[test]
@@ -215,8 +263,23 @@ mod tests {
         let mut behind = WriteBehind::new(0);
         sync(&mut behind, &log, 100 * MIB);
         let mut releases = Releases::default();
-        behind.rolled(log.clone(), 100 * MIB, &mut releases);
+        let sealed: Arc<dyn VFile> = log.clone();
+        behind.rolled(&sealed, 100 * MIB, &mut releases);
         releases.run();
         assert_eq!(log.released(), []);
+    }
+
+    #[test]
+    fn a_sealed_segment_is_held_weakly_so_retention_can_close_it() {
+        let (old, new) = (Arc::new(Noting::default()), Arc::new(Noting::default()));
+        let mut behind = WriteBehind::new(4 * MIB);
+        let mut releases = Releases::default();
+        let sealed: Arc<dyn VFile> = old.clone();
+        behind.rolled(&sealed, 10 * MIB, &mut releases);
+        releases.run();
+        drop(sealed);
+        assert_eq!(Arc::strong_count(&old), 1, "only the test holds the file");
+        sync(&mut behind, &new, 8 * MIB);
+        assert_eq!(new.released(), [(0, 4 * MIB)]);
     }
 }
