@@ -553,7 +553,8 @@ impl Partition {
         let one_at_a_time = lock(&self.flushing);
         let (log, log_path, end, position) = {
             let mut io = lock(&self.io);
-            if let Some(cause) = &lock(&self.writer).failed {
+            let w = lock(&self.writer);
+            if let Some(cause) = &w.failed {
                 // Never retry an fsync: after a failure the kernel may have dropped
                 // the dirty pages, and a second fsync would "succeed" over lost data.
                 return Err(self.failed_error(cause));
@@ -562,12 +563,11 @@ impl Partition {
                 return Ok(());
             }
             io.unsynced = false;
-            (
-                Arc::clone(&io.log),
-                io.log_path.clone(),
-                io.end_offset,
-                io.position,
-            )
+            // A group whose write just failed has moved the I/O end already,
+            // before its leader latches the failure: only offsets the writer
+            // state knows as written can be made durable.
+            let end = io.end_offset.min(w.written_end);
+            (Arc::clone(&io.log), io.log_path.clone(), end, io.position)
         };
         if let Err(error) = log.sync_data() {
             let error = Error::io(format!("syncing {}", log_path.display()), error);
