@@ -272,6 +272,37 @@ async fn a_session_plans_its_claim_once() {
     );
 }
 
+/// A claim ahead's run bounds are parameters; PostgreSQL would plan it
+/// afresh for their values at every claim. Claims use the generic plan.
+#[tokio::test]
+async fn a_claim_ahead_is_never_planned_for_its_bounds() {
+    let (_db, client, epoch) = leading_with_rows(20).await;
+    let outbox = prepare(&client, 5).await;
+    const CLAIMS: i64 = 8;
+    for _ in 0..CLAIMS {
+        let run = Locked::SkipRun { first: 3, last: 9 };
+        let claimed = take(&outbox, &client, epoch, MAX_BATCH_BYTES, run).await;
+        let ids: Vec<&str> = claimed.rows.iter().map(|row| row.row_id.as_str()).collect();
+        assert_eq!(
+            ids,
+            ["1", "2", "10", "11", "12"],
+            "the run 3..=9 is passed over"
+        );
+        client.batch_execute("ROLLBACK").await.expect("rollback");
+    }
+    let plans = client
+        .query_one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+             WHERE statement LIKE '%UNION ALL%' AND generic_plans + custom_plans > 0 \
+               AND statement NOT LIKE '%pg_prepared_statements%'",
+            &[],
+        )
+        .await
+        .expect("the claim ahead's plan counts");
+    let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+    assert_eq!((generic, custom), (CLAIMS, 0), "generic and custom plans");
+}
+
 /// The byte bound: rows are taken while the payloads before them sum to less
 /// than it, the first row however large; the locked rows beyond the bound
 /// are counted, stay locked, and come back to no one else.
