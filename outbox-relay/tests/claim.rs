@@ -240,6 +240,21 @@ async fn a_finish_whose_statement_fails_commits_nothing() {
     assert_eq!(again.rows.len(), 3);
 }
 
+/// Generic and custom plans made so far for the one prepared statement of
+/// the session whose text is `LIKE` the pattern and that has run.
+async fn plan_counts(client: &Client, pattern: &str) -> (i64, i64) {
+    let plans = client
+        .query_one(
+            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+             WHERE statement LIKE $1 AND generic_plans + custom_plans > 0 \
+               AND statement NOT LIKE '%pg_prepared_statements%'",
+            &[&pattern],
+        )
+        .await
+        .expect("the statement's plan counts");
+    (plans.get(0), plans.get(1))
+}
+
 /// With the row bound a parameter of `LIMIT`, PostgreSQL judged a generic
 /// plan (made for a tenth of the table) worse than a fresh one, and planned
 /// every claim anew, which took longer than running it. With the bound
@@ -254,16 +269,7 @@ async fn a_session_plans_its_claim_once() {
         assert_eq!(claimed.rows.len(), 10);
         client.batch_execute("ROLLBACK").await.expect("rollback");
     }
-    let plans = client
-        .query_one(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
-             WHERE statement LIKE '%claim_sort%' AND generic_plans + custom_plans > 0 \
-               AND statement NOT LIKE '%pg_prepared_statements%'",
-            &[],
-        )
-        .await
-        .expect("the claim's plan counts");
-    let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+    let (generic, custom) = plan_counts(&client, "%claim_sort%").await;
     assert_eq!(generic + custom, CLAIMS);
     assert!(
         custom <= 5,
@@ -290,16 +296,7 @@ async fn a_claim_ahead_is_never_planned_for_its_bounds() {
         );
         client.batch_execute("ROLLBACK").await.expect("rollback");
     }
-    let plans = client
-        .query_one(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
-             WHERE statement LIKE '%UNION ALL%' AND generic_plans + custom_plans > 0 \
-               AND statement NOT LIKE '%pg_prepared_statements%'",
-            &[],
-        )
-        .await
-        .expect("the claim ahead's plan counts");
-    let (generic, custom): (i64, i64) = (plans.get(0), plans.get(1));
+    let (generic, custom) = plan_counts(&client, "%UNION ALL%").await;
     assert_eq!((generic, custom), (CLAIMS, 0), "generic and custom plans");
 }
 

@@ -53,6 +53,16 @@ struct Sealed {
     size_bytes: u64,
 }
 
+impl Sealed {
+    /// Releases its bytes up to `end`, unless retention deleted it.
+    fn release_to(&mut self, end: u64, releases: &mut Releases) {
+        if let Some(file) = self.log.upgrade() {
+            releases.push(file, self.released_to, end);
+        }
+        self.released_to = end;
+    }
+}
+
 /// Byte ranges of log files to release, made after the locks are let go.
 #[derive(Debug, Default)]
 #[must_use = "the ranges are released only by `run`"]
@@ -106,21 +116,17 @@ impl WriteBehind {
         if let Some(sealed) = &mut self.sealed {
             // The window's part in the sealed segment is what the active one
             // does not fill.
-            let in_window = self.window_bytes.saturating_sub(synced_bytes);
-            let end = sealed.size_bytes.saturating_sub(in_window);
-            let end = if end == sealed.size_bytes {
-                end
-            } else {
-                page_floor(end)
-            };
-            if end == sealed.size_bytes || end >= sealed.released_to + RELEASE_STEP_BYTES {
-                if let Some(file) = sealed.log.upgrade() {
-                    releases.push(file, sealed.released_to, end);
+            match self.window_bytes.saturating_sub(synced_bytes) {
+                0 => {
+                    sealed.release_to(sealed.size_bytes, releases);
+                    self.sealed = None;
                 }
-                sealed.released_to = end;
-            }
-            if sealed.released_to >= sealed.size_bytes {
-                self.sealed = None;
+                in_window => {
+                    let end = page_floor(sealed.size_bytes.saturating_sub(in_window));
+                    if end >= sealed.released_to + RELEASE_STEP_BYTES {
+                        sealed.release_to(end, releases);
+                    }
+                }
             }
         }
         let end = page_floor(synced_bytes.saturating_sub(self.window_bytes));
@@ -142,10 +148,8 @@ impl WriteBehind {
         if self.window_bytes == 0 {
             return;
         }
-        if let Some(older) = self.sealed.take() {
-            if let Some(file) = older.log.upgrade() {
-                releases.push(file, older.released_to, older.size_bytes);
-            }
+        if let Some(mut older) = self.sealed.take() {
+            older.release_to(older.size_bytes, releases);
         }
         self.sealed = Some(Sealed {
             log: Arc::downgrade(log),
