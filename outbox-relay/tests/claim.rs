@@ -3,8 +3,8 @@
 //! in flight takes exactly what a claim that checks every locked row takes,
 //! a late commit in a gap included; claims skip runs only where ids name one
 //! row; the byte bound ends a batch and keeps the rest locked; a session
-//! plans its claim once; a finish that fails commits nothing of its
-//! transaction.
+//! plans its claim once; a claimed batch holds no snapshot while it waits;
+//! a finish that fails commits nothing of its transaction.
 
 mod common;
 
@@ -298,6 +298,48 @@ async fn a_claim_ahead_is_never_planned_for_its_bounds() {
     }
     let (generic, custom) = plan_counts(&client, "%UNION ALL%").await;
     assert_eq!((generic, custom), (CLAIMS, 0), "generic and custom plans");
+}
+
+/// A claimed batch waits in its transaction while it is published. Its
+/// session must not keep the claim's snapshot meanwhile: that snapshot's
+/// xmin would keep PostgreSQL from pruning the rows that batches committed
+/// since then deleted, and every claim after it would walk them again.
+#[tokio::test]
+async fn a_claimed_batch_waiting_for_its_publish_holds_no_snapshot() {
+    let (db, client, epoch) = leading_with_rows(20).await;
+    let pid: i32 = client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .expect("backend pid")
+        .get(0);
+    let claimed = take(
+        &prepare(&client, 5).await,
+        &client,
+        epoch,
+        MAX_BATCH_BYTES,
+        Locked::Wait,
+    )
+    .await;
+    assert_eq!(claimed.rows.len(), 5);
+
+    let other = db.connect().await;
+    let session = other
+        .query_one(
+            "SELECT state, backend_xid IS NOT NULL, backend_xmin::text \
+             FROM pg_stat_activity WHERE pid = $1",
+            &[&pid],
+        )
+        .await
+        .expect("the claiming session's activity");
+    let (state, holds_locks, xmin): (String, bool, Option<String>) =
+        (session.get(0), session.get(1), session.get(2));
+    assert_eq!(state, "idle in transaction");
+    assert!(
+        holds_locks,
+        "the claim's row locks give it a transaction id"
+    );
+    assert_eq!(xmin, None, "no snapshot is held between statements");
+    client.batch_execute("ROLLBACK").await.expect("rollback");
 }
 
 /// The byte bound: rows are taken while the payloads before them sum to less
