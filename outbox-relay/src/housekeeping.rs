@@ -6,7 +6,7 @@
 //!
 //! Invariants:
 //! - Housekeeping never holds up a claim. Counting a large backlog for the
-//!   lag line takes a noticeable time (about 7 ms per 100,000 rows here),
+//!   lag line takes time (about 7 ms per 100,000 rows here, growing with it),
 //!   and a cleanup can wait on a row lock the application holds; both run
 //!   on their own session while the pipeline's rounds go on.
 //! - A housekeeping failure (its session lost, a statement timed out) is

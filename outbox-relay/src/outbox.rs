@@ -129,7 +129,9 @@ pub enum Locked {
 pub struct Lag {
     /// Rows not yet published (those held behind dead letters included).
     pub unpublished_rows: i64,
-    /// Age of the oldest of them in ms; `None` when there are none or the
+    /// Age in ms of the first of them in claim order (the oldest unless a
+    /// transaction ran long before it inserted; in a layout without an
+    /// ordering column, the oldest); `None` when there are none or the
     /// layout has no creation time.
     pub oldest_unpublished_age_ms: Option<i64>,
     /// Unpublished rows whose key has a dead letter: they wait for it.
@@ -170,6 +172,9 @@ struct Fragments {
     payload: String,
     unpublished: String,
     order: String,
+    /// The claim order is a column of the table (not the physical order,
+    /// `ctid`), which the claim's index follows.
+    ordered_by_column: bool,
     /// The claim order is the id column, an integer with a unique index: a
     /// run of ids is a run of rows (see [`Locked::SkipRun`]).
     order_is_unique_integer_id: bool,
@@ -259,7 +264,13 @@ impl Outbox {
     /// xmin: while the batch waits for its publish, PostgreSQL could not
     /// mark the rows that batches committed since then deleted as dead in
     /// the index, and every claim below the run walked their heap tuples
-    /// again (a batch's worth of heap pages per claim ahead).
+    /// again (a batch's worth of heap pages per claim ahead). Without a
+    /// snapshot, what a waiting batch still holds back is its own
+    /// transaction id, newer than those of the batches committed before it
+    /// (batches commit in claim order). READ COMMITTED is named, whatever
+    /// the database's default: under REPEATABLE READ the transaction's
+    /// snapshot would last until its commit, and a locked row changed since
+    /// it was taken would fail the claim.
     pub async fn claim(
         &self,
         client: &Client,
@@ -271,7 +282,10 @@ impl Outbox {
         let begin = timed(
             timeout_ms,
             "begin a claim",
-            client.batch_execute("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan"),
+            client.batch_execute(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; \
+                 SET LOCAL plan_cache_mode = force_generic_plan",
+            ),
         );
         let claim = async {
             let max_bytes = i64::try_from(max_batch_bytes).unwrap_or(i64::MAX);
@@ -599,6 +613,7 @@ impl Fragments {
                 .order_by
                 .as_deref()
                 .map_or_else(|| "o.ctid".to_owned(), column),
+            ordered_by_column: layout.order_by.is_some(),
             order_is_unique_integer_id: layout.order_by.as_deref() == Some(layout.id.as_str())
                 && INTEGER_TYPES.contains(&type_of(&layout.id).as_str())
                 && unique.contains(&layout.id),
@@ -736,26 +751,35 @@ impl Fragments {
         )
     }
 
-    /// $1 topic prefix. The age is that of the first unpublished row in
-    /// claim order, the one a claim takes next: read through the claim's
-    /// index, where `min(created_at)` read the whole table (30 ms per
-    /// 100,000 rows here, every lag line). It is the oldest row but for
-    /// transactions that ran long before they inserted.
+    /// $1 topic prefix. Where the claim order is a column, the age is that
+    /// of the first unpublished row in claim order (rows held behind a dead
+    /// letter included), read through the claim's index: `min(created_at)`
+    /// read the whole table (30 ms per 100,000 rows here, every lag line).
+    /// That row is the oldest but for transactions that ran long before they
+    /// inserted. In physical order (`ctid`) the first row says nothing of
+    /// age, and no index helps: there the age is still `min(created_at)`.
     fn lag(&self) -> String {
         let Fragments {
             table,
             dead_letters,
             unpublished,
+            order,
             ..
         } = self;
         let held = self.held("$1");
-        let age = match &self.created_at {
-            Some(created_at) => format!(
-                "(SELECT (extract(epoch FROM now() - {created_at}) * 1000)::int8 \
-                  FROM {table} WHERE {unpublished} ORDER BY {order} LIMIT 1)",
-                order = self.order
+        let age_ms =
+            |created_at: &str| format!("(extract(epoch FROM now() - {created_at}) * 1000)::int8");
+        let age = match (&self.created_at, self.ordered_by_column) {
+            (Some(created_at), true) => format!(
+                "(SELECT {age} FROM {table} \
+                  WHERE {unpublished} AND {created_at} IS NOT NULL ORDER BY {order} LIMIT 1)",
+                age = age_ms(created_at)
             ),
-            None => "NULL::int8".to_owned(),
+            (Some(created_at), false) => format!(
+                "(SELECT {age} FROM {table} WHERE {unpublished})",
+                age = age_ms(&format!("min({created_at})"))
+            ),
+            (None, _) => "NULL::int8".to_owned(),
         };
         format!(
             "SELECT (SELECT count(*) FROM {table} WHERE {unpublished}), {age}, \

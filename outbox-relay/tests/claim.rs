@@ -4,7 +4,8 @@
 //! a late commit in a gap included; claims skip runs only where ids name one
 //! row; the byte bound ends a batch and keeps the rest locked; a session
 //! plans its claim once; a claimed batch holds no snapshot while it waits;
-//! a finish that fails commits nothing of its transaction.
+//! the lag's age is the first row's in claim order; a finish that fails
+//! commits nothing of its transaction.
 
 mod common;
 
@@ -303,10 +304,16 @@ async fn a_claim_ahead_is_never_planned_for_its_bounds() {
 /// A claimed batch waits in its transaction while it is published. Its
 /// session must not keep the claim's snapshot meanwhile: that snapshot's
 /// xmin would keep PostgreSQL from pruning the rows that batches committed
-/// since then deleted, and every claim after it would walk them again.
+/// since then deleted, and every claim after it would walk them again. The
+/// database's default isolation is set to REPEATABLE READ here, where a
+/// transaction keeps its snapshot to the end: the claim must not inherit it.
 #[tokio::test]
 async fn a_claimed_batch_waiting_for_its_publish_holds_no_snapshot() {
     let (db, client, epoch) = leading_with_rows(20).await;
+    client
+        .batch_execute("SET default_transaction_isolation = 'repeatable read'")
+        .await
+        .expect("a stricter default isolation");
     let pid: i32 = client
         .query_one("SELECT pg_backend_pid()", &[])
         .await
@@ -339,7 +346,41 @@ async fn a_claimed_batch_waiting_for_its_publish_holds_no_snapshot() {
         "the claim's row locks give it a transaction id"
     );
     assert_eq!(xmin, None, "no snapshot is held between statements");
+    let isolation: String = client
+        .query_one("SHOW transaction_isolation", &[])
+        .await
+        .expect("the claim's isolation")
+        .get(0);
+    assert_eq!(isolation, "read committed");
     client.batch_execute("ROLLBACK").await.expect("rollback");
+}
+
+/// The lag's age is the first unpublished row's in claim order, read
+/// through the claim's index, not the oldest `created_at` of the table: a
+/// row that came first in claim order but was created later says how far
+/// behind the claims are.
+#[tokio::test]
+async fn the_lag_age_is_the_first_unpublished_row_in_claim_order() {
+    let (_db, client, _epoch) = leading_with_rows(0).await;
+    client
+        .batch_execute(
+            "INSERT INTO postbox_outbox (id, topic, partition_key, payload, created_at) VALUES \
+             (1, 'orders', 'k', '\\x00', now() - interval '10 seconds'), \
+             (2, 'orders', 'k', '\\x00', now() - interval '1 hour')",
+        )
+        .await
+        .expect("two rows, the second created earlier");
+    let lag = prepare(&client, 10)
+        .await
+        .lag(&client, TIMEOUT_MS)
+        .await
+        .expect("the lag");
+    assert_eq!(lag.unpublished_rows, 2);
+    let age_ms = lag.oldest_unpublished_age_ms.expect("an age");
+    assert!(
+        (10_000..60_000).contains(&age_ms),
+        "the first row in claim order is 10 s old: {age_ms} ms"
+    );
 }
 
 /// The byte bound: rows are taken while the payloads before them sum to less

@@ -71,8 +71,9 @@ enum Command {
     /// Needs PostgreSQL 13 or later.
     #[command(after_help = POOLER_NOTE)]
     Init(InitArgs),
-    /// Show the leader, the lag (unpublished rows, the oldest one's age, rows
-    /// held behind dead letters) and what, if anything, stalls the claim.
+    /// Show the leader, the lag (unpublished rows, the age of the first in
+    /// claim order, rows held behind dead letters) and what, if anything,
+    /// stalls the claim.
     Status(commands::StatusArgs),
     /// List, retry or drop rows the broker refused for good.
     #[command(subcommand)]
