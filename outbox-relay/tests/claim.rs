@@ -358,7 +358,8 @@ async fn a_claimed_batch_waiting_for_its_publish_holds_no_snapshot() {
 /// The lag's age is the first unpublished row's in claim order, read
 /// through the claim's index, not the oldest `created_at` of the table: a
 /// row that came first in claim order but was created later says how far
-/// behind the claims are.
+/// behind the claims are. Claims in physical order (no ordering column)
+/// keep the oldest `created_at`.
 #[tokio::test]
 async fn the_lag_age_is_the_first_unpublished_row_in_claim_order() {
     let (_db, client, _epoch) = leading_with_rows(0).await;
@@ -380,6 +381,29 @@ async fn the_lag_age_is_the_first_unpublished_row_in_claim_order() {
     assert!(
         (10_000..60_000).contains(&age_ms),
         "the first row in claim order is 10 s old: {age_ms} ms"
+    );
+
+    let physical_order = Layout {
+        order_by: None,
+        ..Layout::postbox()
+    };
+    let lag = Outbox::prepare(
+        &client,
+        TIMEOUT_MS,
+        &TableName::default(),
+        &physical_order,
+        Mode::Delete,
+        10,
+    )
+    .await
+    .expect("prepare for physical order")
+    .lag(&client, TIMEOUT_MS)
+    .await
+    .expect("the lag in physical order");
+    let age_ms = lag.oldest_unpublished_age_ms.expect("an age");
+    assert!(
+        (3_600_000..3_660_000).contains(&age_ms),
+        "in physical order, the oldest row's age (1 hour): {age_ms} ms"
     );
 }
 
