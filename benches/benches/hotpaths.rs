@@ -31,12 +31,12 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
-use postbox_broker::dedup::Memory;
-use postbox_broker::limits::{DEDUP_KEYS_MAX_DEFAULT, DEDUP_MEMORY_KEYS_MAX};
-use postbox_broker::meta::{DedupEntry, MetaStore, SledMeta};
-use postbox_broker::storage::batch::{decode_frame, UnsealedBatch};
-use postbox_broker::storage::index::{IndexEntry, SparseIndex};
-use postbox_broker::{EngineConfig, RecordInput};
+use postbox_engine::dedup::Memory;
+use postbox_engine::limits::{DEDUP_KEYS_MAX_DEFAULT, DEDUP_MEMORY_KEYS_MAX};
+use postbox_engine::meta::{DedupEntry, MetaStore, SledMeta};
+use postbox_engine::storage::batch::{decode_frame, UnsealedBatch};
+use postbox_engine::storage::index::{IndexEntry, SparseIndex};
+use postbox_engine::{EngineConfig, RecordInput};
 use postbox_proto::v1 as pb;
 use prost::Message;
 

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use postbox_benches::{bench_dir, raw_read, raw_write_fdatasync};
-use postbox_broker::{Durability, Engine, EngineConfig, RecordInput, TopicConfig};
+use postbox_engine::{Durability, Engine, EngineConfig, RecordInput, TopicConfig};
 
 const APPENDERS: [usize; 3] = [1, 8, 64];
 /// Bytes per batch when appenders batch (what a producer sends per request).

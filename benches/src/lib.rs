@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use postbox_broker::backend::embedded::Embedded;
 use postbox_broker::server::{serve, ServerConfig};
-use postbox_broker::{Engine, EngineConfig};
+use postbox_engine::{Engine, EngineConfig};
 use postbox_proto::v1::broker_client::BrokerClient;
 use tokio::runtime::Runtime;
 use tonic::transport::Channel;
@@ -100,8 +101,8 @@ impl Broker {
             .enable_all()
             .build()
             .expect("server runtime");
-        let engine =
-            Arc::new(Engine::open(EngineConfig::new(dir.path().join("data"))).expect("engine"));
+        let engine = Engine::open(EngineConfig::new(dir.path().join("data"))).expect("engine");
+        let engine = Arc::new(Embedded::new(Arc::new(engine)));
         let listener = server
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("bind");

@@ -40,7 +40,7 @@ pub use connection::{
 };
 pub use consumer::{Consumer, ConsumerConfig};
 pub use error::{code_name, Error, Result};
-// The client's copies of the broker's limits (`postbox_broker::limits`), checked
+// The client's copies of the broker's limits (`postbox_engine::limits`), checked
 // before sending so that a request the broker would refuse fails at once.
 pub use limits::{
     BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, HEADERS_PER_RECORD_MAX,

@@ -7,7 +7,7 @@
 //! naming the limit, instead of after a round trip (or, for a record sent
 //! with [`Producer::send`](crate::Producer::send), instead of failing the
 //! other records batched with it). Each public constant mirrors the constant
-//! of the same name in `postbox_broker::limits` unless its doc says otherwise;
+//! of the same name in `postbox_engine::limits` unless its doc says otherwise;
 //! an integration test in `tests/` asserts that they are equal.
 //!
 //! Invariant: the client never refuses what the broker accepts. Sizes are
@@ -16,46 +16,46 @@
 
 /// Largest record, as the broker counts it: key, idempotency key, headers and
 /// payload with their length fields (see [`OutgoingRecord::encoded_bytes`]).
-/// Mirrors `postbox_broker::limits::RECORD_BYTES_MAX`.
+/// Mirrors `postbox_engine::limits::RECORD_BYTES_MAX`.
 ///
 /// [`OutgoingRecord::encoded_bytes`]: crate::OutgoingRecord::encoded_bytes
 pub const RECORD_BYTES_MAX: usize = 1024 * 1024;
 
-/// Largest record key. Mirrors `postbox_broker::limits::KEY_BYTES_MAX`.
+/// Largest record key. Mirrors `postbox_engine::limits::KEY_BYTES_MAX`.
 pub const KEY_BYTES_MAX: usize = 4 * 1024;
 
 /// Largest idempotency key. Mirrors
-/// `postbox_broker::limits::IDEMPOTENCY_KEY_BYTES_MAX`.
+/// `postbox_engine::limits::IDEMPOTENCY_KEY_BYTES_MAX`.
 pub const IDEMPOTENCY_KEY_BYTES_MAX: usize = 128;
 
 /// Most headers on one record. Mirrors
-/// `postbox_broker::limits::HEADERS_PER_RECORD_MAX`.
+/// `postbox_engine::limits::HEADERS_PER_RECORD_MAX`.
 pub const HEADERS_PER_RECORD_MAX: usize = 64;
 
-/// Largest header name. Mirrors `postbox_broker::limits::HEADER_NAME_BYTES_MAX`.
+/// Largest header name. Mirrors `postbox_engine::limits::HEADER_NAME_BYTES_MAX`.
 pub const HEADER_NAME_BYTES_MAX: usize = 256;
 
 /// Most records in one publish. Mirrors
-/// `postbox_broker::limits::BATCH_RECORDS_MAX`.
+/// `postbox_engine::limits::BATCH_RECORDS_MAX`.
 pub const BATCH_RECORDS_MAX: usize = 10_000;
 
 /// Largest publish as the broker counts it: [`BATCH_HEADER_BYTES`] plus every
-/// record's encoded bytes. Mirrors `postbox_broker::limits::BATCH_BYTES_MAX`.
+/// record's encoded bytes. Mirrors `postbox_engine::limits::BATCH_BYTES_MAX`.
 pub const BATCH_BYTES_MAX: usize = 16 * 1024 * 1024;
 
 /// Bytes the broker adds to every publish (its batch frame header) before it
 /// checks [`BATCH_BYTES_MAX`]. Mirrors
-/// `postbox_broker::storage::batch::HEADER_BYTES`.
+/// `postbox_engine::storage::batch::HEADER_BYTES`.
 pub const BATCH_HEADER_BYTES: usize = 40;
 
 /// Largest `max_message_bytes` a subscription may ask for. Mirrors
-/// `postbox_broker::limits::READ_BYTES_MAX`.
+/// `postbox_engine::limits::READ_BYTES_MAX`.
 pub const SUBSCRIBE_MESSAGE_BYTES_MAX: u32 = 16 * 1024 * 1024;
 
 /// Largest gRPC message the client encodes or decodes: just above the
 /// largest batch and the largest read response with their protobuf framing,
 /// as the broker's own bound on what it encodes and decodes. Mirrors
-/// `postbox_broker::limits::GRPC_MESSAGE_BYTES_MAX`.
+/// `postbox_engine::limits::GRPC_MESSAGE_BYTES_MAX`.
 pub const MESSAGE_BYTES_MAX: usize = 20 * 1024 * 1024;
 
 /// The length fields of every record in the broker's batch format (version

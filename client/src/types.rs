@@ -553,7 +553,7 @@ mod tests {
             .key("ab")
             .idempotency_key("xyz")
             .header("h", "vv");
-        // As `postbox_broker::RecordInput::encoded_bytes`: record length, key
+        // As `postbox_engine::RecordInput::encoded_bytes`: record length, key
         // length and key, idempotency key length and key, header count,
         // header name length, name, value length, value, payload.
         assert_eq!(

@@ -4,7 +4,7 @@
 //! offsets and the data directory are as before).
 
 use bytes::Bytes;
-use postbox_broker::limits::*;
+use postbox_engine::limits::*;
 use postbox_proto::v1 as pb;
 use postbox_proto::v1::broker_client::BrokerClient;
 use postbox_tests::broker::BrokerProcess;

@@ -3,9 +3,9 @@
 //! broker): these tests hold the copies equal to the originals, and the
 //! client's size formula equal to the broker's.
 
-use postbox_broker::limits as broker;
-use postbox_broker::{Header, RecordInput};
 use postbox_client::OutgoingRecord;
+use postbox_engine::limits as broker;
+use postbox_engine::{Header, RecordInput};
 
 #[test]
 fn the_clients_limits_are_the_brokers() {
@@ -48,7 +48,7 @@ fn the_clients_limits_are_the_brokers() {
         (
             "BATCH_HEADER_BYTES",
             postbox_client::BATCH_HEADER_BYTES as u64,
-            postbox_broker::storage::batch::HEADER_BYTES as u64,
+            postbox_engine::storage::batch::HEADER_BYTES as u64,
         ),
         (
             "SUBSCRIBE_MESSAGE_BYTES_MAX",

@@ -8,12 +8,12 @@ use postbox_proto::v1 as pb;
 use tonic::Status;
 
 use super::status::status;
-use crate::config::{Durability, TopicConfig};
-use crate::error::Error;
-use crate::limits::{READ_BYTES_DEFAULT, READ_BYTES_MAX};
-use crate::storage::batch::{Header, Record, RecordInput};
-use crate::storage::partition::PartitionInfo;
-use crate::topic::{PublishResult, TopicInfo};
+use crate::backend::limits::{READ_BYTES_DEFAULT, READ_BYTES_MAX};
+use crate::backend::Error;
+use crate::backend::PartitionInfo;
+use crate::backend::{Durability, TopicConfig};
+use crate::backend::{Header, Record, RecordInput};
+use crate::backend::{PublishResult, TopicInfo};
 
 /// A read size from a request: 0 means the default; above `READ_BYTES_MAX`
 /// is refused rather than quietly cut.

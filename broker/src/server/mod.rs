@@ -1,15 +1,16 @@
-//! The gRPC edge: `postbox.v1.Broker` over the storage engine, with the
+//! The gRPC edge: `postbox.v1.Broker` over a storage [`Backend`], with the
 //! standard health service and server reflection beside it.
 //!
-//! Protocol types (`postbox_proto`) live only in this module; the engine
-//! below knows nothing of them.
+//! Protocol types (`postbox_proto`) live only in this module; the backend
+//! below knows nothing of them, and this module knows the log only through
+//! the [`Backend`] trait.
 //!
 //! Invariants:
 //! - Every transport limit is set here, explicitly: message sizes, streams
 //!   per connection, connections, subscriptions, flow-control windows.
 //! - Shutdown: stop accepting, end subscriptions, let in-flight calls answer
-//!   (for at most `shutdown_grace_ms`), then return; the caller flushes the
-//!   engine.
+//!   (for at most `shutdown_grace_ms`), then return; the caller shuts the
+//!   backend down.
 
 mod convert;
 mod listener;
@@ -25,9 +26,9 @@ use postbox_proto::v1 as pb;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::engine::Engine;
+use crate::backend::limits::GRPC_MESSAGE_BYTES_MAX;
+use crate::backend::Backend;
 use crate::error::{Error, Result};
-use crate::limits::GRPC_MESSAGE_BYTES_MAX;
 pub use service::BrokerService;
 
 /// Default listen address.
@@ -93,17 +94,17 @@ impl ServerConfig {
         ];
         for (what, value) in positive {
             if value == 0 {
-                return Err(Error::InvalidArgument(format!("{what} must be at least 1")));
+                return Err(Error::Setting(format!("{what} must be at least 1")));
             }
         }
         Ok(())
     }
 }
 
-/// Serves the engine on `listener` until `stop` completes, then shuts down
-/// gracefully. Does not close the engine.
-pub async fn serve(
-    engine: Arc<Engine>,
+/// Serves `backend` on `listener` until `stop` completes, then shuts down
+/// gracefully. Does not shut the backend down.
+pub async fn serve<B: Backend>(
+    backend: Arc<B>,
     listener: TcpListener,
     config: &ServerConfig,
     stop: impl Future<Output = ()>,
@@ -111,15 +112,15 @@ pub async fn serve(
     config.validate()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
-    type Service = pb::broker_server::BrokerServer<BrokerService>;
-    health.set_serving::<Service>().await;
+    type Service<B> = pb::broker_server::BrokerServer<BrokerService<B>>;
+    health.set_serving::<Service<B>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .map_err(|e| Error::Server(format!("building the reflection service: {e}")))?;
+        .map_err(Error::Reflection)?;
     let broker = pb::broker_server::BrokerServer::new(BrokerService::new(
-        engine,
+        backend,
         config.max_subscriptions,
         shutdown_rx.clone(),
     ))
@@ -131,7 +132,7 @@ pub async fn serve(
         tracing::info!(
             "shutting down: no new connections; subscriptions end; in-flight calls finish"
         );
-        health.set_not_serving::<Service>().await;
+        health.set_not_serving::<Service<B>>().await;
         // "" is the server as a whole, what most load balancers ask about.
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -161,7 +162,7 @@ pub async fn serve(
         tokio::time::sleep(grace).await;
     };
     tokio::select! {
-        served = server => served.map_err(|e| Error::Server(e.to_string())),
+        served = server => served.map_err(Error::Transport),
         () = grace_over => {
             tracing::warn!(grace_ms = config.shutdown_grace_ms, "calls still open after the grace period; closing them");
             Ok(())

@@ -1,10 +1,9 @@
 //! The `postbox.v1.Broker` service: each RPC checks what only the edge can
-//! check, converts, and calls the engine.
+//! check, converts, and makes one call of the storage backend.
 //!
 //! Invariants:
-//! - Engine calls block (fsync, file reads, sled), so they run through
-//!   `status::blocking`, which hands the worker's other tasks to another
-//!   thread first: no engine call stalls the async workers.
+//! - The service knows the log only through [`Backend`]; it is generic over
+//!   it, so the embedded engine's calls are static dispatch.
 //! - A request is checked whole before anything changes: a bad offset in a
 //!   commit of several partitions commits none of them.
 
@@ -16,17 +15,15 @@ use tokio::sync::{watch, Semaphore};
 use tonic::{Request, Response, Status};
 
 use super::convert;
-use super::status::{blocking, status};
+use super::status::status;
 use super::subscribe::{self, SubscriptionStream};
-use crate::engine::{Engine, Fence};
-use crate::error::Error;
-use crate::limits::FETCH_WAIT_MS_MAX;
-use crate::storage::batch::RecordInput;
+use crate::backend::limits::FETCH_WAIT_MS_MAX;
+use crate::backend::{Backend, Error, Fence, RecordInput, TopicHandle};
 
-/// The service over one engine.
-#[derive(Debug, Clone)]
-pub struct BrokerService {
-    engine: Arc<Engine>,
+/// The service over one backend.
+#[derive(Debug)]
+pub struct BrokerService<B> {
+    backend: Arc<B>,
     /// Open subscriptions; a subscribe past the limit is refused.
     subscriptions: Arc<Semaphore>,
     max_subscriptions: usize,
@@ -34,14 +31,10 @@ pub struct BrokerService {
     shutdown: watch::Receiver<bool>,
 }
 
-impl BrokerService {
-    pub fn new(
-        engine: Arc<Engine>,
-        max_subscriptions: usize,
-        shutdown: watch::Receiver<bool>,
-    ) -> Self {
+impl<B: Backend> BrokerService<B> {
+    pub fn new(backend: Arc<B>, max_subscriptions: usize, shutdown: watch::Receiver<bool>) -> Self {
         BrokerService {
-            engine,
+            backend,
             subscriptions: Arc::new(Semaphore::new(max_subscriptions)),
             max_subscriptions,
             shutdown,
@@ -50,15 +43,18 @@ impl BrokerService {
 }
 
 #[tonic::async_trait]
-impl pb::broker_server::Broker for BrokerService {
+impl<B: Backend> pb::broker_server::Broker for BrokerService<B> {
     async fn create_topic(
         &self,
         request: Request<pb::CreateTopicRequest>,
     ) -> Result<Response<pb::TopicInfo>, Status> {
         let req = request.into_inner();
         let config = convert::topic_config(&req)?;
-        let engine = self.engine.clone();
-        let info = blocking(move || engine.create_topic(&req.name, config)).await?;
+        let info = self
+            .backend
+            .create_topic(&req.name, config)
+            .await
+            .map_err(status)?;
         tracing::info!(topic = %info.name, partitions = info.config.partitions, "topic created");
         Ok(Response::new(convert::topic_info(info)))
     }
@@ -68,9 +64,7 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::DeleteTopicRequest>,
     ) -> Result<Response<pb::DeleteTopicResponse>, Status> {
         let name = request.into_inner().name;
-        let engine = self.engine.clone();
-        let deleted = name.clone();
-        blocking(move || engine.delete_topic(&deleted)).await?;
+        self.backend.delete_topic(&name).await.map_err(status)?;
         tracing::info!(topic = %name, "topic deleted");
         Ok(Response::new(pb::DeleteTopicResponse {}))
     }
@@ -79,8 +73,7 @@ impl pb::broker_server::Broker for BrokerService {
         &self,
         _request: Request<pb::ListTopicsRequest>,
     ) -> Result<Response<pb::ListTopicsResponse>, Status> {
-        let engine = self.engine.clone();
-        let topics = blocking(move || Ok(engine.list_topics())).await?;
+        let topics = self.backend.list_topics().await.map_err(status)?;
         Ok(Response::new(pb::ListTopicsResponse {
             topics: topics.into_iter().map(convert::topic_info).collect(),
         }))
@@ -91,8 +84,7 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::DescribeTopicRequest>,
     ) -> Result<Response<pb::TopicInfo>, Status> {
         let name = request.into_inner().name;
-        let engine = self.engine.clone();
-        let info = blocking(move || engine.describe_topic(&name)).await?;
+        let info = self.backend.describe_topic(&name).await.map_err(status)?;
         Ok(Response::new(convert::topic_info(info)))
     }
 
@@ -103,18 +95,15 @@ impl pb::broker_server::Broker for BrokerService {
         let req = request.into_inner();
         let records: Vec<RecordInput> =
             req.records.into_iter().map(convert::record_input).collect();
-        let engine = self.engine.clone();
-        let results = blocking(move || match &req.fence {
-            None => engine.publish(&req.topic, &records),
-            Some(fence) => {
-                let fence = Fence {
-                    producer: &fence.producer,
-                    epoch: fence.epoch,
-                };
-                engine.publish_fenced(&req.topic, &records, fence)
-            }
-        })
-        .await?;
+        let fence = req.fence.map(|f| Fence {
+            producer: f.producer,
+            epoch: f.epoch,
+        });
+        let results = self
+            .backend
+            .publish(&req.topic, records, fence)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::PublishResponse {
             acks: results.into_iter().map(convert::ack).collect(),
         }))
@@ -128,14 +117,11 @@ impl pb::broker_server::Broker for BrokerService {
             .into_inner()
             .fence
             .ok_or_else(|| Status::invalid_argument("AdvanceFence needs a fence"))?;
-        let engine = self.engine.clone();
-        blocking(move || {
-            engine.advance_fence(Fence {
-                producer: &fence.producer,
-                epoch: fence.epoch,
-            })
-        })
-        .await?;
+        let fence = Fence {
+            producer: fence.producer,
+            epoch: fence.epoch,
+        };
+        self.backend.advance_fence(fence).await.map_err(status)?;
         Ok(Response::new(pb::AdvanceFenceResponse {}))
     }
 
@@ -152,7 +138,7 @@ impl pb::broker_server::Broker for BrokerService {
             ))
         })?;
         let stream = subscribe::start(
-            self.engine.clone(),
+            self.backend.as_ref(),
             request.into_inner(),
             self.shutdown.clone(),
             permit,
@@ -174,9 +160,8 @@ impl pb::broker_server::Broker for BrokerService {
                 req.max_wait_ms.into(),
             )));
         }
-        let engine = self.engine.clone();
-        let (topic, partition) = (req.topic.clone(), req.partition);
-        let mut end = blocking(move || engine.watch_end(&topic, partition)).await?;
+        let topic = self.backend.topic(&req.topic).await.map_err(status)?;
+        let mut end = topic.watch_end(req.partition).map_err(status)?;
         if req.max_wait_ms > 0 && *end.borrow_and_update() == req.offset {
             let wait = Duration::from_millis(req.max_wait_ms.into());
             let mut shutdown = self.shutdown.clone();
@@ -189,14 +174,11 @@ impl pb::broker_server::Broker for BrokerService {
                 }
             }
         }
-        let engine = self.engine.clone();
-        let topic = req.topic.clone();
-        let (records, info) = blocking(move || {
-            let records = engine.read(&topic, req.partition, req.offset, max_bytes)?;
-            let info = engine.describe_topic(&topic)?;
-            Ok((records, info))
-        })
-        .await?;
+        let records = topic
+            .read(req.partition, req.offset, max_bytes)
+            .await
+            .map_err(status)?;
+        let info = topic.info().map_err(status)?;
         let p = info
             .partitions
             .get(req.partition as usize)
@@ -223,8 +205,10 @@ impl pb::broker_server::Broker for BrokerService {
             .iter()
             .map(|o| (o.partition, o.offset))
             .collect();
-        let engine = self.engine.clone();
-        blocking(move || engine.commit_offsets(&req.group, &req.topic, &offsets)).await?;
+        self.backend
+            .commit_offsets(&req.group, &req.topic, offsets)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::CommitOffsetsResponse {}))
     }
 
@@ -233,8 +217,11 @@ impl pb::broker_server::Broker for BrokerService {
         request: Request<pb::GetOffsetsRequest>,
     ) -> Result<Response<pb::GetOffsetsResponse>, Status> {
         let req = request.into_inner();
-        let engine = self.engine.clone();
-        let offsets = blocking(move || engine.committed_offsets(&req.group, &req.topic)).await?;
+        let offsets = self
+            .backend
+            .committed_offsets(&req.group, &req.topic)
+            .await
+            .map_err(status)?;
         Ok(Response::new(pb::GetOffsetsResponse {
             offsets: offsets
                 .into_iter()

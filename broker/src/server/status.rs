@@ -1,4 +1,4 @@
-//! The one mapping from broker errors to gRPC status codes (DESIGN contract 7).
+//! The one mapping from backend errors to gRPC status codes (DESIGN contract 7).
 //!
 //! The message is the error's own text, which names the limit, the offset or
 //! the reason; the code tells a client whether to retry: UNAVAILABLE and
@@ -6,7 +6,7 @@
 
 use tonic::{Code, Status};
 
-use crate::error::Error;
+use crate::backend::Error;
 
 /// The status a client gets for `error`.
 pub fn status(error: Error) -> Status {
@@ -27,7 +27,7 @@ fn code(error: &Error) -> Code {
         // A failed partition or a closing broker: another attempt (after a
         // restart) can succeed, and idempotency keys make it safe.
         Error::PartitionFailed { .. } | Error::ShuttingDown => Code::Unavailable,
-        Error::Io { .. } | Error::Meta { .. } | Error::Corrupt { .. } | Error::Server(_) => {
+        Error::Io { .. } | Error::Meta { .. } | Error::Corrupt { .. } | Error::TaskFailed(_) => {
             Code::Internal
         }
     }
@@ -56,32 +56,6 @@ pub fn refused_requests_are_invalid<B>(mut response: http::Response<B>) -> http:
         }
     }
     response
-}
-
-/// A blocking engine call, its error mapped, that never stalls the async
-/// workers.
-///
-/// On a multi-thread runtime (the broker's) the call runs in place: the
-/// worker hands its other tasks to another thread and goes on with this
-/// request itself. That saves two thread wake-ups per call over
-/// `spawn_blocking` (one to start the call on a pool thread, one to resume
-/// the request after it): closed-loop single-record publishes went from
-/// about 7,400 to 10,000 round trips/s on a 2-core machine. Elsewhere (a
-/// current-thread runtime cannot hand its tasks off) it runs on the
-/// blocking pool.
-pub async fn blocking<T, F>(f: F) -> Result<T, Status>
-where
-    F: FnOnce() -> crate::Result<T> + Send + 'static,
-    T: Send + 'static,
-{
-    let handle = tokio::runtime::Handle::current();
-    if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread {
-        return tokio::task::block_in_place(f).map_err(status);
-    }
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result.map_err(status),
-        Err(e) => Err(Status::internal(format!("broker task failed: {e}"))),
-    }
 }
 
 #[cfg(test)]

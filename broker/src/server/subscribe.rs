@@ -12,16 +12,16 @@
 //!   subscriber stops reading. Publishers never wait for subscribers.
 //! - Records of a partition go out in offset order, each exactly once, from
 //!   the start offset up to (not including) the stop offset.
-//! - The task reads through the topic it resolved at the start, held weakly:
-//!   if the topic is deleted (even if recreated under the same name at once),
-//!   its partitions' watches close and the stream ends with NOT_FOUND rather
-//!   than serving another topic's records.
+//! - The task reads through the topic handle it resolved at the start
+//!   ([`TopicHandle`], one incarnation of the topic): if the topic is deleted
+//!   (even if recreated under the same name at once), its partitions' watches
+//!   close and the stream ends with NOT_FOUND rather than serving another
+//!   topic's records.
 //! - At shutdown the task ends at once, even while a subscriber is not
 //!   reading, so that shutdown never waits on a stalled subscriber.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
 
 use futures_util::future::select_all;
 use postbox_proto::v1 as pb;
@@ -31,11 +31,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Status;
 
 use super::convert;
-use super::status::blocking;
-use crate::engine::Engine;
-use crate::error::Error;
-use crate::storage::batch::Record;
-use crate::topic::{Topic, TopicInfo};
+use super::status::status;
+use crate::backend::{Backend, Error, Record, Result, TopicHandle, TopicInfo};
 
 /// Responses queued between the subscription task and the transport.
 const QUEUE_MESSAGES: usize = 2;
@@ -50,18 +47,20 @@ fn shutting_down() -> Status {
 /// Resolves the request's start positions and starts the subscription task.
 /// Errors in the request (unknown topic, offset out of range) are returned
 /// here, before the stream opens.
-pub async fn start(
-    engine: Arc<Engine>,
+pub async fn start<B: Backend>(
+    backend: &B,
     req: pb::SubscribeRequest,
     shutdown: watch::Receiver<bool>,
     permit: OwnedSemaphorePermit,
 ) -> Result<SubscriptionStream, Status> {
     let max_message_bytes = convert::read_bytes("max_message_bytes", req.max_message_bytes)?;
-    let (topic, cursors) = blocking(move || plan(&engine, &req)).await?;
+    let topic = backend.topic(&req.topic).await.map_err(status)?;
+    let committed = committed(backend, &req).await.map_err(status)?;
+    let cursors = plan(&topic, &req, &committed).await.map_err(status)?;
     let (tx, rx) = mpsc::channel(QUEUE_MESSAGES);
     let subscription = Subscription {
-        name: topic.name().to_string(),
-        topic: Arc::downgrade(&topic),
+        name: req.topic,
+        topic,
         cursors,
         max_message_bytes,
         tx,
@@ -72,15 +71,24 @@ pub async fn start(
     Ok(ReceiverStream::new(rx))
 }
 
-/// The topic and a cursor per subscribed partition.
-fn plan(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<(Arc<Topic>, Vec<Cursor>)> {
-    let topic = engine.topic(&req.topic)?;
-    let info = topic.info();
+/// A cursor per subscribed partition.
+async fn plan<T: TopicHandle>(
+    topic: &T,
+    req: &pb::SubscribeRequest,
+    committed: &BTreeMap<u32, u64>,
+) -> Result<Vec<Cursor>> {
+    let info = topic.info()?;
     let partitions: Vec<u32> = match req.partition {
-        Some(p) => vec![topic.partition(p)?.id()],
+        Some(p) if p < info.config.partitions => vec![p],
+        Some(p) => {
+            return Err(Error::PartitionNotFound {
+                topic: info.name.clone(),
+                partition: p,
+                partitions: info.config.partitions,
+            })
+        }
         None => (0..info.config.partitions).collect(),
     };
-    let committed = committed(engine, req)?;
     let resume: BTreeMap<u32, u64> = req.resume.iter().map(|r| (r.partition, r.offset)).collect();
     if let Some(p) = resume.keys().find(|p| !partitions.contains(p)) {
         return Err(Error::InvalidArgument(format!(
@@ -92,7 +100,7 @@ fn plan(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<(Arc<Topic
         let p = &info.partitions[partition as usize];
         let next = match resume.get(&partition) {
             Some(&offset) => checked_offset(&info, partition, offset, false)?,
-            None => start_offset(&topic, req, &info, partition, &committed)?,
+            None => start_offset(topic, req, &info, partition, committed).await?,
         };
         let mut stop = req.stop_offset.unwrap_or(u64::MAX);
         if !req.follow {
@@ -102,14 +110,17 @@ fn plan(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<(Arc<Topic
             partition,
             next,
             stop,
-            end: topic.partition(partition)?.watch_end(),
+            end: topic.watch_end(partition)?,
         });
     }
-    Ok((topic, cursors))
+    Ok(cursors)
 }
 
 /// The group's committed offsets when the request starts from them.
-fn committed(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<BTreeMap<u32, u64>> {
+async fn committed<B: Backend>(
+    backend: &B,
+    req: &pb::SubscribeRequest,
+) -> Result<BTreeMap<u32, u64>> {
     use pb::subscribe_request::Start;
     if req.start != Some(Start::Position(pb::StartPosition::Committed.into())) {
         return Ok(BTreeMap::new());
@@ -119,20 +130,21 @@ fn committed(engine: &Engine, req: &pb::SubscribeRequest) -> crate::Result<BTree
             "starting from the committed offset needs a group".into(),
         ));
     }
-    Ok(engine
-        .committed_offsets(&req.group, &req.topic)?
+    Ok(backend
+        .committed_offsets(&req.group, &req.topic)
+        .await?
         .into_iter()
         .map(|c| (c.partition, c.offset))
         .collect())
 }
 
-fn start_offset(
-    topic: &Topic,
+async fn start_offset<T: TopicHandle>(
+    topic: &T,
     req: &pb::SubscribeRequest,
     info: &TopicInfo,
     partition: u32,
     committed: &BTreeMap<u32, u64>,
-) -> crate::Result<u64> {
+) -> Result<u64> {
     use pb::subscribe_request::Start;
     let p = &info.partitions[partition as usize];
     match req.start {
@@ -142,7 +154,7 @@ fn start_offset(
         Some(Start::Offset(offset)) => {
             checked_offset(info, partition, offset, req.partition.is_none())
         }
-        Some(Start::TimestampMs(ms)) => topic.partition(partition)?.offset_for_timestamp(ms),
+        Some(Start::TimestampMs(ms)) => topic.offset_for_timestamp(partition, ms).await,
         Some(Start::Position(position)) => match pb::StartPosition::try_from(position) {
             Ok(pb::StartPosition::Unspecified | pb::StartPosition::Earliest) => {
                 Ok(p.earliest_offset)
@@ -167,7 +179,7 @@ fn checked_offset(
     partition: u32,
     offset: u64,
     past_end_is_end: bool,
-) -> crate::Result<u64> {
+) -> Result<u64> {
     let p = &info.partitions[partition as usize];
     if offset > p.end_offset && past_end_is_end {
         return Ok(p.end_offset);
@@ -199,10 +211,11 @@ impl Cursor {
     }
 }
 
-struct Subscription {
+struct Subscription<T> {
     name: String,
-    /// Weak, so that a deleted topic's partitions (and their watches) go.
-    topic: Weak<Topic>,
+    /// The incarnation of the topic subscribed to: reads through it fail once
+    /// it is deleted.
+    topic: T,
     cursors: Vec<Cursor>,
     max_message_bytes: u32,
     tx: mpsc::Sender<Result<pb::SubscribeResponse, Status>>,
@@ -222,7 +235,7 @@ enum Pumped {
     Done,
 }
 
-impl Subscription {
+impl<T: TopicHandle> Subscription<T> {
     async fn run(mut self) {
         let topic = self.name.clone();
         tracing::debug!(%topic, partitions = self.cursors.len(), "subscription started");
@@ -282,13 +295,15 @@ impl Subscription {
     }
 
     async fn read(&self, partition: u32, from: u64) -> Result<Vec<Record>, Status> {
-        let topic = self.topic.upgrade().ok_or_else(|| self.deleted())?;
-        let max_bytes = self.max_message_bytes;
-        blocking(move || {
-            let _live = topic.live()?;
-            topic.partition(partition)?.read(from, max_bytes)
-        })
-        .await
+        match self
+            .topic
+            .read(partition, from, self.max_message_bytes)
+            .await
+        {
+            Ok(records) => Ok(records),
+            Err(Error::TopicNotFound(_)) => Err(self.deleted()),
+            Err(error) => Err(status(error)),
+        }
     }
 
     /// Sends the records before `stop`, cut into responses near the byte

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::Context;
-use postbox_broker::{server, Engine};
+use postbox_broker::backend::embedded::Embedded;
+use postbox_broker::backend::Backend;
+use postbox_broker::server;
+use postbox_engine::Engine;
 use settings::{LogFormat, Settings};
 use tokio::net::TcpListener;
 
@@ -72,9 +75,9 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .context("opening the data directory")?
         .with_context(|| format!("opening the data directory {}", data_dir.display()))?;
-    let engine = Arc::new(engine);
+    let engine = Arc::new(Embedded::new(Arc::new(engine)));
     tracing::info!(
-        topics = engine.list_topics().len(),
+        topics = engine.engine().list_topics().len(),
         elapsed_ms = started.elapsed().as_millis() as u64,
         "data directory open"
     );
@@ -124,9 +127,9 @@ async fn shutdown_signal() {
 
 /// Stops the engine's maintenance and flushes it. Connections that outlived
 /// the grace period may still hold the engine; they end with the process.
-async fn close(engine: Arc<Engine>) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || engine.shutdown())
+async fn close(backend: Arc<impl Backend>) -> anyhow::Result<()> {
+    backend
+        .shutdown()
         .await
-        .context("closing the engine")?
         .context("flushing the data directory")
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use clap::{Parser, ValueEnum};
 use postbox_broker::server::{ServerConfig, LISTEN_DEFAULT};
-use postbox_broker::EngineConfig;
+use postbox_engine::EngineConfig;
 use serde::Deserialize;
 
 /// Default data directory, relative to the working directory.

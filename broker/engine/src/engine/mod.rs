@@ -23,22 +23,21 @@
 //! - Dropping the engine stops its threads and syncs nothing (like a crash);
 //!   [`Engine::close`] flushes everything first.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::watch;
 
-use crate::config::{Durability, EngineConfig, TopicConfig};
+use crate::config::{EngineConfig, TopicConfig};
 use crate::error::{Error, IoContext, Result};
-use crate::limits::{DEDUP_MEMORY_KEYS_MAX, FENCED_PRODUCERS_MAX, READ_BYTES_MAX};
+use crate::limits::READ_BYTES_MAX;
 use crate::meta::{MetaStore, SledMeta};
 use crate::names::{validate_group, validate_producer, validate_topic};
 use crate::storage::batch::{validate_batch, Record, RecordInput};
-use crate::storage::group_commit::now_ms;
 use crate::storage::io::{RealFs, Vfs};
 use crate::topic::{PublishResult, Topic, TopicInfo};
 
@@ -54,30 +53,14 @@ pub struct Engine {
     data_dir_lock: Option<std::fs::File>,
 }
 
-/// Name of the lock file in the data directory.
-pub const LOCK_FILE: &str = "LOCK";
+mod background;
+mod data_dir;
+mod fences;
 
-/// Takes the data directory's lock, or says who holds it.
-fn lock_data_dir(data_dir: &std::path::Path) -> Result<std::fs::File> {
-    let path = data_dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .context(|| format!("opening {}", path.display()))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(Error::InvalidArgument(format!(
-            "the data directory {} is in use by another process (it holds the lock on {})",
-            data_dir.display(),
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(Error::io(format!("locking {}", path.display()), e))
-        }
-    }
-}
+use data_dir::lock_data_dir;
+pub use data_dir::LOCK_FILE;
+pub use fences::Fence;
+use fences::Fences;
 
 #[derive(Debug)]
 struct Inner {
@@ -90,16 +73,8 @@ struct Inner {
     admin: Mutex<()>,
     /// Tells the background threads to stop.
     stopping: AtomicBool,
-    /// Per fenced producer, its highest epoch (loaded from the metadata store
-    /// on first use); the lock serialises the producer's publishes.
-    fences: Mutex<HashMap<String, Arc<Mutex<Option<u64>>>>>,
-}
-
-/// A fenced publisher's identity and epoch; see [`Engine::publish_fenced`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Fence<'a> {
-    pub producer: &'a str,
-    pub epoch: u64,
+    /// Fenced producers' epochs, and the locks that serialise them.
+    fences: Fences,
 }
 
 /// A group's committed offset for one partition.
@@ -140,12 +115,12 @@ impl Engine {
         let inner = Arc::new(Inner {
             config,
             vfs,
-            meta,
+            meta: meta.clone(),
             topics_dir,
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
             stopping: AtomicBool::new(false),
-            fences: Mutex::new(HashMap::new()),
+            fences: Fences::new(meta.clone()),
         });
         inner.open_topics()?;
         let mut background = Vec::new();
@@ -288,8 +263,8 @@ impl Engine {
             }
         }
         validate_batch(records)?;
-        let slot = self.inner.fence_slot(fence.producer)?;
-        let _serialised = self.enter_fence(&slot, fence)?;
+        let slot = self.inner.fences.slot(fence.producer)?;
+        let _serialised = self.inner.fences.enter(&slot, fence)?;
         t.publish(records)
     }
 
@@ -300,43 +275,8 @@ impl Engine {
     /// higher epoch was seen; the same epoch again is accepted.
     pub fn advance_fence(&self, fence: Fence<'_>) -> Result<()> {
         validate_producer(fence.producer)?;
-        let slot = self.inner.fence_slot(fence.producer)?;
-        self.enter_fence(&slot, fence).map(drop)
-    }
-
-    /// Checks `fence` against the producer's highest epoch and raises it
-    /// (durably) when `fence` is higher. The returned guard serialises the
-    /// producer: hold it while appending under the epoch.
-    fn enter_fence<'s>(
-        &self,
-        slot: &'s Mutex<Option<u64>>,
-        fence: Fence<'_>,
-    ) -> Result<std::sync::MutexGuard<'s, Option<u64>>> {
-        let mut highest = lock(slot);
-        let current = match *highest {
-            Some(epoch) => epoch,
-            None => self.inner.meta.fence_epoch(fence.producer)?.unwrap_or(0),
-        };
-        *highest = Some(current);
-        if fence.epoch < current {
-            return Err(Error::Fenced {
-                producer: fence.producer.to_string(),
-                epoch: fence.epoch,
-                current,
-            });
-        }
-        if fence.epoch > current {
-            self.inner
-                .meta
-                .set_fence_epoch(fence.producer, fence.epoch)?;
-            *highest = Some(fence.epoch);
-            tracing::info!(
-                producer = fence.producer,
-                epoch = fence.epoch,
-                "fenced producer has a new epoch"
-            );
-        }
-        Ok(highest)
+        let slot = self.inner.fences.slot(fence.producer)?;
+        self.inner.fences.enter(&slot, fence).map(drop)
     }
 
     /// Reads records of one partition from `from` on, about `max_bytes` of them.
@@ -421,7 +361,8 @@ impl Engine {
 
     /// Applies retention to every topic now.
     pub fn enforce_retention(&self) -> Result<usize> {
-        self.inner.enforce_retention(now_ms())
+        self.inner
+            .enforce_retention(self.inner.config.clock.now_ms())
     }
 
     /// Checkpoints every topic's dedup keys now.
@@ -498,24 +439,6 @@ impl Inner {
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))
     }
 
-    /// The lock and cached epoch of a fenced producer.
-    fn fence_slot(&self, producer: &str) -> Result<Arc<Mutex<Option<u64>>>> {
-        let mut fences = lock(&self.fences);
-        if let Some(slot) = fences.get(producer) {
-            return Ok(slot.clone());
-        }
-        if fences.len() >= FENCED_PRODUCERS_MAX {
-            return Err(Error::limit(
-                "fenced producers",
-                FENCED_PRODUCERS_MAX as u64,
-                fences.len() as u64 + 1,
-            ));
-        }
-        let slot = Arc::new(Mutex::new(None));
-        fences.insert(producer.to_string(), slot.clone());
-        Ok(slot)
-    }
-
     fn all_topics(&self) -> Vec<Arc<Topic>> {
         read(&self.topics).values().cloned().collect()
     }
@@ -571,73 +494,5 @@ impl Inner {
             }
         }
         Ok(deleted)
-    }
-
-    /// Runs until the engine stops: flushes async partitions on their interval
-    /// (early when a topic's dedup memory is full, since it can only drain
-    /// past durable records) and applies retention on its interval. Failures
-    /// are logged, not fatal.
-    fn maintenance_loop(&self) {
-        let tick = self.config.maintenance_interval();
-        let retention_every = Duration::from_millis(self.config.retention_check_interval_ms);
-        let mut last_flush: BTreeMap<String, Instant> = BTreeMap::new();
-        let mut last_retention = Instant::now();
-        while self.tick(tick) {
-            for topic in self.all_topics() {
-                // Deletion waits for this guard, so nothing here touches the
-                // files of a topic created again under the same name.
-                let Ok(_live) = topic.live() else { continue };
-                let config = topic.config();
-                let memory_full = topic.dedup().memory_keys() >= DEDUP_MEMORY_KEYS_MAX;
-                let flush_due = last_flush
-                    .get(topic.name())
-                    .is_none_or(|t| t.elapsed() >= Duration::from_millis(config.fsync_interval_ms));
-                if config.durability == Durability::Async && (flush_due || memory_full) {
-                    for partition in topic.partitions() {
-                        if let Err(error) = partition.flush() {
-                            tracing::error!(topic = topic.name(), %error, "async flush failed");
-                        }
-                    }
-                    last_flush.insert(topic.name().to_string(), Instant::now());
-                }
-            }
-            if last_retention.elapsed() >= retention_every {
-                if let Err(error) = self.enforce_retention(now_ms()) {
-                    tracing::error!(%error, "retention failed");
-                }
-                last_retention = Instant::now();
-            }
-        }
-    }
-
-    /// Runs until the engine stops: checkpoints dedup keys when many are in
-    /// memory or on an interval. A thread of its own, so that a checkpoint
-    /// (a sort, a run file written and fsynced, perhaps a merge) delays no
-    /// async flush.
-    fn checkpoint_loop(&self) {
-        let tick = self.config.maintenance_interval();
-        let checkpoint_every = Duration::from_millis(self.config.dedup_checkpoint_interval_ms);
-        let mut last_checkpoint = Instant::now();
-        while self.tick(tick) {
-            let checkpoint_due = last_checkpoint.elapsed() >= checkpoint_every;
-            for topic in self.all_topics() {
-                let Ok(_live) = topic.live() else { continue };
-                let keys = topic.dedup().memory_keys();
-                if keys >= DEDUP_MEMORY_KEYS_MAX || (checkpoint_due && keys > 0) {
-                    if let Err(error) = topic.dedup().checkpoint(topic.partitions()) {
-                        tracing::error!(topic = topic.name(), %error, "dedup checkpoint failed");
-                    }
-                }
-            }
-            if checkpoint_due {
-                last_checkpoint = Instant::now();
-            }
-        }
-    }
-
-    /// Waits one tick (an unpark cuts it short); false once the engine stops.
-    fn tick(&self, tick: Duration) -> bool {
-        std::thread::park_timeout(tick);
-        !self.stopping.load(Ordering::SeqCst)
     }
 }

@@ -1,6 +1,6 @@
 //! The metadata store: consumer-group offsets and fences in sled, and the
 //! checkpointed dedup index in sorted run files of its own
-//! ([`crate::dedup_runs`], in `dedup/` beside sled's directory), behind
+//! ([`crate::dedup::runs`], in `dedup/` beside sled's directory), behind
 //! [`MetaStore`].
 //!
 //! sled 0.34 makes nothing durable before `flush()`, and its flush ends in
@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-use crate::dedup_runs::RunStore;
+use crate::dedup::runs::RunStore;
 use crate::error::{Error, Result};
 
 /// Where a remembered idempotency key's record lives.
@@ -97,10 +97,7 @@ impl SledMeta {
         if !damaged {
             return Err(error);
         }
-        let aside = path.with_file_name(format!(
-            "meta.broken-{}",
-            crate::storage::group_commit::now_ms()
-        ));
+        let aside = path.with_file_name(format!("meta.broken-{}", crate::clock::system_now_ms()));
         tracing::warn!(path = %path.display(), aside = %aside.display(), %error,
             "the metadata store is damaged; moving it aside and starting a new one \
              (dedup keys are rebuilt from the log, committed offsets restart from the log's start)");

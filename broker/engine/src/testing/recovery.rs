@@ -10,7 +10,7 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 use crate::storage::io::RealFs;
-use crate::storage::sim::SimMeta;
+use crate::testing::sim::SimMeta;
 use crate::{Engine, EngineConfig, Error, RecordInput, TopicConfig};
 
 struct Fixture {

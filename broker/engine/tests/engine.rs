@@ -6,9 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use postbox_broker::limits::*;
-use postbox_broker::storage::batch::HEADER_BYTES;
-use postbox_broker::{Durability, Engine, EngineConfig, Error, Header, RecordInput, TopicConfig};
+use postbox_engine::limits::*;
+use postbox_engine::storage::batch::HEADER_BYTES;
+use postbox_engine::{Durability, Engine, EngineConfig, Error, Header, RecordInput, TopicConfig};
 
 struct Broker {
     dir: tempfile::TempDir,

@@ -16,6 +16,4 @@ pub mod io;
 pub mod partition;
 pub mod recovery;
 pub mod segment;
-#[cfg(test)]
-pub mod sim;
 pub mod write_behind;

@@ -26,6 +26,8 @@
 //!
 //! Lock order: the dedup memory lock is taken before any partition lock.
 
+pub mod runs;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicI64, Ordering};

@@ -198,7 +198,7 @@ mod tests {
 
     #[test]
     fn encoded_entries_roundtrip_and_damage_stops_the_prefix() {
-        let fs = super::super::sim::SimFs::new();
+        let fs = crate::testing::sim::SimFs::new();
         let path = Path::new("/i.index");
         let file = super::super::io::Vfs::open(&fs, path, true).expect("open");
         let entries = [entry(1000, 0, 1), entry(1010, 500, 2), entry(1020, 900, 2)];

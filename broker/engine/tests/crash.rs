@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use postbox_broker::{Engine, EngineConfig, Error, RecordInput, TopicConfig};
+use postbox_engine::{Engine, EngineConfig, Error, RecordInput, TopicConfig};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 

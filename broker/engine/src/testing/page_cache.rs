@@ -10,7 +10,7 @@ use bytes::Bytes;
 
 use crate::limits::RELEASE_STEP_BYTES;
 use crate::storage::io::RealFs;
-use crate::storage::sim::SimMeta;
+use crate::testing::sim::SimMeta;
 use crate::{Durability, Engine, EngineConfig, RecordInput, TopicConfig};
 
 const MIB: u64 = 1024 * 1024;

@@ -166,6 +166,7 @@ impl Topic {
             in_flight_bytes_max: engine.in_flight_bytes_per_partition,
             map_sealed_segments: engine.map_sealed_segments,
             page_cache_window_bytes: engine.page_cache_window_bytes,
+            clock: engine.clock.clone(),
         };
         let partitions = (0..config.partitions)
             .map(|id| {

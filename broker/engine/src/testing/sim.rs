@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::io::{VFile, Vfs};
+use crate::storage::io::{VFile, Vfs};
 
 type Inode = u64;
 

@@ -22,6 +22,7 @@ use super::index::{self, entry_position, IndexEntry, SparseIndex};
 use super::io::{VFile, Vfs};
 use super::recovery::{self, ScanStart};
 use super::segment::{self, Frame, FrameReader, Segment};
+use crate::clock::Clock;
 use crate::config::Durability;
 use crate::error::{Error, IoContext, Result};
 
@@ -36,6 +37,8 @@ pub struct PartitionSettings {
     pub map_sealed_segments: bool,
     /// Newest bytes of the log kept in the page cache (see `write_behind`).
     pub page_cache_window_bytes: u64,
+    /// Stamps each frame's append time.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The segments as readers see them.

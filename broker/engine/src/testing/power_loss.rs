@@ -16,7 +16,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::meta::MetaStore;
 use crate::storage::io::Vfs;
-use crate::storage::sim::{FailOp, Gate, SimFs, SimMeta};
+use crate::testing::sim::{FailOp, Gate, SimFs, SimMeta};
 use crate::{Durability, Engine, EngineConfig, Header, Record, RecordInput, TopicConfig};
 
 const SEEDS_PER_TEST_DEFAULT: u64 = 2500;

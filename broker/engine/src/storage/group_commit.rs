@@ -22,7 +22,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -154,13 +154,6 @@ pub struct Ticket {
     pub timestamp_ms: i64,
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Zero bytes to write after a group that ends the active log's data at
 /// `end`: when the group grows the file and is small, the file is zero-filled a
 /// step ahead (within the segment size), so that the appends after it overwrite
@@ -230,7 +223,7 @@ impl Partition {
             return Err(self.failed_error(cause));
         }
         let base_offset = w.next_offset;
-        let timestamp_ms = now_ms().max(w.last_timestamp_ms);
+        let timestamp_ms = self.settings.clock.now_ms().max(w.last_timestamp_ms);
         let end_offset = base_offset + batch.record_count() as u64;
         let frame = batch.seal(base_offset, timestamp_ms, w.durable_end);
         w.next_offset = end_offset;

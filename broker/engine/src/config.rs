@@ -4,10 +4,12 @@
 //! `topic_store`); the engine's settings come from the binary's flags.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::limits::*;
 
@@ -165,6 +167,9 @@ pub struct EngineConfig {
     /// synced bytes are handed back to the kernel (see `storage::write_behind`).
     /// 0 leaves the cache to the kernel alone.
     pub page_cache_window_bytes: u64,
+    /// The wall clock: append times and retention by age. Tests move a
+    /// [`crate::clock::ManualClock`] instead of sleeping.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl EngineConfig {
@@ -180,6 +185,7 @@ impl EngineConfig {
             dedup_checkpoint_interval_ms: 2_000,
             map_sealed_segments: true,
             page_cache_window_bytes: PAGE_CACHE_WINDOW_BYTES_DEFAULT,
+            clock: Arc::new(SystemClock),
         }
     }
 
