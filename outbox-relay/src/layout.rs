@@ -26,7 +26,7 @@ pub const EVENT_TYPE_HEADER: &str = "type";
 /// The shape of the outbox table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LayoutKind {
-    /// The table `postbox-relay init` creates (DESIGN.md's columns).
+    /// The table `postbox-relay init` creates (the columns docs/DESIGN.md names).
     #[default]
     Postbox,
     /// Debezium's outbox layout: id uuid, aggregatetype, aggregateid, type,

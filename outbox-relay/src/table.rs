@@ -24,7 +24,7 @@ use std::str::FromStr;
 
 use crate::error::{Error, Result};
 
-/// The default outbox table, as DESIGN.md names it.
+/// The default outbox table, as docs/DESIGN.md names it.
 pub const DEFAULT_TABLE: &str = "postbox_outbox";
 /// The relay's leadership table: one row per outbox table, holding the epoch
 /// of its latest leader.

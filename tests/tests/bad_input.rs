@@ -1,4 +1,4 @@
-//! DESIGN contract 7 over gRPC, against the real broker process: every kind of
+//! docs/DESIGN.md, contract 7, over gRPC, against the real broker process: every kind of
 //! bad input gets the right status code and a message naming the limit or the
 //! reason, and changes nothing (the topics, their end offsets, the groups'
 //! offsets and the data directory are as before).

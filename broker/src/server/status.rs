@@ -1,4 +1,5 @@
-//! The one mapping from backend errors to gRPC status codes (DESIGN contract 7).
+//! The one mapping from backend errors to gRPC status codes
+//! (docs/DESIGN.md, contract 7).
 //!
 //! The message is the error's own text, which names the limit, the offset or
 //! the reason; the code tells a client whether to retry: UNAVAILABLE and

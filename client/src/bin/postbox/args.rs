@@ -1,7 +1,7 @@
 //! The command line: subcommands, flags, help texts with examples, and the
 //! parsing of values clap cannot parse alone (`--header NAME=VALUE`).
 //!
-//! Invariant: the names here are the interface in DESIGN.md (`topics`,
+//! Invariant: the names here are the interface in docs/DESIGN.md (`topics`,
 //! `publish`, `subscribe`, `replay`, `offsets` and their flags); new flags
 //! may be added, none renamed.
 
