@@ -135,6 +135,9 @@ async fn fetch_returns_records_and_long_polls_at_the_end() {
     // ...or as soon as a record arrives.
     let mut waiter = client.clone();
     let poll = tokio::spawn(async move { waiter.fetch(fetch(10, 20_000)).await });
+    // Not synchronisation: whether the record lands before or after the
+    // poll starts waiting, the poll must answer with it well before its
+    // 20 s timeout. The pause makes the wake-up the usual case.
     tokio::time::sleep(Duration::from_millis(200)).await;
     fill(&mut client, "pull", 0, 1, 100).await;
     let woke = tokio::time::timeout(Duration::from_secs(10), poll)
@@ -147,17 +150,47 @@ async fn fetch_returns_records_and_long_polls_at_the_end() {
     assert_eq!(woke.records[0].offset, 10);
 }
 
+fn fetch_one(topic: &str, offset: u64) -> pb::FetchRequest {
+    pb::FetchRequest {
+        topic: topic.into(),
+        partition: 0,
+        offset,
+        max_bytes: 1,
+        max_wait_ms: 0,
+    }
+}
+
+/// The append time of one record.
+async fn stamp(client: &mut BrokerClient<Channel>, topic: &str, offset: u64) -> i64 {
+    let fetched = client
+        .fetch(fetch_one(topic, offset))
+        .await
+        .expect("fetch")
+        .into_inner();
+    fetched.records[0].timestamp_ms
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_subscription_starts_at_a_timestamp() {
     let (_dir, _broker, mut client) = setup("timed", 1).await;
     fill(&mut client, "timed", 0, 5, 10).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let cut_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("a clock after 1970")
-        .as_millis() as i64;
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    fill(&mut client, "timed", 0, 3, 10).await;
+    // Append times have millisecond resolution: publish until a record is
+    // stamped later than the first five (no sleep; usually one or two).
+    let early_ms = stamp(&mut client, "timed", 4).await;
+    let mut first_later = 5;
+    loop {
+        fill(&mut client, "timed", 0, 1, 10).await;
+        if stamp(&mut client, "timed", first_later).await > early_ms {
+            break;
+        }
+        first_later += 1;
+        assert!(
+            first_later < 100_000,
+            "append times never moved past {early_ms}"
+        );
+    }
+    fill(&mut client, "timed", 0, 2, 10).await;
+    let cut_ms = early_ms + 1;
     let mut stream = client
         .subscribe(pb::SubscribeRequest {
             topic: "timed".into(),
@@ -171,7 +204,11 @@ async fn a_subscription_starts_at_a_timestamp() {
     while let Some(response) = stream.message().await.expect("the stream") {
         offsets.extend(response.records.iter().map(|r| r.offset));
     }
-    assert_eq!(offsets, vec![5, 6, 7]);
+    assert_eq!(
+        offsets,
+        (first_later..first_later + 3).collect::<Vec<u64>>(),
+        "the first record stamped at or after the cut, and every one after it"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

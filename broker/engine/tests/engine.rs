@@ -8,7 +8,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use postbox_engine::limits::*;
 use postbox_engine::storage::batch::HEADER_BYTES;
-use postbox_engine::{Durability, Engine, EngineConfig, Error, Header, RecordInput, TopicConfig};
+use postbox_engine::{
+    Durability, Engine, EngineConfig, Error, Header, ManualClock, RecordInput, TopicConfig,
+};
+
+/// Where the tests' manual clocks start: 2026-01-01, so that append times
+/// look like real ones.
+const CLOCK_START_MS: i64 = 1_767_225_600_000;
 
 struct Broker {
     dir: tempfile::TempDir,
@@ -23,6 +29,15 @@ impl Broker {
 
     fn open(&self) -> Engine {
         Engine::open(EngineConfig::new(self.dir.path())).expect("open")
+    }
+
+    /// Opens the engine on a clock that moves only when the test says.
+    fn open_on(&self, clock: &Arc<ManualClock>) -> Engine {
+        let config = EngineConfig {
+            clock: clock.clone(),
+            ..EngineConfig::new(self.dir.path())
+        };
+        Engine::open(config).expect("open")
     }
 
     /// Opens the engine with a topic "t" of `partitions` partitions.
@@ -219,7 +234,8 @@ fn a_duplicate_key_returns_the_original_offset_before_and_after_restart() {
 #[test]
 fn dedup_window_and_key_bound_forget_old_keys() {
     let broker = Broker::new();
-    let engine = broker.open();
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let engine = broker.open_on(&clock);
     let config = TopicConfig {
         dedup_window_ms: 50,
         ..TopicConfig::with_partitions(1)
@@ -235,7 +251,7 @@ fn dedup_window_and_key_bound_forget_old_keys() {
             .duplicate
     );
     // The window is measured on record timestamps: time alone expires nothing...
-    std::thread::sleep(Duration::from_millis(80));
+    clock.advance(Duration::from_millis(80));
     assert!(
         engine
             .publish("w", &[keyed("k", Some("old"), "1")])
@@ -370,6 +386,9 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
     assert_eq!(engine.describe_topic("t").expect("t").partitions[0], after);
 
     // By age: every sealed segment is older than 1 ms once time has passed.
+    drop(engine);
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let engine = broker.open_on(&clock);
     let config = TopicConfig {
         segment_bytes: SEGMENT_BYTES_MIN,
         retention_ms: Some(1),
@@ -381,7 +400,13 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
             .publish("age", &[RecordInput::new(format!("{i:0>200}"))])
             .expect("publish");
     }
-    std::thread::sleep(Duration::from_millis(5));
+    engine.enforce_retention().expect("retention");
+    let young = engine.describe_topic("age").expect("t").partitions[0].clone();
+    assert!(
+        young.segments > 1,
+        "nothing is older than 1 ms yet: {young:?}"
+    );
+    clock.advance(Duration::from_millis(2));
     engine.enforce_retention().expect("retention");
     let info = engine.describe_topic("age").expect("t").partitions[0].clone();
     assert_eq!(
@@ -394,17 +419,25 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
 #[test]
 fn reads_by_timestamp_seek_to_the_first_later_record() {
     let broker = Broker::new();
-    let engine = broker.open_with_topic(1);
+    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
+    let engine = broker.open_on(&clock);
+    engine
+        .create_topic("t", TopicConfig::with_partitions(1))
+        .expect("create");
     engine
         .publish("t", &[RecordInput::new("early")])
         .expect("publish");
-    std::thread::sleep(Duration::from_millis(5));
+    clock.advance(Duration::from_millis(5));
     engine
         .publish("t", &[RecordInput::new("late")])
         .expect("publish");
     let records = engine.read("t", 0, 0, 1024).expect("read");
     let (t0, t1) = (records[0].timestamp_ms, records[1].timestamp_ms);
-    assert!(t1 > t0);
+    assert_eq!(
+        (t0, t1),
+        (CLOCK_START_MS, CLOCK_START_MS + 5),
+        "append times come from the engine's clock"
+    );
     assert_eq!(engine.offset_for_timestamp("t", 0, t0).expect("ts"), 0);
     assert_eq!(engine.offset_for_timestamp("t", 0, t0 + 1).expect("ts"), 1);
     assert_eq!(

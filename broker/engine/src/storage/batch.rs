@@ -264,9 +264,58 @@ fn le_u64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(a)
 }
 
+/// Why bytes read back are not a valid frame. Each is damage (or a torn
+/// tail), never a request's fault: limits hold on disk as at the door.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("shorter than a frame header")]
+    ShorterThanHeader,
+    #[error("shorter than its length field says")]
+    ShorterThanLength,
+    #[error("unknown batch format version {0}")]
+    UnknownVersion(u8),
+    #[error("reserved header bytes are not zero")]
+    ReservedNotZero,
+    #[error("record count {0} is outside 1..={BATCH_RECORDS_MAX}")]
+    RecordCount(u32),
+    #[error("frame length {frame_bytes} is outside {min_bytes}..={BATCH_BYTES_MAX}")]
+    FrameLength { frame_bytes: u32, min_bytes: u64 },
+    #[error("base offset overflows")]
+    BaseOffsetOverflow,
+    /// Recovery relies on the durable offset, so an impossible one is damage.
+    #[error("durable offset {durable_offset} is past the base offset {base_offset}")]
+    DurablePastBase {
+        durable_offset: u64,
+        base_offset: u64,
+    },
+    #[error("CRC mismatch")]
+    CrcMismatch,
+    #[error("record {0} runs past the frame")]
+    RecordPastFrame(u32),
+    #[error("record {index}: {error}")]
+    Record { index: u32, error: RecordError },
+    #[error("bytes left over after the last record")]
+    TrailingBytes,
+}
+
+/// Why one record of a CRC-checked frame does not decode.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("truncated length field")]
+    TruncatedLength,
+    #[error("a field runs past its record")]
+    FieldPastRecord,
+    #[error("key longer than {KEY_BYTES_MAX} bytes")]
+    KeyTooLong,
+    #[error("idempotency key outside 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes")]
+    IdempotencyKeyLength,
+    #[error("{0} headers, over the limit of {HEADERS_PER_RECORD_MAX}")]
+    TooManyHeaders(u32),
+}
+
 /// Parses and checks a header: version, reserved bytes, and lengths within limits.
 /// Returns the reason when the bytes cannot be a frame header.
-pub fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, String> {
+pub fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, FrameError> {
     let header = FrameHeader {
         frame_bytes: le_u32(bytes, 0),
         crc: le_u32(bytes, 4),
@@ -276,38 +325,35 @@ pub fn parse_header(bytes: &[u8; HEADER_BYTES]) -> Result<FrameHeader, String> {
         durable_offset: le_u64(bytes, 32),
     };
     if bytes[8] != FORMAT_VERSION {
-        return Err(format!("unknown batch format version {}", bytes[8]));
+        return Err(FrameError::UnknownVersion(bytes[8]));
     }
     if bytes[9] != 0 || bytes[10] != 0 || bytes[11] != 0 {
-        return Err("reserved header bytes are not zero".into());
+        return Err(FrameError::ReservedNotZero);
     }
     if header.record_count == 0 || header.record_count > BATCH_RECORDS_MAX {
-        return Err(format!(
-            "record count {} is outside 1..={BATCH_RECORDS_MAX}",
-            header.record_count
-        ));
+        return Err(FrameError::RecordCount(header.record_count));
     }
     let min_bytes = HEADER_BYTES as u64 + header.record_count as u64 * RECORD_BYTES_MIN as u64;
     if (header.frame_bytes as u64) < min_bytes || header.frame_bytes > BATCH_BYTES_MAX {
-        return Err(format!(
-            "frame length {} is outside {min_bytes}..={BATCH_BYTES_MAX}",
-            header.frame_bytes
-        ));
+        return Err(FrameError::FrameLength {
+            frame_bytes: header.frame_bytes,
+            min_bytes,
+        });
     }
     if header
         .base_offset
         .checked_add(header.record_count as u64)
         .is_none()
     {
-        return Err("base offset overflows".into());
+        return Err(FrameError::BaseOffsetOverflow);
     }
     // The durable end when a frame was enqueued never passes the frame's own
     // offset: recovery relies on this field, so an impossible value is damage.
     if header.durable_offset > header.base_offset {
-        return Err(format!(
-            "durable offset {} is past the base offset {}",
-            header.durable_offset, header.base_offset
-        ));
+        return Err(FrameError::DurablePastBase {
+            durable_offset: header.durable_offset,
+            base_offset: header.base_offset,
+        });
     }
     Ok(header)
 }
@@ -324,19 +370,21 @@ pub fn decode_records(
     header: &FrameHeader,
     wanted: std::ops::Range<u64>,
     out: &mut Vec<Record>,
-) -> Result<(), String> {
+) -> Result<(), FrameError> {
     out.reserve(header.record_count as usize);
     let mut at = HEADER_BYTES;
     for i in 0..header.record_count {
-        let record_bytes = read_u32(frame, &mut at)? as usize;
+        let record_bytes = read_u32(frame, &mut at)
+            .map_err(|error| FrameError::Record { index: i, error })?
+            as usize;
         let end = at
             .checked_add(record_bytes)
             .filter(|end| *end <= frame.len())
-            .ok_or_else(|| format!("record {i} runs past the frame"))?;
+            .ok_or(FrameError::RecordPastFrame(i))?;
         let offset = header.base_offset + i as u64;
         if wanted.contains(&offset) {
-            let record =
-                decode_record(frame, at, end).map_err(|reason| format!("record {i}: {reason}"))?;
+            let record = decode_record(frame, at, end)
+                .map_err(|error| FrameError::Record { index: i, error })?;
             out.push(Record {
                 offset,
                 timestamp_ms: header.timestamp_ms,
@@ -346,35 +394,35 @@ pub fn decode_records(
         at = end;
     }
     if at != frame.len() {
-        return Err("bytes left over after the last record".into());
+        return Err(FrameError::TrailingBytes);
     }
     Ok(())
 }
 
-fn read_u32(buf: &[u8], at: &mut usize) -> Result<u32, String> {
-    let bytes = buf.get(*at..*at + 4).ok_or("truncated length field")?;
+fn read_u32(buf: &[u8], at: &mut usize) -> Result<u32, RecordError> {
+    let bytes = buf.get(*at..*at + 4).ok_or(RecordError::TruncatedLength)?;
     *at += 4;
     Ok(le_u32(bytes, 0))
 }
 
-fn read_u16(buf: &[u8], at: &mut usize) -> Result<u16, String> {
-    let bytes = buf.get(*at..*at + 2).ok_or("truncated length field")?;
+fn read_u16(buf: &[u8], at: &mut usize) -> Result<u16, RecordError> {
+    let bytes = buf.get(*at..*at + 2).ok_or(RecordError::TruncatedLength)?;
     *at += 2;
     Ok(u16::from_le_bytes([bytes[0], bytes[1]]))
 }
 
 /// `len` bytes of `frame` at `at`, not past `end`, sharing the frame's memory.
-fn read_slice(frame: &Bytes, at: &mut usize, len: usize, end: usize) -> Result<Bytes, String> {
+fn read_slice(frame: &Bytes, at: &mut usize, len: usize, end: usize) -> Result<Bytes, RecordError> {
     let stop = at
         .checked_add(len)
         .filter(|stop| *stop <= end)
-        .ok_or("a field runs past its record")?;
+        .ok_or(RecordError::FieldPastRecord)?;
     let slice = frame.slice(*at..stop);
     *at = stop;
     Ok(slice)
 }
 
-fn read_optional(frame: &Bytes, at: &mut usize, end: usize) -> Result<Option<Bytes>, String> {
+fn read_optional(frame: &Bytes, at: &mut usize, end: usize) -> Result<Option<Bytes>, RecordError> {
     match read_u32(&frame[..end], at)? {
         ABSENT => Ok(None),
         len => read_slice(frame, at, len as usize, end).map(Some),
@@ -383,7 +431,7 @@ fn read_optional(frame: &Bytes, at: &mut usize, end: usize) -> Result<Option<Byt
 
 /// Decodes the record in `frame[start..end]`; its fields share the frame's
 /// memory (no copy, and no temporary slice of the record itself).
-fn decode_record(frame: &Bytes, start: usize, end: usize) -> Result<Record, String> {
+fn decode_record(frame: &Bytes, start: usize, end: usize) -> Result<Record, RecordError> {
     let mut at = start;
     let key = read_optional(frame, &mut at, end)?;
     let idempotency_key = read_optional(frame, &mut at, end)?;
@@ -392,21 +440,17 @@ fn decode_record(frame: &Bytes, start: usize, end: usize) -> Result<Record, Stri
         .as_ref()
         .is_some_and(|k| k.len() > KEY_BYTES_MAX as usize)
     {
-        return Err(format!("key longer than {KEY_BYTES_MAX} bytes"));
+        return Err(RecordError::KeyTooLong);
     }
     if idempotency_key
         .as_ref()
         .is_some_and(|k| k.is_empty() || k.len() > IDEMPOTENCY_KEY_BYTES_MAX as usize)
     {
-        return Err(format!(
-            "idempotency key outside 1..={IDEMPOTENCY_KEY_BYTES_MAX} bytes"
-        ));
+        return Err(RecordError::IdempotencyKeyLength);
     }
     let header_count = read_u16(&frame[..end], &mut at)? as u32;
     if header_count > HEADERS_PER_RECORD_MAX {
-        return Err(format!(
-            "{header_count} headers, over the limit of {HEADERS_PER_RECORD_MAX}"
-        ));
+        return Err(RecordError::TooManyHeaders(header_count));
     }
     let mut headers = Vec::with_capacity(header_count as usize);
     for _ in 0..header_count {
@@ -428,17 +472,17 @@ fn decode_record(frame: &Bytes, start: usize, end: usize) -> Result<Record, Stri
 
 /// Decodes one frame from the front of `bytes`: header, CRC, records. For tests
 /// and tools; the log reads frames through `segment::FrameReader`.
-pub fn decode_frame(bytes: &Bytes) -> Result<(FrameHeader, Vec<Record>), String> {
+pub fn decode_frame(bytes: &Bytes) -> Result<(FrameHeader, Vec<Record>), FrameError> {
     let head: &[u8; HEADER_BYTES] = bytes
         .get(..HEADER_BYTES)
         .and_then(|b| b.try_into().ok())
-        .ok_or("shorter than a frame header")?;
+        .ok_or(FrameError::ShorterThanHeader)?;
     let header = parse_header(head)?;
     let frame = bytes
         .get(..header.frame_bytes as usize)
-        .ok_or("shorter than its length field says")?;
+        .ok_or(FrameError::ShorterThanLength)?;
     if !crc_holds(frame, &header) {
-        return Err("CRC mismatch".into());
+        return Err(FrameError::CrcMismatch);
     }
     let frame = bytes.slice(..header.frame_bytes as usize);
     let mut records = Vec::new();
@@ -582,7 +626,17 @@ mod tests {
             .to_vec();
         frame[0..4].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = decode_frame(&Bytes::from(frame)).expect_err("rejected");
-        assert!(err.contains("frame length"), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::FrameLength {
+                    frame_bytes: u32::MAX,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("frame length"), "{err}");
     }
 
     proptest! {

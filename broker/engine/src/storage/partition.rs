@@ -327,7 +327,14 @@ impl Partition {
                             continue;
                         }
                         decode_records(&bytes, &header, from..visible_end, &mut records).map_err(
-                            |reason| self.data_loss(header.base_offset, &path, position, reason),
+                            |reason| {
+                                self.data_loss(
+                                    header.base_offset,
+                                    &path,
+                                    position,
+                                    reason.to_string(),
+                                )
+                            },
                         )?;
                         bytes_read += bytes.len() as u64;
                         if bytes_read >= max_bytes as u64 {

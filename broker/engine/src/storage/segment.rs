@@ -189,7 +189,7 @@ impl FrameReader {
         let head: &[u8; HEADER_BYTES] = head.as_ref().try_into().map_err(io::Error::other)?;
         let header = match parse_header(head) {
             Ok(header) => header,
-            Err(reason) => return bad(reason),
+            Err(reason) => return bad(reason.to_string()),
         };
         if position + header.frame_bytes as u64 > self.limit {
             return bad(format!(
