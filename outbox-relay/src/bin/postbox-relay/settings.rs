@@ -231,26 +231,13 @@ macro_rules! set_fields {
     };
 }
 
-impl RunSettings {
-    /// These settings, then the config file they (or the environment) name.
-    pub fn with_file(self) -> anyhow::Result<RunSettings> {
-        let file = match &self.config {
-            Some(path) => read_file(path)?,
-            None => RunSettings::default(),
-        };
-        Ok(self.or(file))
-    }
-
-    /// Each setting from `self`, else from `other`.
-    fn or(mut self, other: RunSettings) -> RunSettings {
-        self.source = self.source.or(other.source);
-        or_fields!(
-            self,
-            other,
-            config,
-            broker,
-            mode,
-            holder,
+/// Calls `$apply!($args, field, ...)` with the settings that go as they are
+/// into the `RelayConfig` field of the same name: the one list of them, for
+/// both the merge (`or`) and the copy into the configuration (`relay`).
+macro_rules! with_copied_fields {
+    ($apply:ident!($($args:tt)*)) => {
+        $apply!(
+            $($args)*,
             max_batch_rows,
             max_batch_bytes,
             max_batches_in_flight,
@@ -268,8 +255,25 @@ impl RunSettings {
             cleanup_interval_ms,
             cleanup_batch_rows,
             lag_log_interval_ms,
-            log_format,
-        );
+        )
+    };
+}
+
+impl RunSettings {
+    /// These settings, then the config file they (or the environment) name.
+    pub fn with_file(self) -> anyhow::Result<RunSettings> {
+        let file = match &self.config {
+            Some(path) => read_file(path)?,
+            None => RunSettings::default(),
+        };
+        Ok(self.or(file))
+    }
+
+    /// Each setting from `self`, else from `other`.
+    fn or(mut self, other: RunSettings) -> RunSettings {
+        self.source = self.source.or(other.source);
+        or_fields!(self, other, config, broker, mode, holder, log_format);
+        with_copied_fields!(or_fields!(self, other));
         self
     }
 
@@ -288,27 +292,7 @@ impl RunSettings {
         if let Some(holder) = &self.holder {
             config.holder = holder.clone();
         }
-        set_fields!(
-            config,
-            self,
-            max_batch_rows,
-            max_batch_bytes,
-            max_batches_in_flight,
-            poll_min_ms,
-            poll_max_ms,
-            standby_poll_ms,
-            lease_check_interval_ms,
-            request_timeout_ms,
-            statement_timeout_ms,
-            backoff_base_ms,
-            backoff_cap_ms,
-            circuit_failure_threshold,
-            circuit_open_ms,
-            retention_ms,
-            cleanup_interval_ms,
-            cleanup_batch_rows,
-            lag_log_interval_ms,
-        );
+        with_copied_fields!(set_fields!(config, self));
         config.validate()?;
         Ok(config)
     }
