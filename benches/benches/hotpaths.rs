@@ -31,9 +31,10 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
+use postbox_engine::dedup::DedupEntry;
 use postbox_engine::dedup::Memory;
 use postbox_engine::limits::{DEDUP_KEYS_MAX_DEFAULT, DEDUP_MEMORY_KEYS_MAX};
-use postbox_engine::meta::{DedupEntry, MetaStore, SledMeta};
+use postbox_engine::meta::{MetaStore, SledMeta};
 use postbox_engine::storage::batch::{decode_frame, UnsealedBatch};
 use postbox_engine::storage::index::{IndexEntry, SparseIndex};
 use postbox_engine::{EngineConfig, RecordInput};

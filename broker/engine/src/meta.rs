@@ -20,16 +20,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
+use crate::dedup::entry::DedupEntry;
 use crate::dedup::runs::RunStore;
 use crate::error::{Error, Result};
-
-/// Where a remembered idempotency key's record lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DedupEntry {
-    pub partition: u32,
-    pub offset: u64,
-    pub timestamp_ms: i64,
-}
 
 /// What the broker keeps outside the log.
 pub trait MetaStore: Send + Sync + std::fmt::Debug {

@@ -24,9 +24,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EngineConfig, TopicConfig};
+use crate::dedup::DedupEntry;
 use crate::dedup::{Dedup, Memory};
 use crate::error::{Error, IoContext, Result};
-use crate::meta::{DedupEntry, MetaStore};
+use crate::meta::MetaStore;
 use crate::storage::batch::{validate_batch, RecordInput, UnsealedBatch};
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::{Partition, PartitionInfo, PartitionSettings};

@@ -26,6 +26,7 @@
 //!
 //! Lock order: the dedup memory lock is taken before any partition lock.
 
+pub mod entry;
 pub mod runs;
 
 use std::collections::HashMap;
@@ -38,9 +39,10 @@ use bytes::Bytes;
 
 use crate::error::{Error, IoContext, Result};
 use crate::limits::{DEDUP_MEMORY_KEYS_MAX, DEDUP_ROOM_WAIT_MAX};
-use crate::meta::{DedupEntry, MetaStore};
+use crate::meta::MetaStore;
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::Partition;
+pub use entry::DedupEntry;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"PBXD";
 /// 2: keys in sorted runs (`dedup_runs`); a version 1 checkpoint counted keys

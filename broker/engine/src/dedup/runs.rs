@@ -32,8 +32,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use super::entry::DedupEntry;
 use crate::error::{Error, Result};
-use crate::meta::DedupEntry;
 
 /// Most runs a topic keeps before merging two.
 pub const DEDUP_RUNS_MAX: usize = 16;

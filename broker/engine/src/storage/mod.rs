@@ -6,11 +6,10 @@
 //! Modules, bottom up: `io` (file I/O trait), `batch` (the frame format),
 //! `index` (sparse offset/timestamp index), `segment` (files and frame reader),
 //! `recovery` (torn tail versus damage), `write_behind` (page cache released
-//! behind the head), `group_commit` (the writer), `partition` (open, read,
-//! retention).
+//! behind the head), `partition` (open, read, retention, and in its child
+//! `group_commit` the writer).
 
 pub mod batch;
-pub mod group_commit;
 pub mod index;
 pub mod io;
 pub mod partition;

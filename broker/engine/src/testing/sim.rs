@@ -460,7 +460,7 @@ struct SimMetaState {
 struct MetaMaps {
     offsets: BTreeMap<(String, String, u32), u64>,
     fences: BTreeMap<String, u64>,
-    dedup: BTreeMap<(String, Vec<u8>), crate::meta::DedupEntry>,
+    dedup: BTreeMap<(String, Vec<u8>), crate::dedup::DedupEntry>,
 }
 
 impl SimMeta {
@@ -518,14 +518,18 @@ impl crate::meta::MetaStore for SimMeta {
         }))
     }
 
-    fn dedup_get(&self, topic: &str, key: &[u8]) -> crate::Result<Option<crate::meta::DedupEntry>> {
+    fn dedup_get(
+        &self,
+        topic: &str,
+        key: &[u8],
+    ) -> crate::Result<Option<crate::dedup::DedupEntry>> {
         Ok(self.with(|m| m.dedup.get(&(topic.to_string(), key.to_vec())).copied()))
     }
 
     fn dedup_insert(
         &self,
         topic: &str,
-        entries: &[(bytes::Bytes, crate::meta::DedupEntry)],
+        entries: &[(bytes::Bytes, crate::dedup::DedupEntry)],
         expire_before_ms: i64,
         _keys_max: u64,
     ) -> crate::Result<()> {

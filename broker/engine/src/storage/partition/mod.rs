@@ -1,5 +1,7 @@
 //! A partition: a directory of segments, recovered at open, read by offset or
-//! timestamp, trimmed by retention. Appends go through `group_commit`.
+//! timestamp, trimmed by retention. Appends go through its child module
+//! `group_commit`, the write half of the same type: a child, so that the
+//! writer reaches `Partition`'s private fields and no other module does.
 //!
 //! Invariants:
 //! - Offsets are dense and increasing; segment `i + 1` starts where segment `i`
@@ -9,6 +11,8 @@
 //! - Only sealed segments are deleted by retention; the active segment stays,
 //!   so the earliest offset is always a segment base that exists.
 
+mod group_commit;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
@@ -16,8 +20,8 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLock
 
 use tokio::sync::watch;
 
+use self::group_commit::{create_segment, WriterIo, WriterState};
 use super::batch::{decode_records, Record};
-use super::group_commit::{create_segment, WriterIo, WriterState};
 use super::index::{self, entry_position, IndexEntry, SparseIndex};
 use super::io::{VFile, Vfs};
 use super::recovery::{self, ScanStart};
@@ -43,40 +47,40 @@ pub struct PartitionSettings {
 
 /// The segments as readers see them.
 #[derive(Debug)]
-pub(super) struct LogState {
+struct LogState {
     /// Sorted by base offset; the last one is active (appended to).
-    pub(super) segments: Vec<Segment>,
+    segments: Vec<Segment>,
     /// Readers stop before this offset.
-    pub(super) visible_end: u64,
+    visible_end: u64,
 }
 
 /// One partition of a topic.
 #[derive(Debug)]
 pub struct Partition {
-    pub(super) topic: Arc<str>,
-    pub(super) id: u32,
-    pub(super) dir: PathBuf,
-    pub(super) vfs: Arc<dyn Vfs>,
-    pub(super) settings: PartitionSettings,
+    topic: Arc<str>,
+    id: u32,
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    settings: PartitionSettings,
     /// Segments and the visible end, shared with readers.
-    pub(super) log: RwLock<LogState>,
+    log: RwLock<LogState>,
     /// The append queue and offsets; see `group_commit`.
-    pub(super) writer: Mutex<WriterState>,
+    writer: Mutex<WriterState>,
     /// Wakes appenders waiting for their group commit or for in-flight room.
-    pub(super) writer_cv: Condvar,
+    writer_cv: Condvar,
     /// Wakes a leader lingering for more frames (see `group_commit`).
-    pub(super) queue_cv: Condvar,
+    queue_cv: Condvar,
     /// The active segment's files, held by the one thread writing at a time.
-    pub(super) io: Mutex<WriterIo>,
+    io: Mutex<WriterIo>,
     /// Serialises `async` flushes, whose sync runs without the I/O lock: a
     /// flush returns only once a sync started after everything written
     /// before it was called has ended, not while another flush's is under way.
-    pub(super) flushing: Mutex<()>,
+    flushing: Mutex<()>,
     /// Offsets below this are acknowledged (durable for `sync`, written for
     /// `async`): appenders check it without taking the writer lock.
-    pub(super) acked_end: AtomicU64,
+    acked_end: AtomicU64,
     /// The visible end offset, for readers that wait for new records.
-    pub(super) visible_tx: watch::Sender<u64>,
+    visible_tx: watch::Sender<u64>,
 }
 
 /// A reader positioned in one segment, for `Partition::read`.
@@ -102,15 +106,15 @@ pub struct PartitionInfo {
     pub in_flight_bytes: u64,
 }
 
-pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(super) fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
     l.read().unwrap_or_else(|e| e.into_inner())
 }
 
-pub(super) fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|e| e.into_inner())
 }
 

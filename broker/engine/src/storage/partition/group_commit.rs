@@ -26,15 +26,15 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::batch::UnsealedBatch;
-use super::index::{self, entry_position, IndexEntry, SparseIndex};
-use super::io::{VFile, Vfs};
-use super::partition::{lock, write, Partition};
-use super::segment::{self, Segment};
-use super::write_behind::{Releases, WriteBehind};
+use super::{lock, write, Partition};
 use crate::config::Durability;
 use crate::error::{Error, IoContext, Result};
 use crate::limits::{GROUP_COMMIT_LINGER_MAX, PREALLOCATE_GROUP_BYTES_MAX, PREALLOCATE_STEP_BYTES};
+use crate::storage::batch::UnsealedBatch;
+use crate::storage::index::{self, entry_position, IndexEntry, SparseIndex};
+use crate::storage::io::{VFile, Vfs};
+use crate::storage::segment::{self, Segment};
+use crate::storage::write_behind::{Releases, WriteBehind};
 
 /// What zero-filled space ahead of the data is written from.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
