@@ -3,7 +3,7 @@
 //!
 //! Two layers. Keys of recent records live in memory; a checkpoint moves the
 //! keys of durable records into the metadata store (a sorted run file,
-//! `dedup_runs`), syncs it, and then records in `dedup.checkpoint` (a file of the broker's own, written through the
+//! `runs`), syncs it, and then records in `dedup.checkpoint` (a file of the broker's own, written through the
 //! VFS) the per-partition offsets below which every key is in the store. At open
 //! the memory layer is rebuilt by scanning the log from those offsets, so a key
 //! acknowledged just before a crash is still a duplicate after it.
@@ -45,7 +45,7 @@ use crate::storage::partition::Partition;
 pub use entry::DedupEntry;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"PBXD";
-/// 2: keys in sorted runs (`dedup_runs`); a version 1 checkpoint counted keys
+/// 2: keys in sorted runs (`runs`); a version 1 checkpoint counted keys
 /// stored in sled, which are not read any more, so it is rebuilt from the log.
 const CHECKPOINT_VERSION: u32 = 2;
 /// Name of the checkpoint file in a topic directory.
