@@ -624,3 +624,52 @@ fn a_publish_refused_by_one_partition_still_writes_what_it_queued_on_another() {
         1
     );
 }
+
+#[test]
+fn a_panicking_leader_latches_its_partition_and_others_keep_serving() {
+    let (fs, meta, engine) = fresh();
+    engine
+        .create_topic("s", topic_config(2, Durability::Sync))
+        .expect("create");
+    engine
+        .create_topic("other", topic_config(1, Durability::Sync))
+        .expect("create");
+    let on = |partition: u32, payload: &'static str| RecordInput {
+        partition: Some(partition),
+        ..RecordInput::new(payload)
+    };
+    let on_zero = |payload: &'static str| on(0, payload);
+    let failing = 0;
+    engine.publish("s", &[on_zero("first")]).expect("ok");
+    fs.fail_next(FailOp::PanicOnWrite);
+    let err = engine
+        .publish("s", &[on_zero("second")])
+        .expect_err("the leader panicked mid-group");
+    assert!(err.to_string().contains("a writer panicked"), "{err}");
+    // Latched: refused with the reason, though the disk works again.
+    let err = engine
+        .publish("s", &[on_zero("third")])
+        .expect_err("latched");
+    assert!(
+        matches!(err, crate::Error::PartitionFailed { ref cause, .. } if cause.contains("panicked")),
+        "{err}"
+    );
+    // The topic's other partition and other topics keep accepting appends.
+    engine
+        .publish("s", &[on(1, "elsewhere")])
+        .expect("the other partition");
+    engine
+        .publish("other", &[RecordInput::new("x")])
+        .expect("another topic");
+    // Reopened and recovered: nothing acknowledged lost, appends accepted.
+    drop(engine);
+    let engine = open(&fs, &meta);
+    let after = engine.publish("s", &[on_zero("fourth")]).expect("reopened");
+    let records = read_all(&engine, "s", failing);
+    assert_eq!(records[0].payload, Bytes::from_static(b"first"));
+    assert_eq!(
+        records.last().map(|r| r.payload.clone()),
+        Some(Bytes::from_static(b"fourth"))
+    );
+    assert_eq!(after[0].offset, records.len() as u64 - 1);
+}

@@ -57,6 +57,9 @@ struct DirNode {
 pub enum FailOp {
     Write,
     Sync,
+    /// The next write panics instead of returning: a bug in the write path,
+    /// as the group-commit leader meets it mid-group.
+    PanicOnWrite,
 }
 
 #[derive(Debug, Default)]
@@ -312,6 +315,9 @@ impl VFile for SimFile {
     }
 
     fn write_all_at(&self, bufs: &[&[u8]], mut position: u64) -> io::Result<()> {
+        // Taken under the lock, raised outside it: the simulated disk stays usable.
+        let panic = self.fs.lock().take_failure(FailOp::PanicOnWrite).is_err();
+        assert!(!panic, "injected panic in a write");
         self.fs.lock().take_failure(FailOp::Write)?;
         self.with_node(|node| {
             for buf in bufs {

@@ -19,6 +19,7 @@
 //!   appender waits for room instead of growing the queue.
 //! - Lock order: `flushing` before `io`, `io` before `writer`, `writer` before `log`.
 
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, MutexGuard};
@@ -176,6 +177,10 @@ pub(super) struct NewSegment {
     index: Arc<dyn VFile>,
 }
 
+/// The failure latched when a writer panics: what it wrote is unknown until
+/// recovery reads the disk again.
+const WRITER_PANICKED: &str = "a writer panicked mid-group";
+
 /// Creates a segment's files and makes their names durable.
 pub(super) fn create_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<NewSegment> {
     let (log_path, index_path) = segment::segment_paths(dir, base);
@@ -200,6 +205,18 @@ pub(super) fn create_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<New
 }
 
 impl Partition {
+    /// The writer state. A poisoned lock means a thread panicked while it
+    /// held it, possibly between two of the state's updates: the partition
+    /// latches as after a failed write, since nothing it would do next could
+    /// be trusted.
+    fn writer_state(&self) -> MutexGuard<'_, WriterState> {
+        self.writer.lock().unwrap_or_else(|poisoned| {
+            let mut w = poisoned.into_inner();
+            w.failed.get_or_insert_with(|| WRITER_PANICKED.to_string());
+            w
+        })
+    }
+
     fn failed_error(&self, cause: &str) -> Error {
         Error::PartitionFailed {
             topic: self.topic.to_string(),
@@ -212,7 +229,7 @@ impl Partition {
     /// more than its in-flight limit queued. Follow with [`Partition::wait`].
     pub fn enqueue(&self, batch: UnsealedBatch) -> Result<Ticket> {
         let bytes = batch.frame_bytes() as u64;
-        let mut w = lock(&self.writer);
+        let mut w = self.writer_state();
         while w.failed.is_none()
             && w.in_flight_bytes > 0
             && w.in_flight_bytes + bytes > self.settings.in_flight_bytes_max
@@ -257,7 +274,7 @@ impl Partition {
             if self.acked_end.load(Ordering::Acquire) >= end_offset {
                 return Ok(());
             }
-            let mut w = lock(&self.writer);
+            let mut w = self.writer_state();
             if self.acked_end.load(Ordering::Acquire) >= end_offset {
                 return Ok(());
             }
@@ -283,8 +300,15 @@ impl Partition {
             let group_bytes: u64 = group.iter().map(|q| q.frame.len() as u64).sum();
             drop(w);
             let mut releases = Releases::default();
-            let result = self.write_group(group, sync, &mut releases);
-            let mut w = lock(&self.writer);
+            // A panic in the write is a failed write: caught here, it latches
+            // the partition below and answers this group with an error, instead
+            // of leaving its waiters parked behind a leader that is gone.
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                self.write_group(group, sync, &mut releases)
+            }))
+            .map(|written| written.map_err(|error| error.to_string()))
+            .unwrap_or_else(|_| Err(WRITER_PANICKED.to_string()));
+            let mut w = self.writer_state();
             w.flushing = false;
             w.in_flight_bytes -= group_bytes;
             match result {
@@ -295,10 +319,10 @@ impl Partition {
                     }
                     self.publish_visible(end);
                 }
-                Err(error) => {
-                    tracing::error!(topic = %self.topic, partition = self.id, %error,
+                Err(cause) => {
+                    tracing::error!(topic = %self.topic, partition = self.id, %cause,
                         "write failed; the partition refuses appends until it is reopened");
-                    w.failed = Some(error.to_string());
+                    w.failed = Some(cause);
                 }
             }
             self.release_and_wake(w);
@@ -546,7 +570,7 @@ impl Partition {
         let one_at_a_time = lock(&self.flushing);
         let (log, log_path, end, position) = {
             let mut io = lock(&self.io);
-            let w = lock(&self.writer);
+            let w = self.writer_state();
             if let Some(cause) = &w.failed {
                 // Never retry an fsync: after a failure the kernel may have dropped
                 // the dirty pages, and a second fsync would "succeed" over lost data.
@@ -564,7 +588,7 @@ impl Partition {
         };
         if let Err(error) = log.sync_data() {
             let error = Error::io(format!("syncing {}", log_path.display()), error);
-            let mut w = lock(&self.writer);
+            let mut w = self.writer_state();
             w.failed = Some(error.to_string());
             self.release_and_wake(w);
             return Err(error);
@@ -578,7 +602,7 @@ impl Partition {
             }
         }
         {
-            let mut w = lock(&self.writer);
+            let mut w = self.writer_state();
             w.durable_end = w.durable_end.max(end);
         }
         drop(one_at_a_time);
@@ -588,11 +612,11 @@ impl Partition {
 
     /// Bytes enqueued and not yet acknowledged.
     pub fn in_flight_bytes(&self) -> u64 {
-        lock(&self.writer).in_flight_bytes
+        self.writer_state().in_flight_bytes
     }
 
     /// Offsets below this are on disk (fdatasync'ed).
     pub fn durable_end(&self) -> u64 {
-        lock(&self.writer).durable_end
+        self.writer_state().durable_end
     }
 }
