@@ -150,20 +150,16 @@ async fn fetch_returns_records_and_long_polls_at_the_end() {
     assert_eq!(woke.records[0].offset, 10);
 }
 
-fn fetch_one(topic: &str, offset: u64) -> pb::FetchRequest {
-    pb::FetchRequest {
-        topic: topic.into(),
-        partition: 0,
-        offset,
-        max_bytes: 1,
-        max_wait_ms: 0,
-    }
-}
-
 /// The append time of one record.
 async fn stamp(client: &mut BrokerClient<Channel>, topic: &str, offset: u64) -> i64 {
     let fetched = client
-        .fetch(fetch_one(topic, offset))
+        .fetch(pb::FetchRequest {
+            topic: topic.into(),
+            partition: 0,
+            offset,
+            max_bytes: 1,
+            max_wait_ms: 0,
+        })
         .await
         .expect("fetch")
         .into_inner();

@@ -31,13 +31,15 @@ impl Broker {
         Engine::open(EngineConfig::new(self.dir.path())).expect("open")
     }
 
-    /// Opens the engine on a clock that moves only when the test says.
-    fn open_on(&self, clock: &Arc<ManualClock>) -> Engine {
+    /// Opens the engine on a clock that moves only when the test says,
+    /// starting at `CLOCK_START_MS`.
+    fn open_on_manual_clock(&self) -> (Engine, Arc<ManualClock>) {
+        let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
         let config = EngineConfig {
             clock: clock.clone(),
             ..EngineConfig::new(self.dir.path())
         };
-        Engine::open(config).expect("open")
+        (Engine::open(config).expect("open"), clock)
     }
 
     /// Opens the engine with a topic "t" of `partitions` partitions.
@@ -234,8 +236,7 @@ fn a_duplicate_key_returns_the_original_offset_before_and_after_restart() {
 #[test]
 fn dedup_window_and_key_bound_forget_old_keys() {
     let broker = Broker::new();
-    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
-    let engine = broker.open_on(&clock);
+    let (engine, clock) = broker.open_on_manual_clock();
     let config = TopicConfig {
         dedup_window_ms: 50,
         ..TopicConfig::with_partitions(1)
@@ -387,8 +388,7 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
 
     // By age: every sealed segment is older than 1 ms once time has passed.
     drop(engine);
-    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
-    let engine = broker.open_on(&clock);
+    let (engine, clock) = broker.open_on_manual_clock();
     let config = TopicConfig {
         segment_bytes: SEGMENT_BYTES_MIN,
         retention_ms: Some(1),
@@ -419,8 +419,7 @@ fn retention_deletes_old_segments_and_moves_the_earliest_offset() {
 #[test]
 fn reads_by_timestamp_seek_to_the_first_later_record() {
     let broker = Broker::new();
-    let clock = Arc::new(ManualClock::new(CLOCK_START_MS));
-    let engine = broker.open_on(&clock);
+    let (engine, clock) = broker.open_on_manual_clock();
     engine
         .create_topic("t", TopicConfig::with_partitions(1))
         .expect("create");

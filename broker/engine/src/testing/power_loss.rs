@@ -325,16 +325,7 @@ fn failed_fsync_latches_the_partition_until_reopened() {
         Bytes::from_static(b"first")
     );
     drop(engine);
-    let engine = open(&fs, &meta);
-    let result = engine
-        .publish("s", &[RecordInput::new("fourth")])
-        .expect("reopened");
-    let records = read_all(&engine, "s", 0);
-    assert_eq!(
-        records.last().map(|r| r.payload.clone()),
-        Some(Bytes::from_static(b"fourth"))
-    );
-    assert_eq!(result[0].offset, records.len() as u64 - 1);
+    expect_recovered(&fs, &meta, "s", 0, b"first");
 }
 
 #[test]
@@ -602,23 +593,19 @@ fn a_publish_refused_by_one_partition_still_writes_what_it_queued_on_another() {
     engine
         .create_topic("s", topic_config(2, Durability::Sync))
         .expect("create");
-    let to = |p: u32, payload: &'static str| RecordInput {
-        partition: Some(p),
-        ..RecordInput::new(payload)
-    };
     fs.fail_next(FailOp::Sync);
     assert!(
-        engine.publish("s", &[to(1, "lost")]).is_err(),
+        engine.publish("s", &[on(1, "lost")]).is_err(),
         "partition 1 latched"
     );
     // Partition 0's frame is queued before partition 1 refuses the batch: it
     // must be written, not left in the queue with nobody to write it.
-    assert!(engine.publish("s", &[to(0, "a"), to(1, "b")]).is_err());
+    assert!(engine.publish("s", &[on(0, "a"), on(1, "b")]).is_err());
     let topic = engine.topic("s").expect("topic");
     assert_eq!(topic.partitions()[0].end_offset(), 1);
     assert_eq!(
         engine
-            .publish("s", &[to(0, "c")])
+            .publish("s", &[on(0, "c")])
             .expect("partition 0 works")[0]
             .offset,
         1
@@ -634,22 +621,14 @@ fn a_panicking_leader_latches_its_partition_and_others_keep_serving() {
     engine
         .create_topic("other", topic_config(1, Durability::Sync))
         .expect("create");
-    let on = |partition: u32, payload: &'static str| RecordInput {
-        partition: Some(partition),
-        ..RecordInput::new(payload)
-    };
-    let on_zero = |payload: &'static str| on(0, payload);
-    let failing = 0;
-    engine.publish("s", &[on_zero("first")]).expect("ok");
+    engine.publish("s", &[on(0, "first")]).expect("ok");
     fs.fail_next(FailOp::PanicOnWrite);
     let err = engine
-        .publish("s", &[on_zero("second")])
+        .publish("s", &[on(0, "second")])
         .expect_err("the leader panicked mid-group");
     assert!(err.to_string().contains("a writer panicked"), "{err}");
     // Latched: refused with the reason, though the disk works again.
-    let err = engine
-        .publish("s", &[on_zero("third")])
-        .expect_err("latched");
+    let err = engine.publish("s", &[on(0, "third")]).expect_err("latched");
     assert!(
         matches!(err, crate::Error::PartitionFailed { ref cause, .. } if cause.contains("panicked")),
         "{err}"
@@ -661,15 +640,31 @@ fn a_panicking_leader_latches_its_partition_and_others_keep_serving() {
     engine
         .publish("other", &[RecordInput::new("x")])
         .expect("another topic");
-    // Reopened and recovered: nothing acknowledged lost, appends accepted.
     drop(engine);
-    let engine = open(&fs, &meta);
-    let after = engine.publish("s", &[on_zero("fourth")]).expect("reopened");
-    let records = read_all(&engine, "s", failing);
-    assert_eq!(records[0].payload, Bytes::from_static(b"first"));
+    expect_recovered(&fs, &meta, "s", 0, b"first");
+}
+
+/// A record pinned to a partition.
+fn on(partition: u32, payload: &'static str) -> RecordInput {
+    RecordInput {
+        partition: Some(partition),
+        ..RecordInput::new(payload)
+    }
+}
+
+/// Reopens the engine on a disk where `partition` latched: recovery keeps
+/// the record acknowledged before the latch (`first`), and the partition
+/// accepts appends again, at the next dense offset.
+fn expect_recovered(fs: &SimFs, meta: &Arc<SimMeta>, topic: &str, partition: u32, first: &[u8]) {
+    let engine = open(fs, meta);
+    let after = engine
+        .publish(topic, &[on(partition, "after reopen")])
+        .expect("a reopened partition accepts appends");
+    let records = read_all(&engine, topic, partition);
+    assert_eq!(records[0].payload, first);
     assert_eq!(
         records.last().map(|r| r.payload.clone()),
-        Some(Bytes::from_static(b"fourth"))
+        Some(Bytes::from_static(b"after reopen"))
     );
     assert_eq!(after[0].offset, records.len() as u64 - 1);
 }

@@ -12,9 +12,10 @@
 //! - An append to a `sync` topic returns only after its frame and every frame
 //!   before it are fdatasync'ed; a new segment file and its directory entry are
 //!   synced before any frame in it is acknowledged.
-//! - After a failed write or fsync the partition is latched failed: every later
-//!   append fails until the partition is reopened (recovery decides what the disk
-//!   holds). An fsync is never retried.
+//! - After a failed write or fsync, a panic in a group's write or a poisoned
+//!   writer lock, the partition is latched failed: every later append fails
+//!   until the partition is reopened (recovery decides what the disk holds). An
+//!   fsync is never retried.
 //! - Bytes enqueued but not yet durable stay under `in_flight_bytes_max`; an
 //!   appender waits for room instead of growing the queue.
 //! - Lock order: `flushing` before `io`, `io` before `writer`, `writer` before `log`.
