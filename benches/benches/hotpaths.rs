@@ -11,7 +11,7 @@
 //!   100,000 entries, against `raw_binary_search` (`binary_search_by_key` over
 //!   a `Vec<u64>` of the same offsets). Throughput is in lookups.
 //! - `dedup/36B`: `dedup::Memory` and the store of sorted runs
-//!   (`store_get`: `SledMeta::dedup_get`; `store_insert`: one `dedup_insert`
+//!   (`store_get`: `RunStore::get`; `store_insert`: one `RunStore::insert`
 //!   of 1024 keys, a run written and fsynced) with UUID v7 strings, as
 //!   the client sends them, against `raw_hashmap` (a `HashMap<Bytes, u64>`;
 //!   its inserts share the key where `Memory` copies it). Lookups are of absent
@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -31,13 +32,14 @@ use criterion::measurement::WallTime;
 use criterion::{
     criterion_group, criterion_main, BatchSize, BenchmarkGroup, Criterion, Throughput,
 };
+use postbox_engine::dedup::runs::RunStore;
 use postbox_engine::dedup::DedupEntry;
 use postbox_engine::dedup::Memory;
 use postbox_engine::limits::{DEDUP_KEYS_MAX_DEFAULT, DEDUP_MEMORY_KEYS_MAX};
-use postbox_engine::meta::{MetaStore, SledMeta};
 use postbox_engine::storage::batch::{decode_frame, UnsealedBatch};
 use postbox_engine::storage::index::{IndexEntry, SparseIndex};
-use postbox_engine::{EngineConfig, RecordInput};
+use postbox_engine::storage::io::RealFs;
+use postbox_engine::RecordInput;
 use postbox_proto::v1 as pb;
 use prost::Message;
 
@@ -172,8 +174,7 @@ fn dedup(c: &mut Criterion) {
         map.insert(key.clone(), i as u64);
     }
     let dir = postbox_benches::bench_dir().expect("bench dir");
-    let cache_bytes = EngineConfig::new(dir.path()).meta_cache_bytes;
-    let store = SledMeta::open(&dir.path().join("meta"), cache_bytes).expect("metadata store");
+    let store = RunStore::open(Arc::new(RealFs), dir.path().join("dedup")).expect("run store");
     let store_insert = |keys: &[Bytes]| {
         let entries: Vec<_> = keys
             .iter()
@@ -181,7 +182,7 @@ fn dedup(c: &mut Criterion) {
             .map(|(i, k)| (k.clone(), entry(i)))
             .collect();
         store
-            .dedup_insert("bench", &entries, 0, DEDUP_KEYS_MAX_DEFAULT)
+            .insert("bench", &entries, 0, DEDUP_KEYS_MAX_DEFAULT)
             .expect("dedup insert");
     };
     keys.chunks(LOOKUPS).for_each(store_insert);
@@ -192,7 +193,7 @@ fn dedup(c: &mut Criterion) {
         b.iter(|| each(&absent, |k| memory.get(k)))
     });
     group.bench_function("store_get", |b| {
-        b.iter(|| each(&absent, |k| store.dedup_get("bench", k).expect("dedup get")))
+        b.iter(|| each(&absent, |k| store.get("bench", k).expect("dedup get")))
     });
     group.bench_function("raw_hashmap_get", |b| {
         b.iter(|| each(&absent, |k| map.get(&k[..]).copied()))

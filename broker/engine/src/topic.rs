@@ -24,10 +24,10 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{EngineConfig, TopicConfig};
+use crate::dedup::runs::RunStore;
 use crate::dedup::DedupEntry;
 use crate::dedup::{Dedup, Memory};
 use crate::error::{Error, IoContext, Result};
-use crate::meta::MetaStore;
 use crate::storage::batch::{validate_batch, RecordInput, UnsealedBatch};
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::{Partition, PartitionInfo, PartitionSettings};
@@ -69,7 +69,7 @@ pub struct PublishResult {
 #[derive(Debug)]
 pub struct Topic {
     name: Arc<str>,
-    /// `name@id`: this incarnation's key in the metadata store.
+    /// `name@id`: this incarnation's key in the metadata and run stores.
     store_key: Arc<str>,
     dir: PathBuf,
     config: TopicConfig,
@@ -151,7 +151,7 @@ impl Topic {
     /// Opens a topic: recovers each partition, then rebuilds the dedup index.
     pub fn open(
         vfs: Arc<dyn Vfs>,
-        meta: Arc<dyn MetaStore>,
+        runs: Arc<RunStore>,
         engine: &EngineConfig,
         name: &str,
         dir: PathBuf,
@@ -184,7 +184,7 @@ impl Topic {
         let dedup = Dedup::new(
             name.clone(),
             store_key.clone(),
-            meta,
+            runs,
             vfs,
             dir.clone(),
             config.dedup_window_ms,
@@ -207,7 +207,7 @@ impl Topic {
         &self.name
     }
 
-    /// The key of this incarnation of the topic in the metadata store.
+    /// The key of this incarnation of the topic in the metadata and run stores.
     pub fn store_key(&self) -> &str {
         &self.store_key
     }

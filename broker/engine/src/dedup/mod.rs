@@ -2,8 +2,8 @@
 //! the record that first carried it.
 //!
 //! Two layers. Keys of recent records live in memory; a checkpoint moves the
-//! keys of durable records into the metadata store (a sorted run file,
-//! `runs`), syncs it, and then records in `dedup.checkpoint` (a file of the broker's own, written through the
+//! keys of durable records into the run store (one sorted run file,
+//! fsynced, in `runs`), and then records in `dedup.checkpoint` (a file of the broker's own, written through the
 //! VFS) the per-partition offsets below which every key is in the store. At open
 //! the memory layer is rebuilt by scanning the log from those offsets, so a key
 //! acknowledged just before a crash is still a duplicate after it.
@@ -39,15 +39,16 @@ use bytes::Bytes;
 
 use crate::error::{Error, IoContext, Result};
 use crate::limits::{DEDUP_MEMORY_KEYS_MAX, DEDUP_ROOM_WAIT_MAX};
-use crate::meta::MetaStore;
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::Partition;
 pub use entry::DedupEntry;
+use runs::RunStore;
 
 const CHECKPOINT_MAGIC: &[u8; 4] = b"PBXD";
-/// 2: keys in sorted runs (`runs`); a version 1 checkpoint counted keys
-/// stored in sled, which are not read any more, so it is rebuilt from the log.
-const CHECKPOINT_VERSION: u32 = 2;
+/// 3: the id is the run store's (`runs`); a version 2 checkpoint named the
+/// metadata store, and a version 1 one counted keys stored in sled, which are
+/// not read any more: either is rebuilt from the log.
+const CHECKPOINT_VERSION: u32 = 3;
 /// Name of the checkpoint file in a topic directory.
 pub const CHECKPOINT_FILE: &str = "dedup.checkpoint";
 
@@ -122,9 +123,9 @@ impl Memory {
 #[derive(Debug)]
 pub struct Dedup {
     topic: Arc<str>,
-    /// The topic incarnation's key in the metadata store.
+    /// The topic incarnation's key in the run store.
     store_key: Arc<str>,
-    meta: Arc<dyn MetaStore>,
+    runs: Arc<RunStore>,
     vfs: Arc<dyn Vfs>,
     checkpoint_path: PathBuf,
     window_ms: u64,
@@ -144,7 +145,7 @@ impl Dedup {
     pub fn new(
         topic: Arc<str>,
         store_key: Arc<str>,
-        meta: Arc<dyn MetaStore>,
+        runs: Arc<RunStore>,
         vfs: Arc<dyn Vfs>,
         dir: PathBuf,
         window_ms: u64,
@@ -153,7 +154,7 @@ impl Dedup {
         Dedup {
             topic,
             store_key,
-            meta,
+            runs,
             vfs,
             checkpoint_path: dir.join(CHECKPOINT_FILE),
             window_ms,
@@ -206,7 +207,7 @@ impl Dedup {
 
     /// Looks keys up in the store (without the memory lock).
     pub fn lookup_stored(&self, keys: &[&Bytes]) -> Result<Vec<Option<DedupEntry>>> {
-        self.meta.dedup_get_many(&self.store_key, keys)
+        self.runs.get_many(&self.store_key, keys)
     }
 
     /// Advances the window's clock to a record's append time.
@@ -273,16 +274,15 @@ impl Dedup {
         Ok(())
     }
 
-    /// Writes `entries` to the store, syncs it, and records `offsets` as the
-    /// checkpoint.
+    /// Writes `entries` to the store (durable when it returns), and records
+    /// `offsets` as the checkpoint.
     fn store(&self, entries: &[Keyed], offsets: &[u64]) -> Result<()> {
         let expire_before_ms = self
             .log_time_ms
             .load(Ordering::Relaxed)
             .saturating_sub(self.window_ms as i64);
-        self.meta
-            .dedup_insert(&self.store_key, entries, expire_before_ms, self.keys_max)?;
-        self.meta.sync()?;
+        self.runs
+            .insert(&self.store_key, entries, expire_before_ms, self.keys_max)?;
         self.write_checkpoint(offsets)
     }
 
@@ -321,7 +321,7 @@ impl Dedup {
         let mut bytes = Vec::with_capacity(32 + offsets.len() * 8);
         bytes.extend_from_slice(CHECKPOINT_MAGIC);
         bytes.extend_from_slice(&CHECKPOINT_VERSION.to_le_bytes());
-        bytes.extend_from_slice(&self.meta.store_id());
+        bytes.extend_from_slice(&self.runs.id());
         bytes.extend_from_slice(&(offsets.len() as u32).to_le_bytes());
         for offset in offsets {
             bytes.extend_from_slice(&offset.to_le_bytes());
@@ -340,7 +340,7 @@ impl Dedup {
             || crc32fast::hash(body).to_le_bytes() != crc
             || &body[0..4] != CHECKPOINT_MAGIC
             || body[4..8] != CHECKPOINT_VERSION.to_le_bytes()
-            || body[8..24] != self.meta.store_id()
+            || body[8..24] != self.runs.id()
         {
             return None;
         }

@@ -22,18 +22,22 @@
 //!   then the older file is deleted. A crash between the two leaves the older
 //!   file's keys twice, which answers the same.
 //!
+//! - Every file goes through [`Vfs`], so the power-loss simulation crashes
+//!   run files as it crashes segments.
+//! - `store.id` names this store: a dedup checkpoint records it and is only
+//!   trusted by the store it names. It is written (atomically) before any run.
+//!
 //! The file format is in `docs/format.md` ("Dedup runs").
 
 use std::collections::HashMap;
-use std::fs::{self, File};
 use std::hash::BuildHasher;
-use std::io::{Read, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
 use super::entry::DedupEntry;
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
+use crate::storage::io::{read_exact_at, read_small_file, write_file_atomic, VFile, Vfs};
 
 /// Most runs a topic keeps before merging two.
 pub const DEDUP_RUNS_MAX: usize = 16;
@@ -60,11 +64,16 @@ const RUN_HEADER_BYTES: usize = 4 + 4 + 8 + 8;
 /// After the key: partition, offset, timestamp.
 const ENTRY_TAIL_BYTES: usize = 4 + 8 + 8;
 const RUN_SUFFIX: &str = "run";
+/// The file in the store's directory that holds its 16-byte id.
+const STORE_ID_FILE: &str = "store.id";
+const STORE_ID_BYTES: usize = 16;
 
 /// Every topic's runs, under one directory.
 #[derive(Debug)]
 pub struct RunStore {
+    vfs: Arc<dyn Vfs>,
     dir: PathBuf,
+    id: [u8; STORE_ID_BYTES],
     /// Looked up once per stored key a publish checks: a fast hash.
     topics: RwLock<HashMap<String, Arc<TopicRuns>, foldhash::fast::RandomState>>,
 }
@@ -72,6 +81,7 @@ pub struct RunStore {
 /// One topic's runs, oldest first.
 #[derive(Debug)]
 struct TopicRuns {
+    vfs: Arc<dyn Vfs>,
     dir: PathBuf,
     runs: RwLock<Vec<Arc<Run>>>,
     /// Serialises inserts, forgets and merges.
@@ -83,7 +93,7 @@ struct TopicRuns {
 struct Run {
     seq: u64,
     path: PathBuf,
-    file: File,
+    file: Arc<dyn VFile>,
     keys: u64,
     newest_ms: i64,
     bloom: Bloom,
@@ -112,11 +122,44 @@ fn find(runs: &[Arc<Run>], key: &[u8]) -> Result<Option<DedupEntry>> {
 }
 
 impl RunStore {
-    pub fn new(dir: PathBuf) -> RunStore {
-        RunStore {
+    /// Opens the store in `dir` (created, with a new id, if need be). Topics'
+    /// runs are loaded at first use.
+    pub fn open(vfs: Arc<dyn Vfs>, dir: PathBuf) -> Result<RunStore> {
+        let id = match read_small_file(vfs.as_ref(), &dir.join(STORE_ID_FILE), 64) {
+            Ok(bytes) => bytes.try_into().ok(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(format!("reading {}", dir.display()), e)),
+        };
+        let id = match id {
+            Some(id) => id,
+            None => Self::create(vfs.as_ref(), &dir)?,
+        };
+        Ok(RunStore {
+            vfs,
             dir,
+            id,
             topics: RwLock::default(),
+        })
+    }
+
+    /// Creates the store's directory and gives it a new id, durably.
+    fn create(vfs: &dyn Vfs, dir: &Path) -> Result<[u8; STORE_ID_BYTES]> {
+        let id = *uuid::Uuid::new_v4().as_bytes();
+        vfs.create_dir_all(dir)
+            .context(|| format!("creating {}", dir.display()))?;
+        if let Some(parent) = dir.parent() {
+            vfs.sync_dir(parent)
+                .context(|| format!("syncing {}", parent.display()))?;
         }
+        write_file_atomic(vfs, &dir.join(STORE_ID_FILE), &id)
+            .context(|| format!("writing the id of {}", dir.display()))?;
+        Ok(id)
+    }
+
+    /// This store's id: a dedup checkpoint is only valid for the store it
+    /// was taken against.
+    pub fn id(&self) -> [u8; STORE_ID_BYTES] {
+        self.id
     }
 
     pub fn get(&self, topic: &str, key: &[u8]) -> Result<Option<DedupEntry>> {
@@ -130,6 +173,9 @@ impl RunStore {
         topic: &str,
         keys: &[K],
     ) -> Result<Vec<Option<DedupEntry>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
         let topic = self.topic(topic)?;
         let runs = topic.read_runs();
         keys.iter().map(|key| find(&runs, key.as_ref())).collect()
@@ -149,7 +195,8 @@ impl RunStore {
             let mut sorted: Vec<(&[u8], DedupEntry)> =
                 entries.iter().map(|(k, e)| (k.as_ref(), *e)).collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            let run = Run::write(&topic.dir, *next_seq, &sorted)?;
+            topic.create_dir()?;
+            let run = Run::write(topic.vfs.as_ref(), &topic.dir, *next_seq, &sorted)?;
             *next_seq += 1;
             topic.write_runs().push(Arc::new(run));
         }
@@ -167,12 +214,12 @@ impl RunStore {
             .unwrap_or_else(|e| e.into_inner())
             .remove(topic);
         let dir = self.topic_dir(topic);
-        match fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                Err(Error::io(format!("removing {}", dir.display()), e))
-            }
-            _ => Ok(()),
+        if !self.vfs.exists(&dir) {
+            return Ok(());
         }
+        self.vfs
+            .remove_dir_all(&dir)
+            .context(|| format!("removing {}", dir.display()))
     }
 
     fn topic_dir(&self, topic: &str) -> PathBuf {
@@ -196,51 +243,73 @@ impl RunStore {
         if let Some(runs) = topics.get(topic) {
             return Ok(Arc::clone(runs));
         }
-        let runs = Arc::new(TopicRuns::open(self.topic_dir(topic))?);
+        let runs = Arc::new(TopicRuns::open(
+            Arc::clone(&self.vfs),
+            self.topic_dir(topic),
+        )?);
         topics.insert(topic.to_owned(), Arc::clone(&runs));
         Ok(runs)
     }
 }
 
 impl TopicRuns {
-    fn open(dir: PathBuf) -> Result<TopicRuns> {
+    fn open(vfs: Arc<dyn Vfs>, dir: PathBuf) -> Result<TopicRuns> {
         let io = |what: &str, e| Error::io(format!("{what} {}", dir.display()), e);
-        fs::create_dir_all(&dir).map_err(|e| io("creating", e))?;
         let mut runs = Vec::new();
-        for item in fs::read_dir(&dir).map_err(|e| io("listing", e))? {
-            let path = item.map_err(|e| io("listing", e))?.path();
-            let name = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .unwrap_or_default();
+        // Created by the first run: a lookup writes nothing.
+        let names = match vfs.exists(&dir) {
+            true => vfs.list_dir(&dir).map_err(|e| io("listing", e))?,
+            false => Vec::new(),
+        };
+        for name in names {
+            let path = dir.join(&name);
             let seq = name
                 .strip_suffix(&format!(".{RUN_SUFFIX}"))
                 .and_then(|s| s.parse::<u64>().ok());
             match seq {
-                Some(seq) => match Run::open(path.clone(), seq) {
+                Some(seq) => match Run::open(vfs.as_ref(), path.clone(), seq) {
                     Ok(run) => runs.push(Arc::new(run)),
                     Err(error) => {
                         // Written whole and fsynced before it was named: a run
                         // that does not check out was damaged on disk.
                         tracing::error!(path = %path.display(), %error,
                             "a dedup run is damaged; its keys are forgotten");
-                        let _ = fs::rename(&path, path.with_extension("damaged"));
+                        let _ = vfs.rename(&path, &path.with_extension("damaged"));
                     }
                 },
                 // An interrupted write.
-                None if name.ends_with(".tmp") => {
-                    fs::remove_file(&path).map_err(|e| io("removing a partial run in", e))?
-                }
+                None if name.ends_with(".tmp") => vfs
+                    .remove_file(&path)
+                    .map_err(|e| io("removing a partial run in", e))?,
                 None => {}
             }
         }
         runs.sort_by_key(|run| run.seq);
         let next_seq = runs.last().map_or(0, |run| run.seq + 1);
         Ok(TopicRuns {
+            vfs,
             dir,
             runs: RwLock::new(runs),
             writer: Mutex::new(next_seq),
         })
+    }
+
+    /// Creates the topic's directory, durably, if it is not there yet.
+    fn create_dir(&self) -> Result<()> {
+        if self.vfs.exists(&self.dir) {
+            return Ok(());
+        }
+        let io = |what: &str, e| Error::io(format!("{what} {}", self.dir.display()), e);
+        self.vfs
+            .create_dir_all(&self.dir)
+            .map_err(|e| io("creating", e))?;
+        match self.dir.parent() {
+            Some(parent) => self
+                .vfs
+                .sync_dir(parent)
+                .map_err(|e| io("syncing the parent of", e)),
+            None => Ok(()),
+        }
     }
 
     fn read_runs(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Run>>> {
@@ -269,10 +338,18 @@ impl TopicRuns {
             runs.drain(..drop).collect()
         };
         for run in forgotten {
-            fs::remove_file(&run.path)
-                .map_err(|e| Error::io(format!("removing {}", run.path.display()), e))?;
+            self.remove(&run.path)?;
         }
         Ok(())
+    }
+
+    /// Unlinks a run file no lookup uses any more. The directory is not
+    /// synced: a name that comes back after a crash holds keys of durable
+    /// records, which answer as they did.
+    fn remove(&self, path: &Path) -> Result<()> {
+        self.vfs
+            .remove_file(path)
+            .context(|| format!("removing {}", path.display()))
     }
 
     /// Merges the adjacent pair of runs with the fewest keys between them.
@@ -288,7 +365,12 @@ impl TopicRuns {
         };
         let (older_bytes, newer_bytes) = (older.read_all()?, newer.read_all()?);
         let merged_entries = merge_sorted(entries(&older_bytes)?, entries(&newer_bytes)?);
-        let merged = Arc::new(Run::write(&self.dir, newer.seq, &merged_entries)?);
+        let merged = Arc::new(Run::write(
+            self.vfs.as_ref(),
+            &self.dir,
+            newer.seq,
+            &merged_entries,
+        )?);
         {
             let mut runs = self.write_runs();
             runs.retain(|run| run.seq != older.seq);
@@ -296,8 +378,7 @@ impl TopicRuns {
                 *slot = merged;
             }
         }
-        fs::remove_file(&older.path)
-            .map_err(|e| Error::io(format!("removing {}", older.path.display()), e))
+        self.remove(&older.path)
     }
 }
 
@@ -326,7 +407,7 @@ fn merge_sorted<'a>(
 
 impl Run {
     /// Writes sorted `entries` as run `seq` in `dir`, durably.
-    fn write(dir: &Path, seq: u64, entries: &[(&[u8], DedupEntry)]) -> Result<Run> {
+    fn write(vfs: &dyn Vfs, dir: &Path, seq: u64, entries: &[(&[u8], DedupEntry)]) -> Result<Run> {
         let newest_ms = entries
             .iter()
             .map(|(_, e)| e.timestamp_ms)
@@ -358,34 +439,33 @@ impl Run {
         let path = dir.join(format!("{seq:020}.{RUN_SUFFIX}"));
         let tmp = path.with_extension(format!("{RUN_SUFFIX}.tmp"));
         let io = |what: &str, p: &Path, e| Error::io(format!("{what} {}", p.display()), e);
-        // Read and write: lookups read blocks through this handle.
-        let mut file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| io("creating", &tmp, e))?;
-        file.write_all(&bytes).map_err(|e| io("writing", &tmp, e))?;
+        // Lookups read blocks through this handle, under the run's later name.
+        let file = vfs.open(&tmp, true).map_err(|e| io("creating", &tmp, e))?;
+        file.set_len(0).map_err(|e| io("truncating", &tmp, e))?;
+        file.write_all_at(&[&bytes], 0)
+            .map_err(|e| io("writing", &tmp, e))?;
         file.sync_data().map_err(|e| io("syncing", &tmp, e))?;
-        fs::rename(&tmp, &path).map_err(|e| io("naming", &path, e))?;
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| io("syncing", dir, e))?;
+        vfs.rename(&tmp, &path)
+            .map_err(|e| io("naming", &path, e))?;
+        vfs.sync_dir(dir).map_err(|e| io("syncing", dir, e))?;
         Run::index(path, file, seq, &bytes)
     }
 
     /// Opens and checks run `seq` at `path`.
-    fn open(path: PathBuf, seq: u64) -> Result<Run> {
-        let mut bytes = Vec::new();
-        let file = File::open(&path)
-            .and_then(|mut file| file.read_to_end(&mut bytes).map(|_| file))
-            .map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
+    fn open(vfs: &dyn Vfs, path: PathBuf, seq: u64) -> Result<Run> {
+        let read = || {
+            let file = vfs.open(&path, false)?;
+            let mut bytes = vec![0; file.size_bytes()? as usize];
+            read_exact_at(file.as_ref(), &mut bytes, 0)?;
+            Ok((file, bytes))
+        };
+        let (file, bytes) =
+            read().map_err(|e| Error::io(format!("reading {}", path.display()), e))?;
         Run::index(path, file, seq, &bytes)
     }
 
     /// Checks a run's bytes and builds its filter and block index.
-    fn index(path: PathBuf, file: File, seq: u64, bytes: &[u8]) -> Result<Run> {
+    fn index(path: PathBuf, file: Arc<dyn VFile>, seq: u64, bytes: &[u8]) -> Result<Run> {
         let parsed = entries(bytes)?;
         let newest_ms = i64::from_le_bytes(header_field(bytes, 16)?);
         let mut bloom = Bloom::new(parsed.len() as u64);
@@ -455,8 +535,7 @@ impl Run {
 
     fn read_at(&self, start: u64, end: u64) -> Result<Vec<u8>> {
         let mut bytes = vec![0u8; (end - start) as usize];
-        self.file
-            .read_exact_at(&mut bytes, start)
+        read_exact_at(self.file.as_ref(), &mut bytes, start)
             .map_err(|e| Error::io(format!("reading {}", self.path.display()), e))?;
         Ok(bytes)
     }
@@ -572,7 +651,13 @@ impl Bloom {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::storage::io::RealFs;
     use bytes::Bytes;
+    use std::fs;
+
+    fn open(dir: &Path) -> RunStore {
+        RunStore::open(Arc::new(RealFs), dir.to_path_buf()).expect("open the run store")
+    }
 
     fn entry(offset: u64, timestamp_ms: i64) -> DedupEntry {
         DedupEntry {
@@ -591,7 +676,7 @@ mod tests {
     /// A store in a fresh directory holding one run of `entries` in topic `t`.
     fn store_with(entries: &[(Bytes, DedupEntry)]) -> (tempfile::TempDir, RunStore) {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = RunStore::new(dir.path().to_path_buf());
+        let store = open(dir.path());
         store.insert("t", entries, 0, u64::MAX).expect("insert");
         (dir, store)
     }
@@ -643,7 +728,7 @@ mod tests {
     #[test]
     fn every_stored_key_is_found_and_absent_ones_are_not_across_merges_and_reopen() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let store = RunStore::new(dir.path().to_path_buf());
+        let store = open(dir.path());
         // More checkpoints than DEDUP_RUNS_MAX, of uneven sizes: merges happen.
         let mut next = 0;
         for checkpoint in 0..(DEDUP_RUNS_MAX as u64 * 2) {
@@ -683,7 +768,7 @@ mod tests {
         let runs = store.topic("t").expect("topic").read_runs().len();
         assert!(runs <= DEDUP_RUNS_MAX, "{runs} runs");
         drop(store);
-        check(&RunStore::new(dir.path().to_path_buf()));
+        check(&open(dir.path()));
     }
 
     #[test]
@@ -720,7 +805,7 @@ mod tests {
         bytes[40] ^= 0xFF;
         fs::write(&first, bytes).expect("write");
         fs::write(topic_dir.join(format!("{:020}.run.tmp", 2)), b"partial").expect("write");
-        let store = RunStore::new(dir.path().to_path_buf());
+        let store = open(dir.path());
         assert_eq!(store.get("t", b"key-00000001").expect("get"), None);
         assert_eq!(
             store
@@ -731,5 +816,62 @@ mod tests {
         );
         assert!(first.with_extension("damaged").exists());
         assert!(!topic_dir.join(format!("{:020}.run.tmp", 2)).exists());
+    }
+
+    #[test]
+    fn runs_are_forgotten_expired_first_then_oldest_beyond_the_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = open(dir.path());
+        // One checkpoint per key: keys are forgotten a checkpoint at a time.
+        for i in 0..10u64 {
+            let key = (Bytes::from(format!("k{i}")), entry(i, i as i64 * 100));
+            store.insert("t", &[key], 300, 100).expect("insert");
+        }
+        assert_eq!(store.get("t", b"k2").expect("get"), None, "expired");
+        assert!(store.get("t", b"k3").expect("get").is_some());
+        store.insert("t", &[], 0, 5).expect("trim");
+        assert_eq!(
+            store.get("t", b"k4").expect("get"),
+            None,
+            "beyond the bound"
+        );
+        assert!(store.get("t", b"k5").expect("get").is_some());
+        assert!(store.get("t", b"k9").expect("get").is_some());
+    }
+
+    #[test]
+    fn a_key_stored_again_outlives_its_old_run_and_totals_survive_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = {
+            let store = open(dir.path());
+            store
+                .insert("t", &[(Bytes::from_static(b"a"), entry(1, 10))], 0, 100)
+                .expect("insert");
+            store
+                .insert("t", &[(Bytes::from_static(b"b"), entry(2, 20))], 0, 100)
+                .expect("insert");
+            // "a" again, later: a newer record.
+            store
+                .insert("t", &[(Bytes::from_static(b"a"), entry(3, 500))], 0, 100)
+                .expect("insert");
+            store.id()
+        };
+        let store = open(dir.path());
+        assert_eq!(store.id(), id, "the id survives a reopen");
+        // Forget everything before 100: the first two runs go, the new "a" stays.
+        store.insert("t", &[], 100, 100).expect("expire");
+        assert_eq!(store.get("t", b"a").expect("get"), Some(entry(3, 500)));
+        assert_eq!(store.get("t", b"b").expect("get"), None);
+        // The bound counts what is left after the reopen: one key, so nothing more goes.
+        store.insert("t", &[], 100, 1).expect("trim");
+        assert!(store.get("t", b"a").expect("get").is_some());
+        store.delete_topic("t").expect("delete");
+        assert_eq!(store.get("t", b"a").expect("get"), None);
+        let other = tempfile::tempdir().expect("tempdir");
+        assert_ne!(
+            open(other.path()).id(),
+            id,
+            "each store has an id of its own"
+        );
     }
 }

@@ -1,4 +1,5 @@
-//! The engine: the data directory, the topics in it, the metadata store, and
+//! The engine: the data directory, the topics in it, the metadata and dedup
+//! run stores, and
 //! two background threads: maintenance (async flushes, retention) and
 //! checkpoints (dedup checkpoints, paced so as to spare the publish path).
 //!
@@ -10,6 +11,7 @@
 //!
 //! ```text
 //! <data-dir>/meta/                       sled: consumer offsets, fences
+//! <data-dir>/dedup/store.id              the run store's id (checkpoints name it)
 //! <data-dir>/dedup/<store key, hex>/     dedup keys, one sorted run per checkpoint
 //! <data-dir>/topics/<topic>/topic.json   the topic's settings (source of truth)
 //! <data-dir>/topics/<topic>/dedup.checkpoint
@@ -33,6 +35,7 @@ use std::time::Instant;
 use tokio::sync::watch;
 
 use crate::config::{EngineConfig, TopicConfig};
+use crate::dedup::runs::RunStore;
 use crate::error::{Error, IoContext, Result};
 use crate::limits::READ_BYTES_MAX;
 use crate::meta::{MetaStore, SledMeta};
@@ -40,6 +43,9 @@ use crate::names::{validate_group, validate_producer, validate_topic};
 use crate::storage::batch::{validate_batch, Record, RecordInput};
 use crate::storage::io::{RealFs, Vfs};
 use crate::topic::{PublishResult, Topic, TopicInfo};
+
+/// The dedup run store's directory in the data directory.
+const RUNS_DIR: &str = "dedup";
 
 /// The storage engine.
 #[derive(Debug)]
@@ -67,6 +73,8 @@ struct Inner {
     config: EngineConfig,
     vfs: Arc<dyn Vfs>,
     meta: Arc<dyn MetaStore>,
+    /// Every topic's checkpointed dedup keys.
+    runs: Arc<RunStore>,
     topics_dir: PathBuf,
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
     /// Serialises topic creation and deletion.
@@ -98,7 +106,8 @@ impl Engine {
         Ok(engine)
     }
 
-    /// Opens with a given file system and metadata store (tests use a simulated disk).
+    /// Opens with a given file system and metadata store (tests use a
+    /// simulated disk). The dedup runs are on `vfs` too.
     pub fn open_with(
         config: EngineConfig,
         vfs: Arc<dyn Vfs>,
@@ -112,10 +121,12 @@ impl Engine {
             vfs.sync_dir(&config.data_dir)
                 .context(|| format!("syncing {}", config.data_dir.display()))?;
         }
+        let runs = RunStore::open(vfs.clone(), config.data_dir.join(RUNS_DIR))?;
         let inner = Arc::new(Inner {
             config,
             vfs,
             meta: meta.clone(),
+            runs: Arc::new(runs),
             topics_dir,
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
@@ -170,7 +181,7 @@ impl Engine {
             .context(|| format!("syncing {}", inner.topics_dir.display()))?;
         let topic = Arc::new(Topic::open(
             inner.vfs.clone(),
-            inner.meta.clone(),
+            inner.runs.clone(),
             &inner.config,
             name,
             dir,
@@ -205,6 +216,7 @@ impl Engine {
             .vfs
             .sync_dir(topic.dir())
             .context(|| format!("syncing {}", topic.dir().display()))?;
+        inner.runs.delete_topic(topic.store_key())?;
         inner.meta.delete_topic(topic.store_key())?;
         inner.meta.sync()?;
         inner
@@ -465,7 +477,7 @@ impl Inner {
             let started = Instant::now();
             let topic = Topic::open(
                 self.vfs.clone(),
-                self.meta.clone(),
+                self.runs.clone(),
                 &self.config,
                 &name,
                 dir,

@@ -9,8 +9,10 @@
 //! What was synced always survives.
 //!
 //! It also injects I/O errors on demand ([`SimFs::fail_next`]) to test that a
-//! failed write or fsync latches the partition, and holds syncs back on demand
-//! ([`SimFs::syncs`], [`SimMeta::dedup_inserts`]) to test what goes on while one is under way.
+//! failed write or fsync latches the partition, cuts the power part-way
+//! through work ([`SimFs::cut_power_after`]: every later change fails, as on
+//! a machine that lost power mid-call), and holds syncs back on demand
+//! ([`SimFs::syncs`]) to test what goes on while one is under way.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io;
@@ -68,6 +70,19 @@ struct State {
     dirs: HashMap<PathBuf, DirNode>,
     next_inode: Inode,
     fail_next: Option<FailOp>,
+    power: Power,
+}
+
+/// Whether the simulated machine still has power.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+enum Power {
+    #[default]
+    On,
+    /// On for this many more changes (writes, truncations, syncs, directory
+    /// changes), then off.
+    CutAfter(u32),
+    /// Every change fails until [`SimFs::crash`].
+    Off,
 }
 
 /// The simulated file system. Cloning shares the same disk.
@@ -77,40 +92,62 @@ pub struct SimFs {
     syncs: Arc<Gate>,
 }
 
-/// Holds calls back while closed, so that a test can look at what goes on
-/// while one is under way.
+/// Holds calls on files back while closed, so that a test can look at what
+/// goes on while one is under way.
 #[derive(Debug, Default)]
 pub struct Gate {
-    /// Whether the gate is closed, and how many calls wait at it.
-    state: Mutex<(bool, usize)>,
+    state: Mutex<GateState>,
     opened: Condvar,
 }
 
+#[derive(Debug, Default)]
+struct GateState {
+    /// Closed to calls on files under this directory; open when `None`.
+    closed_under: Option<PathBuf>,
+    /// How many calls wait at the gate.
+    waiting: usize,
+}
+
 impl Gate {
-    /// Returns once the gate is open.
-    fn pass(&self) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state.1 += 1;
-        while state.0 {
+    fn state(&self) -> MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Returns once the gate is open to a call on the file at `path`.
+    fn pass(&self, path: &Path) {
+        let closed = |state: &GateState| {
+            state
+                .closed_under
+                .as_ref()
+                .is_some_and(|dir| path.starts_with(dir))
+        };
+        let mut state = self.state();
+        state.waiting += 1;
+        while closed(&state) {
             state = self.opened.wait(state).unwrap_or_else(|e| e.into_inner());
         }
-        state.1 -= 1;
+        state.waiting -= 1;
     }
 
     /// Holds every later call back, before it does anything, until
     /// [`Gate::release`].
     pub fn hold(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = true;
+        self.hold_under(Path::new("/"));
+    }
+
+    /// Holds later calls on files under `dir` back until [`Gate::release`].
+    pub fn hold_under(&self, dir: &Path) {
+        self.state().closed_under = Some(dir.to_path_buf());
     }
 
     /// How many calls wait at the gate.
     pub fn held(&self) -> usize {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).1
+        self.state().waiting
     }
 
     /// Lets held calls (and later ones) go on.
     pub fn release(&self) {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).0 = false;
+        self.state().closed_under = None;
         self.opened.notify_all();
     }
 }
@@ -155,11 +192,25 @@ impl SimFs {
         &self.syncs
     }
 
+    /// Lets `changes` more changes (writes, truncations, syncs, directory
+    /// changes) through, then fails every later one with an I/O error, as a
+    /// machine that lost power part-way through work would leave it. Reads
+    /// go on. [`SimFs::crash`] brings the power back.
+    pub fn cut_power_after(&self, changes: u32) {
+        self.lock().power = Power::CutAfter(changes);
+    }
+
+    /// Whether the power went off since [`SimFs::cut_power_after`].
+    pub fn power_is_off(&self) -> bool {
+        self.lock().power == Power::Off
+    }
+
     /// Simulates a power loss: pending operations survive, vanish or are trashed,
     /// as the seed decides. Open handles must not be used afterwards.
     pub fn crash(&self, seed: u64) {
         let mut rng = SmallRng::seed_from_u64(seed);
         let mut state = self.lock();
+        state.power = Power::On;
         let mut inodes: Vec<Inode> = state.files.keys().copied().collect();
         inodes.sort_unstable();
         for inode in inodes {
@@ -266,6 +317,21 @@ fn apply_write(data: &mut Vec<u8>, position: u64, bytes: &[u8]) {
 }
 
 impl State {
+    /// Spends one change of the power left; fails once it is off.
+    fn change(&mut self) -> io::Result<()> {
+        match self.power {
+            Power::On => Ok(()),
+            Power::CutAfter(0) | Power::Off => {
+                self.power = Power::Off;
+                Err(io::Error::other("the power is off"))
+            }
+            Power::CutAfter(left) => {
+                self.power = Power::CutAfter(left - 1);
+                Ok(())
+            }
+        }
+    }
+
     fn take_failure(&mut self, op: FailOp) -> io::Result<()> {
         if self.fail_next == Some(op) {
             self.fail_next = None;
@@ -291,6 +357,8 @@ impl State {
 struct SimFile {
     fs: SimFs,
     inode: Inode,
+    /// The name it was opened by (the gate's scope; a rename does not change it).
+    path: PathBuf,
 }
 
 impl SimFile {
@@ -301,6 +369,12 @@ impl SimFile {
             .get_mut(&self.inode)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "file vanished"))?;
         Ok(f(node))
+    }
+
+    /// Runs `f` on the file as one change: it fails once the power is off.
+    fn change<T>(&self, f: impl FnOnce(&mut FileNode) -> T) -> io::Result<T> {
+        self.fs.lock().change()?;
+        self.with_node(f)
     }
 }
 
@@ -319,7 +393,7 @@ impl VFile for SimFile {
         let panic = self.fs.lock().take_failure(FailOp::PanicOnWrite).is_err();
         assert!(!panic, "injected panic in a write");
         self.fs.lock().take_failure(FailOp::Write)?;
-        self.with_node(|node| {
+        self.change(|node| {
             for buf in bufs {
                 apply_write(&mut node.current, position, buf);
                 node.pending.push(Op::Write {
@@ -332,16 +406,16 @@ impl VFile for SimFile {
     }
 
     fn sync_data(&self) -> io::Result<()> {
-        self.fs.syncs.pass();
+        self.fs.syncs.pass(&self.path);
         self.fs.lock().take_failure(FailOp::Sync)?;
-        self.with_node(|node| {
+        self.change(|node| {
             node.durable = node.current.clone();
             node.pending.clear();
         })
     }
 
     fn set_len(&self, len: u64) -> io::Result<()> {
-        self.with_node(|node| {
+        self.change(|node| {
             node.current.resize(len as usize, 0);
             node.pending.push(Op::SetLen(len));
         })
@@ -359,6 +433,7 @@ impl Vfs for SimFs {
             Some(Entry::File(inode)) => inode,
             Some(Entry::Dir) => return Err(io::Error::other("is a directory")),
             None if create => {
+                state.change()?;
                 let (parent, name) = split(path)?;
                 let inode = state.next_inode;
                 state.next_inode += 1;
@@ -374,6 +449,7 @@ impl Vfs for SimFs {
         Ok(Arc::new(SimFile {
             fs: self.clone(),
             inode,
+            path: path.to_path_buf(),
         }))
     }
 
@@ -387,6 +463,7 @@ impl Vfs for SimFs {
                 Some(Entry::Dir) => {}
                 Some(Entry::File(_)) => return Err(io::Error::other("a file is in the way")),
                 None => {
+                    state.change()?;
                     state.dir_mut(&current)?.current.insert(name, Entry::Dir);
                     state.dirs.insert(child.clone(), DirNode::default());
                 }
@@ -404,6 +481,7 @@ impl Vfs for SimFs {
 
     fn remove_file(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
+        state.change()?;
         let (parent, name) = split(path)?;
         match state.dir_mut(parent)?.current.remove(&name) {
             Some(_) => Ok(()),
@@ -413,6 +491,7 @@ impl Vfs for SimFs {
 
     fn remove_dir_all(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
+        state.change()?;
         let (parent, name) = split(path)?;
         state.dir_mut(parent)?.current.remove(&name);
         // The subtree becomes unreachable once the parent's entry is durable;
@@ -422,6 +501,7 @@ impl Vfs for SimFs {
 
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         let mut state = self.lock();
+        state.change()?;
         let entry = state.lookup(from).ok_or_else(|| not_found(from))?;
         if entry == Entry::Dir {
             return Err(io::Error::other("renaming directories is not simulated"));
@@ -436,6 +516,7 @@ impl Vfs for SimFs {
     fn sync_dir(&self, path: &Path) -> io::Result<()> {
         let mut state = self.lock();
         state.take_failure(FailOp::Sync)?;
+        state.change()?;
         let dir = state.dir_mut(path)?;
         dir.durable = dir.current.clone();
         Ok(())
@@ -449,11 +530,11 @@ impl Vfs for SimFs {
 /// An in-memory [`crate::meta::MetaStore`] with the same crash semantics as the
 /// simulated disk: what `sync` made durable survives [`SimMeta::crash`], the rest
 /// is dropped. Lets power-loss tests run thousands of seeds quickly; sled itself
-/// is exercised by the process-crash tests.
+/// is exercised by the process-crash tests. (Dedup runs are files: they live on
+/// the simulated disk.)
 #[derive(Debug, Default)]
 pub struct SimMeta {
     state: Mutex<SimMetaState>,
-    dedup_inserts: Gate,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -466,15 +547,9 @@ struct SimMetaState {
 struct MetaMaps {
     offsets: BTreeMap<(String, String, u32), u64>,
     fences: BTreeMap<String, u64>,
-    dedup: BTreeMap<(String, Vec<u8>), crate::dedup::DedupEntry>,
 }
 
 impl SimMeta {
-    /// The gate every `dedup_insert` passes before it stores anything.
-    pub fn dedup_inserts(&self) -> &Gate {
-        &self.dedup_inserts
-    }
-
     pub fn crash(&self) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         state.current = state.durable.clone();
@@ -486,10 +561,6 @@ impl SimMeta {
 }
 
 impl crate::meta::MetaStore for SimMeta {
-    fn store_id(&self) -> [u8; 16] {
-        [7; 16]
-    }
-
     fn fence_epoch(&self, producer: &str) -> crate::Result<Option<u64>> {
         Ok(self.with(|m| m.fences.get(producer).copied()))
     }
@@ -524,37 +595,8 @@ impl crate::meta::MetaStore for SimMeta {
         }))
     }
 
-    fn dedup_get(
-        &self,
-        topic: &str,
-        key: &[u8],
-    ) -> crate::Result<Option<crate::dedup::DedupEntry>> {
-        Ok(self.with(|m| m.dedup.get(&(topic.to_string(), key.to_vec())).copied()))
-    }
-
-    fn dedup_insert(
-        &self,
-        topic: &str,
-        entries: &[(bytes::Bytes, crate::dedup::DedupEntry)],
-        expire_before_ms: i64,
-        _keys_max: u64,
-    ) -> crate::Result<()> {
-        self.dedup_inserts.pass();
-        self.with(|m| {
-            for (key, entry) in entries {
-                m.dedup.insert((topic.to_string(), key.to_vec()), *entry);
-            }
-            m.dedup
-                .retain(|(t, _), e| t != topic || e.timestamp_ms >= expire_before_ms);
-        });
-        Ok(())
-    }
-
     fn delete_topic(&self, topic: &str) -> crate::Result<()> {
-        self.with(|m| {
-            m.offsets.retain(|(t, _, _), _| t != topic);
-            m.dedup.retain(|(t, _), _| t != topic);
-        });
+        self.with(|m| m.offsets.retain(|(t, _, _), _| t != topic));
         Ok(())
     }
 
