@@ -82,6 +82,11 @@ pub enum Error {
         partition: u32,
         cause: String,
     },
+    /// A thread panicked while it changed state that later work would trust
+    /// (see `crate::sync`): whatever relies on it is refused until the broker
+    /// restarts and rebuilds it from the log.
+    #[error("{what} is unusable since a thread panicked while changing it; restart the broker, which rebuilds it from the log")]
+    Poisoned { what: String },
     /// The engine is shutting down.
     #[error("the broker is shutting down")]
     ShuttingDown,

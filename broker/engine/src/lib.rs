@@ -16,6 +16,7 @@ pub mod limits;
 pub mod meta;
 pub mod names;
 pub mod storage;
+pub mod sync;
 pub mod topic;
 
 #[cfg(test)]

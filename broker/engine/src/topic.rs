@@ -30,7 +30,8 @@ use crate::dedup::{Dedup, Memory};
 use crate::error::{Error, IoContext, Result};
 use crate::storage::batch::{validate_batch, RecordInput, UnsealedBatch};
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
-use crate::storage::partition::{Partition, PartitionInfo, PartitionSettings};
+use crate::storage::partition::{Partition, PartitionInfo, PartitionSettings, WriterSettings};
+use crate::sync::{read, write};
 
 /// Name of the settings file in a topic directory.
 pub const TOPIC_FILE: &str = "topic.json";
@@ -161,13 +162,15 @@ impl Topic {
         let name: Arc<str> = Arc::from(name);
         let store_key: Arc<str> = Arc::from(format!("{name}@{id}"));
         let settings = PartitionSettings {
-            durability: config.durability,
-            segment_bytes: config.segment_bytes,
-            index_interval_bytes: engine.index_interval_bytes,
-            in_flight_bytes_max: engine.in_flight_bytes_per_partition,
+            writer: WriterSettings {
+                durability: config.durability,
+                segment_bytes: config.segment_bytes,
+                index_interval_bytes: engine.index_interval_bytes,
+                in_flight_bytes_max: engine.in_flight_bytes_per_partition,
+                page_cache_window_bytes: engine.page_cache_window_bytes,
+                clock: engine.clock.clone(),
+            },
             map_sealed_segments: engine.map_sealed_segments,
-            page_cache_window_bytes: engine.page_cache_window_bytes,
-            clock: engine.clock.clone(),
         };
         let partitions = (0..config.partitions)
             .map(|id| {
@@ -215,7 +218,7 @@ impl Topic {
     /// A guard that keeps the topic from being deleted while it is held;
     /// `TopicNotFound` once it has been.
     pub fn live(&self) -> Result<RwLockReadGuard<'_, bool>> {
-        let deleted = self.deleted.read().unwrap_or_else(|e| e.into_inner());
+        let deleted = read(&self.deleted);
         if *deleted {
             return Err(Error::TopicNotFound(self.name.to_string()));
         }
@@ -225,7 +228,7 @@ impl Topic {
     /// Marks the topic deleted, after every publish and maintenance task that
     /// holds a [`Topic::live`] guard has finished.
     pub fn mark_deleted(&self) {
-        *self.deleted.write().unwrap_or_else(|e| e.into_inner()) = true;
+        *write(&self.deleted) = true;
     }
 
     pub fn dir(&self) -> &Path {
@@ -300,7 +303,11 @@ impl Topic {
             .iter()
             .filter_map(|r| r.idempotency_key.as_ref())
             .collect();
-        let generation = self.dedup.generation();
+        // Keyless batches take no dedup lock at all (see `append_planned`).
+        let generation = match keys.is_empty() {
+            true => 0,
+            false => self.dedup.generation()?,
+        };
         let stored = self.dedup.lookup_stored(&keys)?;
         // Encode per partition before taking the dedup lock, assuming no duplicates.
         let encoded: BTreeMap<u32, UnsealedBatch> = by_partition

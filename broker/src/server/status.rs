@@ -28,9 +28,11 @@ fn code(error: &Error) -> Code {
         // A failed partition or a closing broker: another attempt (after a
         // restart) can succeed, and idempotency keys make it safe.
         Error::PartitionFailed { .. } | Error::ShuttingDown => Code::Unavailable,
-        Error::Io { .. } | Error::Meta { .. } | Error::Corrupt { .. } | Error::TaskFailed(_) => {
-            Code::Internal
-        }
+        Error::Io { .. }
+        | Error::Meta { .. }
+        | Error::Corrupt { .. }
+        | Error::TaskFailed(_)
+        | Error::Poisoned { .. } => Code::Internal,
     }
 }
 

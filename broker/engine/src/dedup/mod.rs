@@ -41,6 +41,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::limits::{DEDUP_MEMORY_KEYS_MAX, DEDUP_ROOM_WAIT_MAX};
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::Partition;
+use crate::sync::lock;
 pub use entry::DedupEntry;
 use runs::RunStore;
 
@@ -130,14 +131,16 @@ pub struct Dedup {
     checkpoint_path: PathBuf,
     window_ms: u64,
     keys_max: u64,
+    /// Poisoned: refuses (see `Dedup::lock`).
     memory: Mutex<Memory>,
     /// Wakes appenders waiting for memory room after a checkpoint.
     room: Condvar,
-    /// Serialises checkpoints.
+    /// Serialises checkpoints. Poisoned: goes on (it guards nothing).
     checkpointing: Mutex<()>,
     /// Newest append time in the topic: the clock the window is measured on.
     log_time_ms: AtomicI64,
     /// The offsets of the last checkpoint written, to skip empty ones.
+    /// Poisoned: goes on (set by one assignment).
     last_checkpoint: Mutex<Option<Vec<u64>>>,
 }
 
@@ -167,23 +170,34 @@ impl Dedup {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Memory> {
-        self.memory.lock().unwrap_or_else(|e| e.into_inner())
+    /// The memory layer. Poisoned, it may be between the two swaps of a
+    /// checkpoint, with keys in neither map: a lookup would answer "new" for
+    /// a duplicate, so keyed appends and checkpoints are refused instead
+    /// (see `crate::sync`); a restart rebuilds it from the log.
+    fn lock(&self) -> Result<MutexGuard<'_, Memory>> {
+        self.memory.lock().map_err(|_| self.poisoned())
     }
 
-    pub fn generation(&self) -> u64 {
-        self.lock().generation
+    fn poisoned(&self) -> Error {
+        Error::Poisoned {
+            what: format!("the dedup index of topic {:?}", self.topic),
+        }
     }
 
+    pub fn generation(&self) -> Result<u64> {
+        Ok(self.lock()?.generation)
+    }
+
+    /// Keys in memory; none for a poisoned index, which takes no checkpoint.
     pub fn memory_keys(&self) -> usize {
-        self.lock().len()
+        self.lock().map_or(0, |memory| memory.len())
     }
 
     /// Locks the memory layer, first waiting (at most `DEDUP_ROOM_WAIT_MAX`)
     /// while it is over its hard bound.
     pub fn lock_with_room(&self) -> Result<MutexGuard<'_, Memory>> {
         let deadline = Instant::now() + DEDUP_ROOM_WAIT_MAX;
-        let mut memory = self.lock();
+        let mut memory = self.lock()?;
         while memory.len() >= 2 * DEDUP_MEMORY_KEYS_MAX {
             let now = Instant::now();
             if now >= deadline {
@@ -199,7 +213,7 @@ impl Dedup {
             memory = self
                 .room
                 .wait_timeout(memory, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
+                .map_err(|_| self.poisoned())?
                 .0;
         }
         Ok(memory)
@@ -234,8 +248,8 @@ impl Dedup {
     /// syncs it, then records `offsets` as the checkpoint. Does nothing when
     /// there is nothing new to record.
     fn checkpoint_below(&self, offsets: &[u64]) -> Result<()> {
-        let _one_at_a_time = self.checkpointing.lock().unwrap_or_else(|e| e.into_inner());
-        let moving = self.start_moving();
+        let _one_at_a_time = lock(&self.checkpointing);
+        let moving = self.start_moving()?;
         let (entries, kept): (Vec<Keyed>, Vec<Keyed>) = moving
             .iter()
             .map(|(k, e)| (k.clone(), *e))
@@ -244,25 +258,21 @@ impl Dedup {
                     .get(e.partition as usize)
                     .is_some_and(|end| e.offset < *end)
             });
-        let mut last = self
-            .last_checkpoint
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut last = lock(&self.last_checkpoint);
         if entries.is_empty() && last.as_deref() == Some(offsets) {
-            self.end_moving(with_room(kept, moving.len()), false);
-            return Ok(());
+            return self.end_moving(with_room(kept, moving.len()), false);
         }
         let started = Instant::now();
         if let Err(error) = self.store(&entries, offsets) {
             self.end_moving(
                 with_room(entries.into_iter().chain(kept), moving.len()),
                 false,
-            );
+            )?;
             return Err(error);
         }
         *last = Some(offsets.to_vec());
         drop(last);
-        self.end_moving(with_room(kept, moving.len()), true);
+        self.end_moving(with_room(kept, moving.len()), true)?;
         // The moved keys are freed here, outside the lock.
         drop(moving);
         tracing::debug!(
@@ -286,27 +296,40 @@ impl Dedup {
         self.write_checkpoint(offsets)
     }
 
+    /// Panics on a thread of its own while holding the memory lock, for
+    /// tests of the poison rule.
+    #[cfg(test)]
+    pub fn poison_memory(&self) {
+        std::thread::scope(|scope| {
+            let holder = scope.spawn(|| {
+                let _memory = self.memory.lock();
+                panic!("a test panics holding the dedup memory");
+            });
+            assert!(holder.join().is_err(), "the holder panicked");
+        });
+    }
+
     /// The capacity of the memory map, for tests.
     #[cfg(test)]
     pub fn memory_capacity(&self) -> usize {
-        self.lock().recent.capacity()
+        self.lock().map_or(0, |memory| memory.recent.capacity())
     }
 
     /// Takes every key in memory into `moving` (where lookups still find
     /// them) and returns them.
-    fn start_moving(&self) -> Arc<KeyMap> {
-        let mut memory = self.lock();
+    fn start_moving(&self) -> Result<Arc<KeyMap>> {
+        let mut memory = self.lock()?;
         let moving = Arc::new(std::mem::take(&mut memory.recent));
         memory.moving = Arc::clone(&moving);
-        moving
+        Ok(moving)
     }
 
     /// Ends a move: memory keeps `unmoved` (the moving keys the store did not
     /// take, built outside the lock) and the keys that came meanwhile, which
     /// win over them, so the lock is held for the few keys that came. With
     /// `stored`, lookups made in the store before now are stale.
-    fn end_moving(&self, unmoved: KeyMap, stored: bool) {
-        let mut memory = self.lock();
+    fn end_moving(&self, unmoved: KeyMap, stored: bool) -> Result<()> {
+        let mut memory = self.lock()?;
         memory.moving = Arc::default();
         let came = std::mem::replace(&mut memory.recent, unmoved);
         memory.recent.extend(came);
@@ -315,6 +338,7 @@ impl Dedup {
         }
         drop(memory);
         self.room.notify_all();
+        Ok(())
     }
 
     fn write_checkpoint(&self, offsets: &[u64]) -> Result<()> {
@@ -423,7 +447,7 @@ impl Dedup {
             };
             let Some(last) = records.last() else { break };
             offset = last.offset + 1;
-            let mut memory = self.lock();
+            let mut memory = self.lock()?;
             for record in records {
                 if let Some(key) = record.idempotency_key {
                     scanned += 1;

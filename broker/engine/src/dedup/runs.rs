@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use super::entry::DedupEntry;
 use crate::error::{Error, IoContext, Result};
 use crate::storage::io::{read_exact_at, read_small_file, write_file_atomic, VFile, Vfs};
+use crate::sync::{read, write};
 
 /// Most runs a topic keeps before merging two.
 pub const DEDUP_RUNS_MAX: usize = 16;
@@ -84,7 +85,8 @@ struct TopicRuns {
     vfs: Arc<dyn Vfs>,
     dir: PathBuf,
     runs: RwLock<Vec<Arc<Run>>>,
-    /// Serialises inserts, forgets and merges.
+    /// Serialises inserts, forgets and merges; the next run's sequence.
+    /// Poisoned: refuses (see `RunStore::insert`).
     writer: Mutex<u64>,
 }
 
@@ -189,8 +191,13 @@ impl RunStore {
         expire_before_ms: i64,
         keys_max: u64,
     ) -> Result<()> {
+        let topic_name = topic;
         let topic = self.topic(topic)?;
-        let mut next_seq = topic.writer.lock().unwrap_or_else(|e| e.into_inner());
+        // Poisoned, a run may be named but not counted, and the next one
+        // would take its name: refused (see `crate::sync`).
+        let mut next_seq = topic.writer.lock().map_err(|_| Error::Poisoned {
+            what: format!("the dedup runs of {topic_name:?}"),
+        })?;
         if !entries.is_empty() {
             let mut sorted: Vec<(&[u8], DedupEntry)> =
                 entries.iter().map(|(k, e)| (k.as_ref(), *e)).collect();
@@ -209,10 +216,7 @@ impl RunStore {
 
     /// Forgets a topic's runs.
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
-        self.topics
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(topic);
+        write(&self.topics).remove(topic);
         let dir = self.topic_dir(topic);
         if !self.vfs.exists(&dir) {
             return Ok(());
@@ -231,15 +235,10 @@ impl RunStore {
 
     /// A topic's runs, loaded from disk at first use.
     fn topic(&self, topic: &str) -> Result<Arc<TopicRuns>> {
-        if let Some(runs) = self
-            .topics
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(topic)
-        {
+        if let Some(runs) = read(&self.topics).get(topic) {
             return Ok(Arc::clone(runs));
         }
-        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let mut topics = write(&self.topics);
         if let Some(runs) = topics.get(topic) {
             return Ok(Arc::clone(runs));
         }
@@ -313,11 +312,11 @@ impl TopicRuns {
     }
 
     fn read_runs(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Run>>> {
-        self.runs.read().unwrap_or_else(|e| e.into_inner())
+        read(&self.runs)
     }
 
     fn write_runs(&self) -> std::sync::RwLockWriteGuard<'_, Vec<Arc<Run>>> {
-        self.runs.write().unwrap_or_else(|e| e.into_inner())
+        write(&self.runs)
     }
 
     /// Drops whole runs, oldest first and never the newest: past the window,

@@ -13,10 +13,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::lock;
 use crate::error::{Error, Result};
 use crate::limits::FENCED_PRODUCERS_MAX;
 use crate::meta::MetaStore;
+use crate::sync::lock;
 
 /// A fenced publisher's identity and epoch; see [`Engine::publish_fenced`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -42,6 +42,7 @@ use crate::meta::{MetaStore, SledMeta};
 use crate::names::{validate_group, validate_producer, validate_topic};
 use crate::storage::batch::{validate_batch, Record, RecordInput};
 use crate::storage::io::{RealFs, Vfs};
+use crate::sync::{lock, read, write};
 use crate::topic::{PublishResult, Topic, TopicInfo};
 
 /// The dedup run store's directory in the data directory.
@@ -76,8 +77,11 @@ struct Inner {
     /// Every topic's checkpointed dedup keys.
     runs: Arc<RunStore>,
     topics_dir: PathBuf,
+    /// Poisoned: goes on (see `crate::sync`): one insert or remove at a time.
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
-    /// Serialises topic creation and deletion.
+    /// Serialises topic creation and deletion. Poisoned: goes on (guards
+    /// nothing; a creation or deletion cut short is finished or undone at
+    /// the next open, from the directory).
     admin: Mutex<()>,
     /// Tells the background threads to stop.
     stopping: AtomicBool,
@@ -162,7 +166,7 @@ impl Engine {
         validate_topic(name)?;
         config.validate()?;
         let inner = &self.inner;
-        let _admin = inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = lock(&inner.admin);
         if read(&inner.topics).contains_key(name) {
             return Err(Error::TopicExists(name.to_string()));
         }
@@ -201,7 +205,7 @@ impl Engine {
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         validate_topic(name)?;
         let inner = &self.inner;
-        let _admin = inner.admin.lock().unwrap_or_else(|e| e.into_inner());
+        let _admin = lock(&inner.admin);
         let topic = write(&inner.topics)
             .remove(name)
             .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
@@ -413,8 +417,7 @@ impl Engine {
 
     fn stop(&self) {
         self.inner.stopping.store(true, Ordering::SeqCst);
-        let threads =
-            std::mem::take(&mut *self.background.lock().unwrap_or_else(|e| e.into_inner()));
+        let threads = std::mem::take(&mut *lock(&self.background));
         for thread in threads {
             thread.thread().unpark();
             if thread.join().is_err() {
@@ -428,18 +431,6 @@ impl Drop for Engine {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Inner {

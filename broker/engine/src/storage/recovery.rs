@@ -14,7 +14,7 @@
 //!   reach it fail with a data-loss error instead of skipping it.
 //!
 //! Zeros from a bad frame to the end of the file are neither: they are the
-//! space a group commit zero-filled ahead of its data (`group_commit`), cut in
+//! space a group commit zero-filled ahead of its data (`writer`), cut in
 //! any segment, since a frame is never all zeros.
 //!
 //! Invariant: recovery never truncates a frame that a later valid frame proves

@@ -188,17 +188,14 @@ mod tests {
             Ok(0)
         }
         fn release_cache(&self, position: u64, len: u64) -> io::Result<()> {
-            self.0
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((position, len));
+            crate::sync::lock(&self.0).push((position, len));
             Ok(())
         }
     }
 
     impl Noting {
         fn released(&self) -> Vec<(u64, u64)> {
-            self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+            crate::sync::lock(&self.0).clone()
         }
     }
 

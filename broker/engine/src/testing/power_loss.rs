@@ -669,6 +669,36 @@ fn a_panicking_leader_latches_its_partition_and_others_keep_serving() {
     expect_recovered(&fs, &meta, "s", 0, b"first");
 }
 
+#[test]
+fn a_panic_holding_the_dedup_memory_refuses_keyed_appends_until_a_restart() {
+    let (fs, meta, engine) = fresh();
+    engine
+        .create_topic("k", topic_config(1, Durability::Sync))
+        .expect("create");
+    let keyed = |key: &'static str| RecordInput {
+        idempotency_key: Some(Bytes::from_static(key.as_bytes())),
+        ..RecordInput::new("v")
+    };
+    engine.publish("k", &[keyed("a")]).expect("a");
+    engine.topic("k").expect("topic").dedup().poison_memory();
+    // A duplicate might go unseen: keyed appends and checkpoints are refused.
+    let err = engine.publish("k", &[keyed("b")]).expect_err("poisoned");
+    assert!(
+        matches!(err, crate::Error::Poisoned { .. }) && err.to_string().contains("restart"),
+        "{err}"
+    );
+    assert!(engine.checkpoint_dedup().is_err(), "no checkpoint either");
+    // Keyless appends need no dedup index and go on.
+    engine
+        .publish("k", &[RecordInput::new("keyless")])
+        .expect("keyless");
+    drop(engine);
+    // A restart rebuilds the index from the log: "a" is a duplicate again.
+    let engine = open(&fs, &meta);
+    let retry = engine.publish("k", &[keyed("a")]).expect("retry")[0];
+    assert!(retry.duplicate && retry.offset == 0, "{retry:?}");
+}
+
 /// A record pinned to a partition.
 fn on(partition: u32, payload: &'static str) -> RecordInput {
     RecordInput {

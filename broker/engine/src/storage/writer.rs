@@ -1,5 +1,8 @@
-//! Group commit: one writer per partition, many appenders, one write and one
+//! A partition's writer, with group commit: many appenders, one write and one
 //! fdatasync for everything enqueued while the previous write was in progress.
+//! The write half of a partition, one type in one file: it owns the append
+//! queue, the offsets and the active segment's files, and shares only
+//! [`SharedLog`] (what readers see) with the partition.
 //!
 //! An appender enqueues a sealed frame (offsets are assigned in enqueue order,
 //! under the writer lock) and then waits. The first waiter that finds no write in
@@ -12,23 +15,25 @@
 //! - An append to a `sync` topic returns only after its frame and every frame
 //!   before it are fdatasync'ed; a new segment file and its directory entry are
 //!   synced before any frame in it is acknowledged.
-//! - After a failed write or fsync, a panic in a group's write or a poisoned
-//!   writer lock, the partition is latched failed: every later append fails
-//!   until the partition is reopened (recovery decides what the disk holds). An
-//!   fsync is never retried.
+//! - After a failed write or fsync, a panic in a group's write, or a poisoned
+//!   state or I/O lock, the partition is latched failed: every later append
+//!   fails until the partition is reopened (recovery decides what the disk
+//!   holds). An fsync is never retried.
 //! - Bytes enqueued but not yet durable stay under `in_flight_bytes_max`; an
 //!   appender waits for room instead of growing the queue.
-//! - Lock order: `flushing` before `io`, `io` before `writer`, `writer` before `log`.
+//! - Lock order: `flushing` before `io`, `io` before `state`, `state` before
+//!   the shared log.
 
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{lock, write, Partition};
+use super::log_state::SharedLog;
+use crate::clock::Clock;
 use crate::config::Durability;
 use crate::error::{Error, IoContext, Result};
 use crate::limits::{GROUP_COMMIT_LINGER_MAX, PREALLOCATE_GROUP_BYTES_MAX, PREALLOCATE_STEP_BYTES};
@@ -37,22 +42,64 @@ use crate::storage::index::{self, entry_position, IndexEntry, SparseIndex};
 use crate::storage::io::{VFile, Vfs};
 use crate::storage::segment::{self, Segment};
 use crate::storage::write_behind::{Releases, WriteBehind};
+use crate::sync::lock;
 
 /// What zero-filled space ahead of the data is written from.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
+/// What the writer needs of its topic's settings.
+#[derive(Debug, Clone)]
+pub struct WriterSettings {
+    pub durability: Durability,
+    pub segment_bytes: u64,
+    pub in_flight_bytes_max: u64,
+    pub index_interval_bytes: u32,
+    /// Newest bytes of the log kept in the page cache (see `write_behind`).
+    pub page_cache_window_bytes: u64,
+    /// Stamps each frame's append time.
+    pub clock: Arc<dyn Clock>,
+}
+
+/// One partition's writer.
+#[derive(Debug)]
+pub struct Writer {
+    topic: Arc<str>,
+    partition: u32,
+    dir: PathBuf,
+    vfs: Arc<dyn Vfs>,
+    settings: WriterSettings,
+    /// What readers see; the writer moves its visible end and rolls segments.
+    log: Arc<SharedLog>,
+    /// The append queue and offsets. Poisoned: latches (see `Writer::state`).
+    state: Mutex<WriterState>,
+    /// Wakes appenders waiting for in-flight room.
+    state_cv: Condvar,
+    /// Wakes a leader lingering for more frames.
+    queue_cv: Condvar,
+    /// The active segment's files, held by the one thread writing at a time.
+    /// Poisoned: latches (see `Writer::io`).
+    io: Mutex<WriterIo>,
+    /// Serialises `async` flushes, whose sync runs without the I/O lock: a
+    /// flush returns only once a sync started after everything written
+    /// before it was called has ended, not while another flush's is under way.
+    flushing: Mutex<()>,
+    /// Offsets below this are acknowledged (durable for `sync`, written for
+    /// `async`): appenders check it without taking the state lock.
+    acked_end: AtomicU64,
+}
+
 /// A frame waiting for the writer.
 #[derive(Debug)]
-pub(super) struct Queued {
+struct Queued {
     frame: Bytes,
     base_offset: u64,
     end_offset: u64,
     timestamp_ms: i64,
 }
 
-/// The append queue and the offsets, under the partition's writer lock.
+/// The append queue and the offsets, under the writer's state lock.
 #[derive(Debug)]
-pub(super) struct WriterState {
+struct WriterState {
     /// Offset the next enqueued record gets.
     next_offset: u64,
     /// Append time of the newest frame; append times never go backwards.
@@ -77,7 +124,7 @@ pub(super) struct WriterState {
 }
 
 impl WriterState {
-    pub(super) fn new(end_offset: u64, last_timestamp_ms: i64) -> Self {
+    fn new(end_offset: u64, last_timestamp_ms: i64) -> Self {
         WriterState {
             next_offset: end_offset,
             last_timestamp_ms,
@@ -95,7 +142,7 @@ impl WriterState {
 
 /// The active segment's files and write position, held by the leader.
 #[derive(Debug)]
-pub(super) struct WriterIo {
+struct WriterIo {
     log: Arc<dyn VFile>,
     log_path: PathBuf,
     /// The active segment's base offset (index entries are relative to it).
@@ -120,7 +167,7 @@ pub(super) struct WriterIo {
 }
 
 impl WriterIo {
-    pub(super) fn new(
+    fn new(
         active: &Segment,
         index_file: Arc<dyn VFile>,
         index_interval_bytes: u32,
@@ -172,6 +219,7 @@ fn zeros_after(end: u64, file_bytes: u64, group_bytes: u64, segment_bytes: u64) 
 }
 
 /// The files of a segment just created.
+#[derive(Debug)]
 pub(super) struct NewSegment {
     log: Arc<dyn VFile>,
     log_path: PathBuf,
@@ -205,37 +253,120 @@ pub(super) fn create_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<New
     })
 }
 
-impl Partition {
+/// What a poisoned state lock holds (its guard, or a condition variable's
+/// wait's answer), with the partition latched failed.
+fn latch_poisoned<G: HoldsState>(poisoned: std::sync::PoisonError<G>) -> G {
+    let mut held = poisoned.into_inner();
+    held.state()
+        .failed
+        .get_or_insert_with(|| WRITER_PANICKED.to_string());
+    held
+}
+
+/// A guard of the writer state, alone or as a timed wait returns it.
+trait HoldsState {
+    fn state(&mut self) -> &mut WriterState;
+}
+
+impl HoldsState for MutexGuard<'_, WriterState> {
+    fn state(&mut self) -> &mut WriterState {
+        self
+    }
+}
+
+impl HoldsState for (MutexGuard<'_, WriterState>, std::sync::WaitTimeoutResult) {
+    fn state(&mut self) -> &mut WriterState {
+        &mut self.0
+    }
+}
+
+impl Writer {
+    /// The writer of a partition whose log recovery just opened: appends go
+    /// on at its end, in its active segment (`index_file` is that
+    /// segment's index).
+    pub fn new(
+        topic: Arc<str>,
+        partition: u32,
+        dir: PathBuf,
+        vfs: Arc<dyn Vfs>,
+        settings: WriterSettings,
+        log: Arc<SharedLog>,
+        index_file: Arc<dyn VFile>,
+    ) -> Result<Writer> {
+        let (io, end, last_timestamp_ms) = {
+            let state = log.read();
+            let active = state.segments.last().ok_or_else(|| Error::Corrupt {
+                what: "partition",
+                path: dir.clone(),
+                reason: "no segment files".into(),
+            })?;
+            let last_timestamp_ms = state
+                .segments
+                .iter()
+                .map(|s| s.last_timestamp_ms)
+                .max()
+                .unwrap_or(0);
+            let io = WriterIo::new(
+                active,
+                index_file,
+                settings.index_interval_bytes,
+                settings.page_cache_window_bytes,
+            );
+            (io, active.end_offset, last_timestamp_ms)
+        };
+        Ok(Writer {
+            topic,
+            partition,
+            dir,
+            vfs,
+            settings,
+            log,
+            state: Mutex::new(WriterState::new(end, last_timestamp_ms)),
+            state_cv: Condvar::new(),
+            queue_cv: Condvar::new(),
+            io: Mutex::new(io),
+            flushing: Mutex::new(()),
+            acked_end: AtomicU64::new(end),
+        })
+    }
+
     /// The writer state. A poisoned lock means a thread panicked while it
     /// held it, possibly between two of the state's updates: the partition
     /// latches as after a failed write, since nothing it would do next could
     /// be trusted.
-    fn writer_state(&self) -> MutexGuard<'_, WriterState> {
-        self.writer.lock().unwrap_or_else(|poisoned| {
-            let mut w = poisoned.into_inner();
-            w.failed.get_or_insert_with(|| WRITER_PANICKED.to_string());
-            w
+    fn state(&self) -> MutexGuard<'_, WriterState> {
+        self.state.lock().unwrap_or_else(latch_poisoned)
+    }
+
+    /// The active segment's files. Poisoned, they are in a state no one
+    /// knows (a panic mid-write): the partition latches, and this fails.
+    fn io(&self) -> Result<MutexGuard<'_, WriterIo>> {
+        self.io.lock().map_err(|poisoned| {
+            drop(poisoned);
+            let mut w = self.state();
+            let cause = w.failed.get_or_insert_with(|| WRITER_PANICKED.to_string());
+            self.failed_error(cause)
         })
     }
 
     fn failed_error(&self, cause: &str) -> Error {
         Error::PartitionFailed {
             topic: self.topic.to_string(),
-            partition: self.id,
+            partition: self.partition,
             cause: cause.to_string(),
         }
     }
 
     /// Assigns offsets to a batch and queues it. Waits while the partition has
-    /// more than its in-flight limit queued. Follow with [`Partition::wait`].
+    /// more than its in-flight limit queued. Follow with [`Writer::wait`].
     pub fn enqueue(&self, batch: UnsealedBatch) -> Result<Ticket> {
         let bytes = batch.frame_bytes() as u64;
-        let mut w = self.writer_state();
+        let mut w = self.state();
         while w.failed.is_none()
             && w.in_flight_bytes > 0
             && w.in_flight_bytes + bytes > self.settings.in_flight_bytes_max
         {
-            w = self.writer_cv.wait(w).unwrap_or_else(|e| e.into_inner());
+            w = self.state_cv.wait(w).unwrap_or_else(latch_poisoned);
         }
         if let Some(cause) = &w.failed {
             return Err(self.failed_error(cause));
@@ -275,7 +406,7 @@ impl Partition {
             if self.acked_end.load(Ordering::Acquire) >= end_offset {
                 return Ok(());
             }
-            let mut w = self.writer_state();
+            let mut w = self.state();
             if self.acked_end.load(Ordering::Acquire) >= end_offset {
                 return Ok(());
             }
@@ -309,7 +440,7 @@ impl Partition {
             }))
             .map(|written| written.map_err(|error| error.to_string()))
             .unwrap_or_else(|_| Err(WRITER_PANICKED.to_string()));
-            let mut w = self.writer_state();
+            let mut w = self.state();
             w.flushing = false;
             w.in_flight_bytes -= group_bytes;
             match result {
@@ -321,7 +452,7 @@ impl Partition {
                     self.publish_visible(end);
                 }
                 Err(cause) => {
-                    tracing::error!(topic = %self.topic, partition = self.id, %cause,
+                    tracing::error!(topic = %self.topic, partition = self.partition, %cause,
                         "write failed; the partition refuses appends until it is reopened");
                     w.failed = Some(cause);
                 }
@@ -339,7 +470,7 @@ impl Partition {
     fn release_and_wake(&self, mut w: MutexGuard<'_, WriterState>) {
         let wake = self.waiters_to_wake(&mut w);
         drop(w);
-        self.writer_cv.notify_all();
+        self.state_cv.notify_all();
         for thread in wake {
             thread.unpark();
         }
@@ -380,24 +511,23 @@ impl Partition {
             w = self
                 .queue_cv
                 .wait_timeout(w, deadline - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+                .map_or_else(|poisoned| latch_poisoned(poisoned).0, |(w, _)| w);
         }
         w
     }
 
-    /// Makes offsets below `end` acknowledged and readable.
+    /// Makes offsets below `end` readable, then acknowledged: an appender
+    /// that returns finds its records.
     fn publish_visible(&self, end: u64) {
-        write(&self.log).visible_end = end;
+        self.log.show(end);
         self.acked_end.store(end, Ordering::Release);
-        self.visible_tx.send_replace(end);
     }
 
     /// Writes a group of frames (rolling segments as needed) and, for `sync`
     /// topics, fdatasyncs them. Returns the new written end; what the page
     /// cache may let go of goes into `releases`.
     fn write_group(&self, group: Vec<Queued>, sync: bool, releases: &mut Releases) -> Result<u64> {
-        let mut io = lock(&self.io);
+        let mut io = self.io()?;
         let mut frames: Vec<Bytes> = Vec::with_capacity(group.len());
         let mut entries: Vec<IndexEntry> = Vec::new();
         let mut start = io.position;
@@ -490,11 +620,11 @@ impl Partition {
                 .index_file
                 .write_all_at(&[&bytes], entry_position(io.index_entries))
             {
-                tracing::warn!(topic = %self.topic, partition = self.id, %error, "index write failed; it is rebuilt at the next open");
+                tracing::warn!(topic = %self.topic, partition = self.partition, %error, "index write failed; it is rebuilt at the next open");
             }
             io.index_entries += entries.len();
         }
-        let mut log = write(&self.log);
+        let mut log = self.log.write();
         let active = log
             .segments
             .last_mut()
@@ -523,7 +653,7 @@ impl Partition {
             .sync_data()
             .context(|| format!("syncing {}", io.log_path.display()))?;
         if let Err(error) = io.index_file.sync_data() {
-            tracing::warn!(topic = %self.topic, partition = self.id, %error, "index sync failed; it is rebuilt at the next open");
+            tracing::warn!(topic = %self.topic, partition = self.partition, %error, "index sync failed; it is rebuilt at the next open");
         }
         let base = io.end_offset;
         let NewSegment {
@@ -547,7 +677,7 @@ impl Partition {
             unsynced: false,
             write_behind,
         };
-        write(&self.log).segments.push(Segment {
+        self.log.write().segments.push(Segment {
             mapped: Default::default(),
             base_offset: base,
             log,
@@ -557,7 +687,7 @@ impl Partition {
             size_bytes: 0,
             last_timestamp_ms: 0,
         });
-        tracing::debug!(topic = %self.topic, partition = self.id, base, "rolled a new segment");
+        tracing::debug!(topic = %self.topic, partition = self.partition, base, "rolled a new segment");
         Ok(())
     }
 
@@ -570,8 +700,8 @@ impl Partition {
     pub fn flush(&self) -> Result<()> {
         let one_at_a_time = lock(&self.flushing);
         let (log, log_path, end, position) = {
-            let mut io = lock(&self.io);
-            let w = self.writer_state();
+            let mut io = self.io()?;
+            let w = self.state();
             if let Some(cause) = &w.failed {
                 // Never retry an fsync: after a failure the kernel may have dropped
                 // the dirty pages, and a second fsync would "succeed" over lost data.
@@ -589,21 +719,21 @@ impl Partition {
         };
         if let Err(error) = log.sync_data() {
             let error = Error::io(format!("syncing {}", log_path.display()), error);
-            let mut w = self.writer_state();
+            let mut w = self.state();
             w.failed = Some(error.to_string());
             self.release_and_wake(w);
             return Err(error);
         }
         let mut releases = Releases::default();
         {
-            let mut io = lock(&self.io);
+            let mut io = self.io()?;
             // A segment rolled meanwhile was synced as it was sealed.
             if Arc::ptr_eq(&io.log, &log) {
                 io.write_behind.synced(&log, position, &mut releases);
             }
         }
         {
-            let mut w = self.writer_state();
+            let mut w = self.state();
             w.durable_end = w.durable_end.max(end);
         }
         drop(one_at_a_time);
@@ -613,11 +743,11 @@ impl Partition {
 
     /// Bytes enqueued and not yet acknowledged.
     pub fn in_flight_bytes(&self) -> u64 {
-        self.writer_state().in_flight_bytes
+        self.state().in_flight_bytes
     }
 
     /// Offsets below this are on disk (fdatasync'ed).
     pub fn durable_end(&self) -> u64 {
-        self.writer_state().durable_end
+        self.state().durable_end
     }
 }

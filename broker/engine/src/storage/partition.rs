@@ -1,7 +1,7 @@
 //! A partition: a directory of segments, recovered at open, read by offset or
-//! timestamp, trimmed by retention. Appends go through its child module
-//! `group_commit`, the write half of the same type: a child, so that the
-//! writer reaches `Partition`'s private fields and no other module does.
+//! timestamp, trimmed by retention. Appends go to its [`Writer`]
+//! (`storage::writer`); the two share only what readers see of the log
+//! ([`SharedLog`]).
 //!
 //! Invariants:
 //! - Offsets are dense and increasing; segment `i + 1` starts where segment `i`
@@ -11,47 +11,28 @@
 //! - Only sealed segments are deleted by retention; the active segment stays,
 //!   so the earliest offset is always a segment base that exists.
 
-mod group_commit;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use self::group_commit::{create_segment, WriterIo, WriterState};
-use super::batch::{decode_records, Record};
+use super::batch::{decode_records, Record, UnsealedBatch};
 use super::index::{self, entry_position, IndexEntry, SparseIndex};
 use super::io::{VFile, Vfs};
+use super::log_state::SharedLog;
 use super::recovery::{self, ScanStart};
 use super::segment::{self, Frame, FrameReader, Segment};
-use crate::clock::Clock;
-use crate::config::Durability;
+pub use super::writer::WriterSettings;
+use super::writer::{create_segment, Ticket, Writer};
 use crate::error::{Error, IoContext, Result};
 
 /// The settings a partition needs from its topic and the engine.
 #[derive(Debug, Clone)]
 pub struct PartitionSettings {
-    pub durability: Durability,
-    pub segment_bytes: u64,
-    pub index_interval_bytes: u32,
-    pub in_flight_bytes_max: u64,
+    pub writer: WriterSettings,
     /// Whether sealed segments are read through a memory map (see `segment`).
     pub map_sealed_segments: bool,
-    /// Newest bytes of the log kept in the page cache (see `write_behind`).
-    pub page_cache_window_bytes: u64,
-    /// Stamps each frame's append time.
-    pub clock: Arc<dyn Clock>,
-}
-
-/// The segments as readers see them.
-#[derive(Debug)]
-struct LogState {
-    /// Sorted by base offset; the last one is active (appended to).
-    segments: Vec<Segment>,
-    /// Readers stop before this offset.
-    visible_end: u64,
 }
 
 /// One partition of a topic.
@@ -61,26 +42,11 @@ pub struct Partition {
     id: u32,
     dir: PathBuf,
     vfs: Arc<dyn Vfs>,
-    settings: PartitionSettings,
-    /// Segments and the visible end, shared with readers.
-    log: RwLock<LogState>,
-    /// The append queue and offsets; see `group_commit`.
-    writer: Mutex<WriterState>,
-    /// Wakes appenders waiting for their group commit or for in-flight room.
-    writer_cv: Condvar,
-    /// Wakes a leader lingering for more frames (see `group_commit`).
-    queue_cv: Condvar,
-    /// The active segment's files, held by the one thread writing at a time.
-    io: Mutex<WriterIo>,
-    /// Serialises `async` flushes, whose sync runs without the I/O lock: a
-    /// flush returns only once a sync started after everything written
-    /// before it was called has ended, not while another flush's is under way.
-    flushing: Mutex<()>,
-    /// Offsets below this are acknowledged (durable for `sync`, written for
-    /// `async`): appenders check it without taking the writer lock.
-    acked_end: AtomicU64,
-    /// The visible end offset, for readers that wait for new records.
-    visible_tx: watch::Sender<u64>,
+    /// Whether sealed segments are read through a memory map.
+    map_sealed_segments: bool,
+    /// Segments and the visible end, shared with the writer.
+    log: Arc<SharedLog>,
+    writer: Writer,
 }
 
 /// A reader positioned in one segment, for `Partition::read`.
@@ -106,18 +72,6 @@ pub struct PartitionInfo {
     pub in_flight_bytes: u64,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Partition {
     /// Creates an empty partition directory with its first segment, durably.
     pub fn create(vfs: &Arc<dyn Vfs>, dir: &Path) -> Result<()> {
@@ -139,8 +93,13 @@ impl Partition {
         let mut active_index = None;
         for (i, base) in bases.iter().enumerate() {
             let active = i + 1 == bases.len();
-            let (segment, index_file) =
-                open_segment(&vfs, &dir, *base, active, settings.index_interval_bytes)?;
+            let (segment, index_file) = open_segment(
+                &vfs,
+                &dir,
+                *base,
+                active,
+                settings.writer.index_interval_bytes,
+            )?;
             if active {
                 active_index = Some(index_file);
             }
@@ -164,37 +123,52 @@ impl Partition {
             .sync_data()
             .context(|| format!("syncing {}", active.log_path.display()))?;
         let end = active.end_offset;
-        let last_timestamp_ms = segments
-            .iter()
-            .map(|s| s.last_timestamp_ms)
-            .max()
-            .unwrap_or(0);
-        let io = WriterIo::new(
-            active,
+        let log = Arc::new(SharedLog::new(segments, end));
+        let writer = Writer::new(
+            Arc::clone(&topic),
+            id,
+            dir.clone(),
+            Arc::clone(&vfs),
+            settings.writer,
+            Arc::clone(&log),
             active_index,
-            settings.index_interval_bytes,
-            settings.page_cache_window_bytes,
-        );
-        let writer = WriterState::new(end, last_timestamp_ms);
-        let (visible_tx, _) = watch::channel(end);
+        )?;
         Ok(Partition {
             topic,
             id,
             dir,
             vfs,
-            settings,
-            log: RwLock::new(LogState {
-                segments,
-                visible_end: end,
-            }),
-            writer: Mutex::new(writer),
-            writer_cv: Condvar::new(),
-            queue_cv: Condvar::new(),
-            io: Mutex::new(io),
-            flushing: Mutex::new(()),
-            acked_end: AtomicU64::new(end),
-            visible_tx,
+            map_sealed_segments: settings.map_sealed_segments,
+            log,
+            writer,
         })
+    }
+
+    /// Assigns offsets to a batch and queues it for the writer; follow with
+    /// [`Partition::wait`]. See [`Writer::enqueue`].
+    pub fn enqueue(&self, batch: UnsealedBatch) -> Result<Ticket> {
+        self.writer.enqueue(batch)
+    }
+
+    /// Waits until every offset below `end_offset` is acknowledged. See
+    /// [`Writer::wait`].
+    pub fn wait(&self, end_offset: u64) -> Result<()> {
+        self.writer.wait(end_offset)
+    }
+
+    /// Fdatasyncs what `async` appends wrote. See [`Writer::flush`].
+    pub fn flush(&self) -> Result<()> {
+        self.writer.flush()
+    }
+
+    /// Bytes enqueued and not yet acknowledged.
+    pub fn in_flight_bytes(&self) -> u64 {
+        self.writer.in_flight_bytes()
+    }
+
+    /// Offsets below this are on disk (fdatasync'ed).
+    pub fn durable_end(&self) -> u64 {
+        self.writer.durable_end()
     }
 
     pub fn id(&self) -> u32 {
@@ -203,12 +177,13 @@ impl Partition {
 
     /// Offsets below this are readable.
     pub fn end_offset(&self) -> u64 {
-        read(&self.log).visible_end
+        self.log.read().visible_end
     }
 
     /// The first offset still stored.
     pub fn earliest_offset(&self) -> u64 {
-        read(&self.log)
+        self.log
+            .read()
             .segments
             .first()
             .map_or(0, |s| s.base_offset)
@@ -216,7 +191,8 @@ impl Partition {
 
     /// Append time of the newest stored record (0 when empty).
     pub fn last_timestamp_ms(&self) -> i64 {
-        read(&self.log)
+        self.log
+            .read()
             .segments
             .iter()
             .map(|s| s.last_timestamp_ms)
@@ -227,12 +203,12 @@ impl Partition {
     /// A receiver of the visible end offset: it changes when new records become
     /// readable, so a subscriber can wait instead of polling.
     pub fn watch_end(&self) -> watch::Receiver<u64> {
-        self.visible_tx.subscribe()
+        self.log.watch_end()
     }
 
     pub fn info(&self) -> PartitionInfo {
         let in_flight_bytes = self.in_flight_bytes();
-        let log = read(&self.log);
+        let log = self.log.read();
         PartitionInfo {
             partition: self.id,
             earliest_offset: log.segments.first().map_or(0, |s| s.base_offset),
@@ -260,7 +236,7 @@ impl Partition {
     /// damage fails with [`Error::DataLoss`].
     pub fn read(&self, from: u64, max_bytes: u32) -> Result<Vec<Record>> {
         let visible_end = {
-            let log = read(&self.log);
+            let log = self.log.read();
             let earliest = log.segments.first().map_or(0, |s| s.base_offset);
             if from < earliest || from > log.visible_end {
                 return Err(Error::OffsetOutOfRange {
@@ -362,7 +338,7 @@ impl Partition {
         previous_base: Option<u64>,
         max_bytes: u32,
     ) -> Option<SegmentCursor> {
-        let log = read(&self.log);
+        let log = self.log.read();
         let i = match previous_base {
             None => log
                 .segments
@@ -380,7 +356,7 @@ impl Partition {
             reader: segment.reader(
                 position,
                 segment.size_bytes,
-                self.settings.map_sealed_segments && sealed,
+                self.map_sealed_segments && sealed,
                 u64::from(max_bytes),
             ),
             path: segment.log_path.clone(),
@@ -401,7 +377,7 @@ impl Partition {
     /// end offset when every record is older.
     pub fn offset_for_timestamp(&self, timestamp_ms: i64) -> Result<u64> {
         let (file, path, base, size, entry, visible_end) = {
-            let log = read(&self.log);
+            let log = self.log.read();
             let Some(segment) = log
                 .segments
                 .iter()
@@ -441,7 +417,7 @@ impl Partition {
     /// The next offset at or after `offset` that starts a readable frame: used
     /// to continue past damage when rebuilding derived state (never by readers).
     pub fn next_readable_after(&self, offset: u64) -> Option<u64> {
-        let log = read(&self.log);
+        let log = self.log.read();
         log.segments.iter().find_map(|s| {
             if s.base_offset > offset {
                 return Some(s.base_offset);
@@ -464,7 +440,7 @@ impl Partition {
         retention_bytes: Option<u64>,
     ) -> Result<usize> {
         let removed: Vec<Segment> = {
-            let mut log = write(&self.log);
+            let mut log = self.log.write();
             let mut total: u64 = log.segments.iter().map(|s| s.size_bytes).sum();
             let mut count = 0;
             for segment in &log.segments[..log.segments.len() - 1] {
