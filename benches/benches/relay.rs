@@ -89,6 +89,8 @@ use postbox_relay::{
     DatabaseConfig, Layout, Leadership, Locked, Mode, Outbox, OutboxRow, Publisher, RelayConfig,
     Schema, TableName,
 };
+// The one `with_database` of the workspace's tests and benchmarks.
+use postbox_tests::postgres::with_database;
 use tokio::runtime::Runtime;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
@@ -300,27 +302,6 @@ impl BenchDatabase {
             .with_context(|| format!("drop database {}", self.name))?;
         eprintln!("dropped database {}", self.name);
         Ok(())
-    }
-}
-
-/// `url` with its database replaced by `database`: the path of a
-/// `postgres://` URL, or a `dbname=` appended to a key=value string.
-fn with_database(url: &str, database: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return format!("{url} dbname={database}");
-    };
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = scheme_end + 3;
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
     }
 }
 

@@ -1,8 +1,9 @@
 //! The harness of Postbox's integration tests: the real `postbox-broker`
 //! process on an ephemeral port with a temporary data directory, the real
 //! `postbox` CLI as a subprocess, a raw gRPC client, and a TCP proxy that can
-//! cut a connection at a chosen moment, the real `postbox-relay` process and
-//! PostgreSQL databases of a test's own.
+//! cut a connection at a chosen moment, the real `postbox-relay` process,
+//! PostgreSQL databases of a test's own, and waiting for an event with a
+//! deadline.
 //!
 //! The binaries are found next to the test executable (`target/<profile>/`),
 //! where `cargo test --workspace` and `cargo nextest run --workspace` build
@@ -14,6 +15,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod records;
 pub mod relay;
+pub mod wait;
 
 use std::path::PathBuf;
 

@@ -1,7 +1,20 @@
 //! PostgreSQL for tests: the shared server (127.0.0.1:5432, or
-//! `POSTBOX_TEST_DATABASE_URL`) with a database of the test's own, and a
-//! throwaway cluster of the test's own for tests that must stop, kill or
-//! restart PostgreSQL, which must never touch the shared one.
+//! `POSTBOX_TEST_DATABASE_URL`) with a database of the test's own
+//! ([`TestDatabase`]), and a throwaway cluster of the test's own for tests
+//! that must stop, kill or restart PostgreSQL, which must never touch the
+//! shared one.
+//!
+//! This module is the one home of the per-test database and of
+//! [`with_database`], for every crate's tests: this crate's, the
+//! `postbox-relay` crate's own (`outbox-relay/tests/common`), and the relay
+//! benchmark (`benches/benches/relay.rs`). Those two reach it as a
+//! dev-dependency on `postbox-tests`. That is no dependency cycle: this
+//! library depends on nothing of the relay's (`postbox-relay` is only a
+//! dev-dependency of this crate's own tests), so the relay's tests link the
+//! one `postbox-relay` library they test, not a second copy through here.
+//! For the same reason sessions here are plain `tokio-postgres` ones; the
+//! relay's tests wrap [`TestDatabase`] to open theirs through the relay's own
+//! connector.
 //!
 //! The throwaway cluster runs the system's binaries (`initdb`, `pg_ctl`) as
 //! the `postgres` user when the tests run as root (`initdb` refuses root), in
@@ -12,6 +25,8 @@ use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+
+use tokio_postgres::{Client, NoTls};
 
 /// The shared server when `POSTBOX_TEST_DATABASE_URL` does not say otherwise.
 pub const SHARED_URL_DEFAULT: &str = "postgres://postgres@127.0.0.1:5432/postgres";
@@ -46,6 +61,112 @@ pub fn bin_dir() -> PathBuf {
     versions
         .pop()
         .expect("a PostgreSQL installation with pg_ctl")
+}
+
+/// A database of one test's own on a PostgreSQL server, created empty and
+/// dropped (with any sessions still on it) when this value is dropped, pass
+/// or fail, so that tests run in parallel without seeing each other's
+/// tables, locks or notifications.
+#[derive(Debug)]
+pub struct TestDatabase {
+    server_url: String,
+    name: String,
+    url: String,
+}
+
+impl TestDatabase {
+    /// Creates `relay_test_<random>` on the server at `server_url` (a URL of
+    /// its maintenance database, such as [`shared_url`]).
+    pub async fn create(server_url: &str) -> TestDatabase {
+        let name = format!("relay_test_{}", uuid::Uuid::new_v4().simple());
+        connect(server_url)
+            .await
+            .batch_execute(&format!("CREATE DATABASE {name}"))
+            .await
+            .unwrap_or_else(|error| panic!("cannot create database {name}: {error:?}"));
+        let url = with_database(server_url, &name);
+        TestDatabase {
+            server_url: server_url.to_owned(),
+            name,
+            url,
+        }
+    }
+
+    /// The database's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The URL of this database.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// A new plain `tokio-postgres` session on this database.
+    pub async fn connect(&self) -> Client {
+        connect(&self.url).await
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        // Drop runs inside the test's runtime, which cannot block on a
+        // future: drop the database from a thread with a runtime of its own.
+        let (server_url, name) = (self.server_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime to drop the test database");
+            runtime.block_on(async {
+                let (client, connection) = tokio_postgres::connect(&server_url, NoTls).await?;
+                tokio::spawn(connection);
+                client
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await
+            })
+        })
+        .join();
+        match dropped {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => eprintln!("cannot drop test database {}: {error:?}", self.name),
+            Err(_) => eprintln!(
+                "cannot drop test database {}: the thread panicked",
+                self.name
+            ),
+        }
+    }
+}
+
+/// A plain `tokio-postgres` session on `url`; the connection is driven by a
+/// task of its own.
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls)
+        .await
+        .unwrap_or_else(|error| panic!("cannot connect to PostgreSQL: {error}"));
+    tokio::spawn(connection);
+    client
+}
+
+/// `url` with its database replaced by `database`: the path of a
+/// `postgres://` URL, or a `dbname=` appended to a key=value string.
+pub fn with_database(url: &str, database: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return format!("{url} dbname={database}");
+    };
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = scheme_end + 3;
+    let base = match base[authority_start..].find('/') {
+        Some(slash) => &base[..authority_start + slash],
+        None => base,
+    };
+    match query {
+        Some(query) => format!("{base}/{database}?{query}"),
+        None => format!("{base}/{database}"),
+    }
 }
 
 /// A PostgreSQL cluster of one test's own.

@@ -145,3 +145,17 @@ pub fn check_acknowledged(
         );
     }
 }
+
+/// How many records a topic holds now: the sum of its partitions' end
+/// offsets (one `DescribeTopic`, where [`read_topic`] reads them all).
+pub async fn stored_count(client: &mut BrokerClient<Channel>, topic: &str) -> u64 {
+    client
+        .describe_topic(pb::DescribeTopicRequest { name: topic.into() })
+        .await
+        .expect("describe the topic")
+        .into_inner()
+        .partition_info
+        .iter()
+        .map(|p| p.end_offset)
+        .sum()
+}

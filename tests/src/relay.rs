@@ -1,12 +1,10 @@
-//! The real `postbox-relay` process for a test, and a PostgreSQL database of
-//! the test's own to run it on.
+//! The real `postbox-relay` process for a test. The PostgreSQL database of
+//! the test's own to run it on is [`crate::postgres::TestDatabase`].
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
-
-use tokio_postgres::{Client, NoTls};
 
 /// How long a relay may take to exit after SIGTERM.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -117,92 +115,4 @@ pub fn relay_command(args: &[&str]) -> Output {
         .args(args)
         .output()
         .expect("running postbox-relay")
-}
-
-/// A database of one test's own on a PostgreSQL server, dropped (with any
-/// sessions still on it) when this value is dropped.
-#[derive(Debug)]
-pub struct TestDatabase {
-    server_url: String,
-    name: String,
-    url: String,
-}
-
-impl TestDatabase {
-    /// Creates `relay_test_<random>` on the server at `server_url` (a URL of
-    /// its maintenance database).
-    pub async fn create(server_url: &str) -> TestDatabase {
-        let name = format!("relay_test_{}", uuid::Uuid::new_v4().simple());
-        connect(server_url)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .unwrap_or_else(|error| panic!("cannot create database {name}: {error:?}"));
-        let url = with_database(server_url, &name);
-        TestDatabase {
-            server_url: server_url.to_owned(),
-            name,
-            url,
-        }
-    }
-
-    /// The URL of this database.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// A new session on this database.
-    pub async fn connect(&self) -> Client {
-        connect(&self.url).await
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        // Drop runs inside the test's runtime, which cannot block on a
-        // future: drop the database from a thread with a runtime of its own.
-        let (server_url, name) = (self.server_url.clone(), self.name.clone());
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime to drop the test database");
-            runtime.block_on(async {
-                if let Ok((client, connection)) = tokio_postgres::connect(&server_url, NoTls).await
-                {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            })
-        })
-        .join();
-    }
-}
-
-/// A session on `url`; the connection is driven by a task of its own.
-pub async fn connect(url: &str) -> Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|error| panic!("cannot connect to PostgreSQL: {error}"));
-    tokio::spawn(connection);
-    client
-}
-
-/// `url` (a `postgres://` URL) with its database replaced by `database`.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let base = match base[authority_start..].find('/') {
-        Some(slash) => &base[..authority_start + slash],
-        None => base,
-    };
-    match query {
-        Some(query) => format!("{base}/{database}?{query}"),
-        None => format!("{base}/{database}"),
-    }
 }

@@ -11,6 +11,7 @@ use postbox_tests::broker::BrokerProcess;
 use postbox_tests::records::{
     check_acknowledged, keyed_record, publish_until_error, read_topic, Journal,
 };
+use postbox_tests::wait::wait_until;
 
 const TOPIC: &str = "events";
 const PUBLISHERS: usize = 4;
@@ -23,6 +24,16 @@ const SHUTDOWN_GRACE_MS: u64 = 1000;
 const SHUTDOWN_MARGIN: Duration = Duration::from_secs(4);
 /// SIGKILL cycles; `POSTBOX_BROKER_KILL_CYCLES` raises it for soak runs.
 const KILL_CYCLES_DEFAULT: usize = 3;
+/// Acknowledgments a kill cycle waits for before the SIGKILL, so that it
+/// lands with publishes in flight and after the log rolled segments (2000
+/// records are about 400 KB): the first cycle's, and what each later cycle
+/// adds.
+const KILL_AFTER_ACKS: usize = 2000;
+const KILL_AFTER_ACKS_STEP: usize = 1000;
+/// Acknowledgments the SIGTERM test waits for before the SIGTERM.
+const SIGTERM_AFTER_ACKS: usize = 1000;
+/// How long the publishers may take to have those acknowledged.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(60);
 
 async fn create_topic(broker: &BrokerProcess) {
     broker
@@ -55,6 +66,18 @@ async fn start_publishers(
         }));
     }
     tasks
+}
+
+/// Waits until the journal holds at least `acks` acknowledgments: the load
+/// is under way, and the publishers are still at it (they run until refused).
+async fn wait_for_acks(journal: &Journal, acks: usize) {
+    let journaled = || journal.lock().expect("the journal").len();
+    wait_until(
+        LOAD_TIMEOUT,
+        async || journaled() >= acks,
+        || format!("{acks} publishes acknowledged: only {}", journaled()),
+    )
+    .await;
 }
 
 /// Every acknowledged key published again is a duplicate at its first offset.
@@ -99,8 +122,13 @@ async fn a_broker_killed_with_sigkill_serves_every_acknowledged_record_after_res
     create_topic(&broker).await;
     let journal: Journal = Arc::new(Mutex::new(Vec::new()));
     for cycle in 0..cycles {
+        let before = journal.lock().expect("the journal").len();
         let publishers = start_publishers(&broker, cycle, &journal).await;
-        tokio::time::sleep(Duration::from_millis(700 + 300 * cycle as u64)).await;
+        wait_for_acks(
+            &journal,
+            before + KILL_AFTER_ACKS + KILL_AFTER_ACKS_STEP * cycle,
+        )
+        .await;
         broker.kill9();
         for p in publishers {
             p.await.expect("a publisher task");
@@ -138,7 +166,7 @@ async fn sigterm_under_load_exits_zero_and_keeps_every_acknowledged_record() {
         })
         .await
         .expect("subscribe");
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    wait_for_acks(&journal, SIGTERM_AFTER_ACKS).await;
     let stopping = std::time::Instant::now();
     broker.sigterm();
     let status = broker.wait();

@@ -15,6 +15,10 @@ use tonic::transport::Channel;
 use tonic::Code;
 
 const TOPIC: &str = "outbox.events";
+/// Acknowledged publishes of the old leader before the new one takes over.
+const OLD_LEADER_PUBLISHES: u32 = 20;
+/// How long the old leader may take to have them acknowledged.
+const OLD_LEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn fenced(producer: &str, epoch: u64, payloads: &[&str]) -> pb::PublishRequest {
     pb::PublishRequest {
@@ -139,18 +143,30 @@ async fn once_a_newer_epoch_published_nothing_older_lands_after_it() {
     let dir = tempfile::tempdir().expect("a temporary directory");
     let (_broker, mut client) = start(&dir.path().join("data")).await;
     create_topic(&mut client).await;
-    // The old leader publishes as fast as it can until it is refused.
+    // The old leader publishes as fast as it can until it is refused, and
+    // tells how many of its publishes were acknowledged so far.
     let mut old = client.clone();
+    let (acknowledged, mut acknowledgments) = tokio::sync::watch::channel(0u32);
     let old_leader = tokio::spawn(async move {
         let mut published = 0u32;
         loop {
             match old.publish(fenced("relay", 1, &["old", "old"])).await {
-                Ok(_) => published += 1,
+                Ok(_) => {
+                    published += 1;
+                    acknowledged.send_replace(published);
+                }
                 Err(status) => return (published, status),
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The takeover comes while the old leader is under way.
+    tokio::time::timeout(
+        OLD_LEADER_TIMEOUT,
+        acknowledgments.wait_for(|published| *published >= OLD_LEADER_PUBLISHES),
+    )
+    .await
+    .expect("the old leader's publishes were not acknowledged in time")
+    .expect("the old leader's task ended before the takeover");
     client
         .publish(fenced("relay", 2, &["new"]))
         .await

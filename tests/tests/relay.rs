@@ -8,21 +8,26 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
 
 use postbox_client::{Admin, TopicSettings};
 use postbox_proto::v1 as pb;
 use postbox_relay::{DatabaseConfig, Leadership, Publisher, TableName};
 use postbox_tests::broker::BrokerProcess;
-use postbox_tests::postgres::{shared_url, ThrowawayPostgres};
-use postbox_tests::records::read_topic;
-use postbox_tests::relay::{relay_command, RelayProcess, TestDatabase};
+use postbox_tests::postgres::{connect, shared_url, TestDatabase, ThrowawayPostgres};
+use postbox_tests::records::{read_topic, stored_count};
+use postbox_tests::relay::{relay_command, RelayProcess};
+use postbox_tests::wait::wait_until;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio_postgres::Client;
 
 /// How long a test waits for the outbox to drain.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a relay may take to lead, once the lead is free.
+const LEAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A database with the outbox schema, a broker with topics, a place for logs.
 struct Setup {
@@ -76,6 +81,11 @@ impl Setup {
     async fn records(&self, topic: &str) -> BTreeMap<(u32, u64), pb::Record> {
         read_topic(&mut self.broker.client().await, topic).await
     }
+
+    /// How many records the topic holds, without reading them.
+    async fn stored(&self, topic: &str) -> u64 {
+        stored_count(&mut self.broker.client().await, topic).await
+    }
 }
 
 /// Inserts one event row in its own transaction; returns its idempotency key.
@@ -127,23 +137,19 @@ async fn wait_for_count(
     what: &str,
     relay: &RelayProcess,
 ) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let count: i64 = client
-            .query_one(count_sql, &[])
-            .await
-            .expect("count")
-            .get(0);
-        if done(count) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what} within {timeout:?}; relay log:\n{}",
-            relay.log()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        timeout,
+        async || {
+            let count: i64 = client
+                .query_one(count_sql, &[])
+                .await
+                .expect("count")
+                .get(0);
+            done(count)
+        },
+        || format!("{what}; relay log:\n{}", relay.log()),
+    )
+    .await;
 }
 
 /// Checks that the topic holds exactly the rows `expected` (idempotency key
@@ -238,11 +244,17 @@ async fn concurrent_transactions_and_a_late_commit_arrive_once_each_in_key_order
 
     let mut expected = insert_concurrently(&setup.db, "orders", "round1", 8, 100).await;
     // Everything but the open transaction's row gets published...
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while setup.records("orders").await.len() < expected.len() {
-        assert!(Instant::now() < deadline, "log:\n{}", relay.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        DRAIN_TIMEOUT,
+        async || setup.records("orders").await.len() >= expected.len(),
+        || {
+            format!(
+                "the committed rows were not published; log:\n{}",
+                relay.log()
+            )
+        },
+    )
+    .await;
     // ...and the row with the lowest id, committed last, still is.
     long_tx.commit().await.expect("commit the long transaction");
     expected.insert(late_id, "late:1".to_owned());
@@ -261,17 +273,21 @@ async fn relay_killed_at_random_moments_loses_nothing_and_duplicates_nothing() {
         .unwrap_or(5);
     let setup = Setup::new(&[("orders", 4)]).await;
     let app = setup.db.connect().await;
+    // The writers insert until every kill is done, so that each relay has
+    // rows to be killed in the middle of.
+    let writing = Arc::new(AtomicBool::new(true));
     let writers = tokio::spawn({
         let clients = futures_util::future::join_all((0..4).map(|_| setup.db.connect())).await;
+        let writing = Arc::clone(&writing);
         async move {
-            let stop_at = Instant::now() + Duration::from_secs(2 + cycles as u64);
             let mut tasks = Vec::new();
             for (k, client) in clients.into_iter().enumerate() {
+                let writing = Arc::clone(&writing);
                 tasks.push(tokio::spawn(async move {
                     let key = format!("key-{k}");
                     let mut rows = HashMap::new();
                     let mut seq = 0;
-                    while Instant::now() < stop_at {
+                    while writing.load(Ordering::Relaxed) {
                         seq += 1;
                         let id = insert(&client, "orders", &key, seq).await;
                         rows.insert(id, format!("{key}:{seq}"));
@@ -290,12 +306,28 @@ async fn relay_killed_at_random_moments_loses_nothing_and_duplicates_nothing() {
     eprintln!("kill moments seed {seed}");
     let mut rng = SmallRng::seed_from_u64(seed);
     let mut relay = setup.relay("relay", &[]);
-    for _ in 0..cycles {
-        let pause_ms = rng.gen_range(100..900);
-        tokio::time::sleep(Duration::from_millis(pause_ms)).await;
+    for cycle in 0..cycles {
+        // A random moment of the relay's work, told by what it has done, not
+        // by the clock: once it leads, after a random number of rows it
+        // published since (none: in its first claims).
+        relay.wait_for_log("leading the outbox table", cycle + 1, LEAD_TIMEOUT);
+        let from = setup.stored("orders").await;
+        let rows = rng.gen_range(0..300);
+        wait_until(
+            DRAIN_TIMEOUT,
+            async || setup.stored("orders").await >= from + rows,
+            || {
+                format!(
+                    "the relay did not publish {rows} rows; log:\n{}",
+                    relay.log()
+                )
+            },
+        )
+        .await;
         relay.kill9();
         relay = setup.relay("relay", &[]);
     }
+    writing.store(false, Ordering::Relaxed);
     let expected = writers.await.expect("the writers");
     drained(&app, &relay).await;
 
@@ -363,7 +395,7 @@ async fn two_relays_one_publishes_the_other_takes_over_when_it_dies() {
     let setup = Setup::new(&[("orders", 2)]).await;
     let app = setup.db.connect().await;
     let mut first = setup.relay("first", &["--holder", "first"]);
-    first.wait_for_log("leading the outbox table", 1, Duration::from_secs(30));
+    first.wait_for_log("leading the outbox table", 1, LEAD_TIMEOUT);
     let second = setup.relay("second", &["--holder", "second"]);
     let mut expected = insert_concurrently(&setup.db, "orders", "round7", 4, 50).await;
     drained(&app, &first).await;
@@ -419,17 +451,21 @@ async fn a_leader_cut_off_behind_its_back_is_refused_by_the_broker() {
         .await
         .expect("terminate");
     let new_session = database.connect().await.expect("session");
-    let new_lease = loop {
-        if let Some(lease) = Leadership::new(TableName::default(), "new")
-            .expect("holder")
-            .acquire(&new_session)
-            .await
-            .expect("acquire")
-        {
-            break lease;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let mut new_lease = None;
+    wait_until(
+        LEAD_TIMEOUT,
+        async || {
+            new_lease = Leadership::new(TableName::default(), "new")
+                .expect("holder")
+                .acquire(&new_session)
+                .await
+                .expect("acquire");
+            new_lease.is_some()
+        },
+        || "the terminated leader's lead did not come free".to_owned(),
+    )
+    .await;
+    let new_lease = new_lease.expect("the new lease");
     assert_eq!(new_lease.epoch(), old_lease.epoch() + 1);
     let new = Publisher::connect(
         &setup.broker.url(),
@@ -515,19 +551,15 @@ async fn debezium_layout_is_read_as_it_is() {
             "outbox.event.",
         ],
     );
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    loop {
-        let left: i64 = app
-            .query_one("SELECT count(*) FROM outbox", &[])
-            .await
-            .expect("count")
-            .get(0);
-        if left == 0 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "log:\n{}", relay.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_count(
+        &app,
+        "SELECT count(*) FROM outbox",
+        |left| left == 0,
+        DRAIN_TIMEOUT,
+        "the Debezium outbox did not drain",
+        &relay,
+    )
+    .await;
     let records = setup.records("outbox.event.order").await;
     assert_eq!(records.len(), expected.len());
     let mut last_seq: HashMap<String, u64> = HashMap::new();
@@ -598,11 +630,15 @@ async fn dead_letters_hold_their_keys(one_row_claims_of_a_backlog: bool) {
     let relay = early_relay.unwrap_or_else(|| setup.relay("relay", args));
 
     // a:1 and b:1 flow; the large row and late k:1 are dead; a:3 and k:2 wait.
-    let deadline = Instant::now() + DRAIN_TIMEOUT;
-    while unpublished(&app).await > 2 {
-        assert!(Instant::now() < deadline, "log:\n{}", relay.log());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_count(
+        &app,
+        UNPUBLISHED_SQL,
+        |unpublished| unpublished <= 2,
+        DRAIN_TIMEOUT,
+        "the rows not held back were not published",
+        &relay,
+    )
+    .await;
     let status = relay_command(&["status", "--database-url", setup.db.url(), "--json"]);
     assert!(status.status.success(), "{status:?}");
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
@@ -807,12 +843,12 @@ async fn sigterm_finishes_the_batch_releases_the_lead_and_exits_zero() {
     let setup = Setup::new(&[("orders", 2)]).await;
     let app = setup.db.connect().await;
     let mut first = setup.relay("first", &["--holder", "first"]);
-    first.wait_for_log("leading the outbox table", 1, Duration::from_secs(30));
+    first.wait_for_log("leading the outbox table", 1, LEAD_TIMEOUT);
     let second = setup.relay("second", &["--holder", "second"]);
     let writers = {
         let db_url = setup.db.url().to_owned();
         tokio::spawn(async move {
-            let db = postbox_tests::relay::connect(&db_url).await;
+            let db = connect(&db_url).await;
             let mut rows = HashMap::new();
             for seq in 1..=300 {
                 let id = insert(&db, "orders", "stopping", seq).await;
@@ -821,7 +857,14 @@ async fn sigterm_finishes_the_batch_releases_the_lead_and_exits_zero() {
             rows
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // SIGTERM in the middle of the stream: once the first relay has
+    // published some of the rows the writer is still inserting.
+    wait_until(
+        DRAIN_TIMEOUT,
+        async || setup.stored("orders").await >= 20,
+        || format!("the first relay published nothing; log:\n{}", first.log()),
+    )
+    .await;
     let status = first.stop();
     assert!(status.success(), "{status:?}; log:\n{}", first.log());
     assert!(first.log().contains("released the lead"), "{}", first.log());

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use postbox_proto::v1 as pb;
 use postbox_tests::broker::BrokerProcess;
+use postbox_tests::wait::wait_until;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
@@ -13,6 +14,9 @@ use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+/// How long a subscription's slot may take to free once its subscriber left.
+const SLOT_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn broker(extra_args: &[&str]) -> (tempfile::TempDir, BrokerProcess) {
     let dir = tempfile::tempdir().expect("a temporary directory");
@@ -100,17 +104,16 @@ async fn subscriptions_past_the_limit_are_resource_exhausted_until_one_ends() {
     );
     drop(first);
     // The first subscription's task notices its subscriber left.
-    let mut attempts = 0;
-    loop {
-        match client.subscribe(follow()).await {
-            Ok(_) => break,
-            Err(status) if status.code() == tonic::Code::ResourceExhausted && attempts < 100 => {
-                attempts += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+    wait_until(
+        SLOT_TIMEOUT,
+        async || match client.subscribe(follow()).await {
+            Ok(_) => true,
+            Err(status) if status.code() == tonic::Code::ResourceExhausted => false,
             Err(status) => panic!("a slot frees when a subscriber leaves: {status:?}"),
-        }
-    }
+        },
+        || "a slot frees when a subscriber leaves: still over the limit".to_owned(),
+    )
+    .await;
 }
 
 #[test]

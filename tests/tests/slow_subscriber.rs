@@ -22,6 +22,8 @@ const RSS_GROWTH_MAX_BYTES: u64 = 48 << 20;
 /// speed it had without one. Generous: it catches publishers waiting on the
 /// subscriber, not the noise of a shared machine.
 const SPEED_RATIO_MIN: f64 = 0.2;
+/// How long the subscription may take to deliver its first message.
+const FIRST_MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn batch(n: usize) -> pb::PublishRequest {
     let records = (0..BATCH)
@@ -57,7 +59,8 @@ async fn a_stalled_subscriber_neither_grows_memory_nor_slows_publishers() {
     }
     let baseline_per_batch = started.elapsed() / BASELINE_BATCHES as u32;
 
-    // Subscribe from the start and then read nothing.
+    // Subscribe from the start, read the first message (the broker serves
+    // the subscription) and then nothing.
     let mut stalled = broker.client().await;
     let mut stream = stalled
         .subscribe(pb::SubscribeRequest {
@@ -68,7 +71,11 @@ async fn a_stalled_subscriber_neither_grows_memory_nor_slows_publishers() {
         .await
         .expect("subscribe")
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let first = tokio::time::timeout(FIRST_MESSAGE_TIMEOUT, stream.message())
+        .await
+        .expect("the subscription's first message in time")
+        .expect("the subscription stream")
+        .expect("the stream stays open");
     let rss_before = broker.rss_anon_bytes();
     let mut rss_peak = rss_before;
     let started = Instant::now();
@@ -90,12 +97,16 @@ async fn a_stalled_subscriber_neither_grows_memory_nor_slows_publishers() {
     // The subscriber catches up: every record, in order, once.
     let total = ((BASELINE_BATCHES + SLOW_PHASE_BATCHES) * BATCH) as u64;
     let mut next = 0u64;
+    let mut received = Some(first);
     while next < total {
-        let response = stream
-            .message()
-            .await
-            .expect("the subscription stream")
-            .expect("the stream stays open");
+        let response = match received.take() {
+            Some(first) => first,
+            None => stream
+                .message()
+                .await
+                .expect("the subscription stream")
+                .expect("the stream stays open"),
+        };
         for r in response.records {
             assert_eq!(r.offset, next, "records arrive in order, once");
             assert_eq!(r.payload.len(), RECORD_BYTES);
