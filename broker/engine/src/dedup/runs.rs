@@ -37,7 +37,9 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use super::entry::DedupEntry;
 use crate::error::{Error, IoContext, Result};
-use crate::storage::io::{read_exact_at, read_small_file, write_file_atomic, VFile, Vfs};
+use crate::storage::io::{
+    create_dir_durable, read_exact_at, read_small_file, write_file_atomic, VFile, Vfs,
+};
 use crate::sync::{read, write};
 
 /// Most runs a topic keeps before merging two.
@@ -147,12 +149,7 @@ impl RunStore {
     /// Creates the store's directory and gives it a new id, durably.
     fn create(vfs: &dyn Vfs, dir: &Path) -> Result<[u8; STORE_ID_BYTES]> {
         let id = *uuid::Uuid::new_v4().as_bytes();
-        vfs.create_dir_all(dir)
-            .context(|| format!("creating {}", dir.display()))?;
-        if let Some(parent) = dir.parent() {
-            vfs.sync_dir(parent)
-                .context(|| format!("syncing {}", parent.display()))?;
-        }
+        create_dir_durable(vfs, dir).context(|| format!("creating {}", dir.display()))?;
         write_file_atomic(vfs, &dir.join(STORE_ID_FILE), &id)
             .context(|| format!("writing the id of {}", dir.display()))?;
         Ok(id)
@@ -202,7 +199,8 @@ impl RunStore {
             let mut sorted: Vec<(&[u8], DedupEntry)> =
                 entries.iter().map(|(k, e)| (k.as_ref(), *e)).collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(b.0));
-            topic.create_dir()?;
+            create_dir_durable(topic.vfs.as_ref(), &topic.dir)
+                .context(|| format!("creating {}", topic.dir.display()))?;
             let run = Run::write(topic.vfs.as_ref(), &topic.dir, *next_seq, &sorted)?;
             *next_seq += 1;
             topic.write_runs().push(Arc::new(run));
@@ -291,24 +289,6 @@ impl TopicRuns {
             runs: RwLock::new(runs),
             writer: Mutex::new(next_seq),
         })
-    }
-
-    /// Creates the topic's directory, durably, if it is not there yet.
-    fn create_dir(&self) -> Result<()> {
-        if self.vfs.exists(&self.dir) {
-            return Ok(());
-        }
-        let io = |what: &str, e| Error::io(format!("{what} {}", self.dir.display()), e);
-        self.vfs
-            .create_dir_all(&self.dir)
-            .map_err(|e| io("creating", e))?;
-        match self.dir.parent() {
-            Some(parent) => self
-                .vfs
-                .sync_dir(parent)
-                .map_err(|e| io("syncing the parent of", e)),
-            None => Ok(()),
-        }
     }
 
     fn read_runs(&self) -> std::sync::RwLockReadGuard<'_, Vec<Arc<Run>>> {

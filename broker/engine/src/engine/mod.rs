@@ -41,7 +41,7 @@ use crate::limits::READ_BYTES_MAX;
 use crate::meta::{MetaStore, SledMeta};
 use crate::names::{validate_group, validate_producer, validate_topic};
 use crate::storage::batch::{validate_batch, Record, RecordInput};
-use crate::storage::io::{RealFs, Vfs};
+use crate::storage::io::{create_dir_durable, RealFs, Vfs};
 use crate::sync::{lock, read, write};
 use crate::topic::{PublishResult, Topic, TopicInfo};
 
@@ -119,12 +119,8 @@ impl Engine {
     ) -> Result<Engine> {
         config.validate()?;
         let topics_dir = config.data_dir.join("topics");
-        if !vfs.exists(&topics_dir) {
-            vfs.create_dir_all(&topics_dir)
-                .context(|| format!("creating {}", topics_dir.display()))?;
-            vfs.sync_dir(&config.data_dir)
-                .context(|| format!("syncing {}", config.data_dir.display()))?;
-        }
+        create_dir_durable(vfs.as_ref(), &topics_dir)
+            .context(|| format!("creating {}", topics_dir.display()))?;
         let runs = RunStore::open(vfs.clone(), config.data_dir.join(RUNS_DIR))?;
         let inner = Arc::new(Inner {
             config,

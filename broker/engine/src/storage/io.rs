@@ -98,6 +98,19 @@ pub fn write_file_atomic(vfs: &dyn Vfs, path: &Path, content: &[u8]) -> io::Resu
     vfs.sync_dir(dir)
 }
 
+/// Creates `dir` (and missing parents) unless it exists, and makes its name
+/// durable: its parent directory is fsynced.
+pub fn create_dir_durable(vfs: &dyn Vfs, dir: &Path) -> io::Result<()> {
+    if vfs.exists(dir) {
+        return Ok(());
+    }
+    vfs.create_dir_all(dir)?;
+    match dir.parent() {
+        Some(parent) => vfs.sync_dir(parent),
+        None => Ok(()),
+    }
+}
+
 /// Reads a whole small file, refusing one larger than `max_bytes`.
 pub fn read_small_file(vfs: &dyn Vfs, path: &Path, max_bytes: u64) -> io::Result<Vec<u8>> {
     let file = vfs.open(path, false)?;

@@ -54,6 +54,16 @@ impl SharedLog {
         write(&self.state)
     }
 
+    /// Append time of the newest stored record (0 when empty).
+    pub fn last_timestamp_ms(&self) -> i64 {
+        self.read()
+            .segments
+            .iter()
+            .map(|s| s.last_timestamp_ms)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Makes offsets below `end` readable and tells the watchers.
     pub fn show(&self, end: u64) {
         self.write().visible_end = end;

@@ -191,13 +191,7 @@ impl Partition {
 
     /// Append time of the newest stored record (0 when empty).
     pub fn last_timestamp_ms(&self) -> i64 {
-        self.log
-            .read()
-            .segments
-            .iter()
-            .map(|s| s.last_timestamp_ms)
-            .max()
-            .unwrap_or(0)
+        self.log.last_timestamp_ms()
     }
 
     /// A receiver of the visible end offset: it changes when new records become

@@ -293,27 +293,22 @@ impl Writer {
         log: Arc<SharedLog>,
         index_file: Arc<dyn VFile>,
     ) -> Result<Writer> {
-        let (io, end, last_timestamp_ms) = {
+        let (io, end) = {
             let state = log.read();
             let active = state.segments.last().ok_or_else(|| Error::Corrupt {
                 what: "partition",
                 path: dir.clone(),
                 reason: "no segment files".into(),
             })?;
-            let last_timestamp_ms = state
-                .segments
-                .iter()
-                .map(|s| s.last_timestamp_ms)
-                .max()
-                .unwrap_or(0);
             let io = WriterIo::new(
                 active,
                 index_file,
                 settings.index_interval_bytes,
                 settings.page_cache_window_bytes,
             );
-            (io, active.end_offset, last_timestamp_ms)
+            (io, active.end_offset)
         };
+        let last_timestamp_ms = log.last_timestamp_ms();
         Ok(Writer {
             topic,
             partition,

@@ -487,10 +487,6 @@ fn keys_a_checkpoint_is_moving_stay_duplicates_and_keyed_appends_go_on() {
     engine
         .create_topic("k", topic_config(1, Durability::Sync))
         .expect("create");
-    let keyed = |key: &'static str| RecordInput {
-        idempotency_key: Some(Bytes::from_static(key.as_bytes())),
-        ..RecordInput::new("v")
-    };
     assert_eq!(engine.publish("k", &[keyed("a")]).expect("a")[0].offset, 0);
     let topic = engine.topic("k").expect("topic");
     // Held in the run file's sync: the segments' syncs go on.
@@ -675,10 +671,6 @@ fn a_panic_holding_the_dedup_memory_refuses_keyed_appends_until_a_restart() {
     engine
         .create_topic("k", topic_config(1, Durability::Sync))
         .expect("create");
-    let keyed = |key: &'static str| RecordInput {
-        idempotency_key: Some(Bytes::from_static(key.as_bytes())),
-        ..RecordInput::new("v")
-    };
     engine.publish("k", &[keyed("a")]).expect("a");
     engine.topic("k").expect("topic").dedup().poison_memory();
     // A duplicate might go unseen: keyed appends and checkpoints are refused.
@@ -697,6 +689,14 @@ fn a_panic_holding_the_dedup_memory_refuses_keyed_appends_until_a_restart() {
     let engine = open(&fs, &meta);
     let retry = engine.publish("k", &[keyed("a")]).expect("retry")[0];
     assert!(retry.duplicate && retry.offset == 0, "{retry:?}");
+}
+
+/// A record with idempotency key `key`.
+fn keyed(key: &'static str) -> RecordInput {
+    RecordInput {
+        idempotency_key: Some(Bytes::from_static(key.as_bytes())),
+        ..RecordInput::new("v")
+    }
 }
 
 /// A record pinned to a partition.
