@@ -2,8 +2,8 @@
 //! process on an ephemeral port with a temporary data directory, the real
 //! `postbox` CLI as a subprocess, a raw gRPC client, and a TCP proxy that can
 //! cut a connection at a chosen moment, the real `postbox-relay` process,
-//! PostgreSQL databases of a test's own, and waiting for an event with a
-//! deadline.
+//! PostgreSQL databases of a test's own, a small loop-mounted disk that
+//! fills up, and waiting for an event with a deadline.
 //!
 //! The binaries are found next to the test executable (`target/<profile>/`),
 //! where `cargo test --workspace` and `cargo nextest run --workspace` build
@@ -11,6 +11,7 @@
 
 pub mod broker;
 pub mod cli;
+pub mod disk;
 pub mod postgres;
 pub mod proxy;
 pub mod records;
