@@ -35,6 +35,16 @@ pub enum Error {
         /// The broker's message, which names the limit or reason.
         message: String,
     },
+    /// The broker refused the call and said a retry cannot succeed until
+    /// something changes (a negative `grpc-retry-pushback-ms`): a full disk,
+    /// say. Never retried.
+    #[error("{message} ({})", code_name(*.code))]
+    Refused {
+        /// The gRPC status code.
+        code: Code,
+        /// The broker's message, which says what the operator can do.
+        message: String,
+    },
     /// The client refused a call or a setting before sending anything.
     #[error("{0}")]
     InvalidArgument(String),
@@ -65,14 +75,14 @@ impl Error {
                     | Code::ResourceExhausted
                     | Code::Cancelled
             ),
-            Error::InvalidArgument(_) | Error::Closed => false,
+            Error::Refused { .. } | Error::InvalidArgument(_) | Error::Closed => false,
         }
     }
 
     /// The gRPC status code, for broker errors.
     pub fn code(&self) -> Option<Code> {
         match self {
-            Error::Status { code, .. } => Some(*code),
+            Error::Status { code, .. } | Error::Refused { code, .. } => Some(*code),
             _ => None,
         }
     }
@@ -111,12 +121,26 @@ impl From<tonic::Status> for Error {
         } else {
             status.message().to_owned()
         };
-        Error::Status {
-            code: status.code(),
-            message,
+        let pushback = status.metadata().get(RETRY_PUSHBACK_KEY);
+        // gRPC's retry design: a pushback that is not a non-negative number
+        // of milliseconds means "do not retry".
+        let no_retry = pushback.is_some_and(|value| {
+            value
+                .to_str()
+                .ok()
+                .and_then(|text| text.parse::<u64>().ok())
+                .is_none()
+        });
+        let code = status.code();
+        match no_retry {
+            true => Error::Refused { code, message },
+            false => Error::Status { code, message },
         }
     }
 }
+
+/// The metadata key of gRPC's server pushback.
+const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
 
 /// The canonical gRPC name of a status code, as the protocol documentation
 /// and other gRPC clients spell it.
@@ -230,6 +254,24 @@ mod tests {
         assert!(connect.is_retryable());
         assert!(!Error::InvalidArgument("bad".into()).is_retryable());
         assert!(!Error::Closed.is_retryable());
+    }
+
+    #[test]
+    fn a_negative_pushback_is_a_refusal_never_retried() {
+        let with_pushback = |value: &'static str| {
+            let mut status = tonic::Status::resource_exhausted("disk full");
+            status.metadata_mut().insert(
+                RETRY_PUSHBACK_KEY,
+                tonic::metadata::MetadataValue::from_static(value),
+            );
+            Error::from(status)
+        };
+        let refused = with_pushback("-1");
+        assert!(matches!(refused, Error::Refused { .. }), "{refused:?}");
+        assert!(!refused.is_retryable());
+        assert_eq!(refused.code(), Some(Code::ResourceExhausted));
+        assert!(with_pushback("250").is_retryable());
+        assert!(Error::from(tonic::Status::resource_exhausted("busy")).is_retryable());
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -170,6 +170,11 @@ pub struct EngineConfig {
     /// The wall clock: append times and retention by age. Tests move a
     /// [`crate::clock::ManualClock`] instead of sleeping.
     pub clock: Arc<dyn Clock>,
+    /// First pause before a failed partition (a failed write or fsync, a
+    /// full disk) is probed and reopened; doubles after each failed attempt.
+    pub reopen_backoff_min_ms: u64,
+    /// Longest pause between two attempts to reopen a failed partition.
+    pub reopen_backoff_max_ms: u64,
 }
 
 impl EngineConfig {
@@ -186,6 +191,8 @@ impl EngineConfig {
             map_sealed_segments: true,
             page_cache_window_bytes: PAGE_CACHE_WINDOW_BYTES_DEFAULT,
             clock: Arc::new(SystemClock),
+            reopen_backoff_min_ms: REOPEN_BACKOFF_MIN_MS_DEFAULT,
+            reopen_backoff_max_ms: REOPEN_BACKOFF_MAX_MS_DEFAULT,
         }
     }
 
@@ -208,6 +215,18 @@ impl EngineConfig {
             1,
             60_000,
             self.maintenance_interval_ms,
+        )?;
+        check_range(
+            "reopen_backoff_min_ms",
+            1,
+            REOPEN_BACKOFF_MS_MAX,
+            self.reopen_backoff_min_ms,
+        )?;
+        check_range(
+            "reopen_backoff_max_ms",
+            self.reopen_backoff_min_ms,
+            REOPEN_BACKOFF_MS_MAX,
+            self.reopen_backoff_max_ms,
         )?;
         Ok(())
     }

@@ -73,14 +73,25 @@ pub enum Error {
         reason: String,
     },
     /// A write or fsync failed earlier; the partition refuses appends until the
-    /// broker reopens it and recovers from what is on disk.
+    /// broker has reopened it with new files and recovered it from what is on
+    /// disk, which it tries by itself, with backoff, once a probe write works.
     #[error(
-        "partition {topic}/{partition} is failed and refuses appends until it is reopened: {cause}"
+        "partition {topic}/{partition} is failed and refuses appends until the broker reopens it, which it tries by itself once the disk takes writes again (or restart the broker): {cause}"
     )]
     PartitionFailed {
         topic: String,
         partition: u32,
         cause: String,
+    },
+    /// The file system holding the partition is full: appends are refused
+    /// until space is freed; the broker then reopens the partition by itself.
+    #[error(
+        "partition {topic}/{partition} is out of disk space ({free_bytes} bytes free on its file system): appends are refused until space is freed (delete topics, shorten retention or grow the disk); the broker then resumes appending by itself"
+    )]
+    PartitionFull {
+        topic: String,
+        partition: u32,
+        free_bytes: u64,
     },
     /// A thread panicked while it changed state that later work would trust
     /// (see `crate::sync`): whatever relies on it is refused until the broker
@@ -132,6 +143,18 @@ impl Error {
             what: what.into(),
             limit,
             actual,
+        }
+    }
+
+    /// Whether this is a full file system (ENOSPC, or a quota's EDQUOT).
+    pub fn is_no_space(&self) -> bool {
+        match self {
+            Error::Io { source, .. } => matches!(
+                source.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            ),
+            Error::PartitionFull { .. } => true,
+            _ => false,
         }
     }
 

@@ -104,6 +104,22 @@ pub const PREALLOCATE_STEP_BYTES: u64 = 1024 * 1024;
 /// the file.
 pub const PREALLOCATE_GROUP_BYTES_MAX: u64 = PREALLOCATE_STEP_BYTES / 8;
 
+/// What a probe writes and fdatasyncs in a failed partition's directory
+/// before the partition is reopened: as much as a group's zero-fill ahead
+/// of its data takes, so that a reopened partition has room for its next
+/// append instead of failing again at once.
+pub const REOPEN_PROBE_BYTES: u64 = PREALLOCATE_STEP_BYTES;
+
+/// Default first pause before a failed partition is probed and reopened;
+/// it doubles after each failed attempt.
+pub const REOPEN_BACKOFF_MIN_MS_DEFAULT: u64 = 1_000;
+
+/// Default longest pause between two attempts to reopen a failed partition.
+pub const REOPEN_BACKOFF_MAX_MS_DEFAULT: u64 = 30_000;
+
+/// Longest pause between two reopen attempts that can be configured.
+pub const REOPEN_BACKOFF_MS_MAX: u64 = 3_600_000;
+
 /// Default newest bytes of each partition's log kept in the page cache before
 /// the bytes behind them are handed back to the kernel (see
 /// `storage::write_behind`): a quarter to half a second of appends at this

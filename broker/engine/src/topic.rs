@@ -18,7 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -30,7 +30,9 @@ use crate::dedup::{Dedup, Memory};
 use crate::error::{Error, IoContext, Result};
 use crate::storage::batch::{validate_batch, RecordInput, UnsealedBatch};
 use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
-use crate::storage::partition::{Partition, PartitionInfo, PartitionSettings, WriterSettings};
+use crate::storage::partition::{
+    Partition, PartitionInfo, PartitionSettings, Ticket, WriterSettings,
+};
 use crate::sync::{read, write};
 
 /// Name of the settings file in a topic directory.
@@ -70,6 +72,8 @@ pub struct PublishResult {
 #[derive(Debug)]
 pub struct Topic {
     name: Arc<str>,
+    /// This incarnation (see `TopicFile::id`).
+    id: uuid::Uuid,
     /// `name@id`: this incarnation's key in the metadata and run stores.
     store_key: Arc<str>,
     dir: PathBuf,
@@ -99,6 +103,8 @@ pub fn partition_for_key(key: &[u8], partitions: u32) -> u32 {
 
 impl Topic {
     /// Creates a topic's directory, partitions and settings file, durably.
+    /// The settings file comes last: until it is in place the directory is
+    /// an unfinished creation, removed at the next open.
     pub fn create(vfs: &Arc<dyn Vfs>, dir: &Path, config: &TopicConfig) -> Result<StoredTopic> {
         vfs.create_dir_all(dir)
             .context(|| format!("creating {}", dir.display()))?;
@@ -107,19 +113,22 @@ impl Topic {
         }
         vfs.sync_dir(dir)
             .context(|| format!("syncing {}", dir.display()))?;
-        let file = TopicFile {
-            version: TOPIC_FILE_VERSION,
+        let stored = StoredTopic {
             id: uuid::Uuid::new_v4(),
             config: config.clone(),
         };
-        let bytes =
-            serde_json::to_vec_pretty(&file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
-        write_file_atomic(vfs.as_ref(), &dir.join(TOPIC_FILE), &bytes)
-            .context(|| format!("writing {}", dir.display()))?;
-        Ok(StoredTopic {
-            id: file.id,
-            config: file.config,
-        })
+        write_settings(vfs.as_ref(), dir, &stored)?;
+        Ok(stored)
+    }
+
+    /// Writes this topic's settings file again (undoing a deletion that
+    /// failed after removing it).
+    pub fn restore_settings(&self, vfs: &dyn Vfs) -> Result<()> {
+        let stored = StoredTopic {
+            id: self.id,
+            config: self.config.clone(),
+        };
+        write_settings(vfs, &self.dir, &stored)
     }
 
     /// Reads a topic's settings file; `None` when it is missing.
@@ -196,6 +205,7 @@ impl Topic {
         dedup.rebuild(&partitions)?;
         Ok(Topic {
             name,
+            id,
             store_key,
             dir,
             config,
@@ -225,10 +235,12 @@ impl Topic {
         Ok(deleted)
     }
 
-    /// Marks the topic deleted, after every publish and maintenance task that
-    /// holds a [`Topic::live`] guard has finished.
-    pub fn mark_deleted(&self) {
-        *write(&self.deleted) = true;
+    /// The deletion flag, once every publish and maintenance task that holds
+    /// a [`Topic::live`] guard has finished; later ones wait for it. Set to
+    /// true only once the deletion is durable, so that a failed deletion
+    /// leaves the topic usable.
+    pub fn deletion_guard(&self) -> RwLockWriteGuard<'_, bool> {
+        write(&self.deleted)
     }
 
     pub fn dir(&self) -> &Path {
@@ -255,6 +267,19 @@ impl Topic {
                 partition: id,
                 partitions: self.config.partitions,
             })
+    }
+
+    /// Reopens partition `id` if it failed (see [`Partition::reopen`]): a
+    /// probe first, without locks; then, with keyed appends and checkpoints
+    /// held off, the reopen itself and the keys its lost records had.
+    /// Returns the partition's new end, or `None` when it had not failed.
+    pub fn reopen_partition(&self, id: u32) -> Result<Option<u64>> {
+        let partition = self.partition(id)?;
+        if partition.failure().is_none() {
+            return Ok(None);
+        }
+        partition.probe()?;
+        self.dedup.reopen_partition(id, || partition.reopen())
     }
 
     pub fn info(&self) -> TopicInfo {
@@ -318,6 +343,7 @@ impl Topic {
             results: vec![None; records.len()],
             copies: Vec::new(),
             tickets: Vec::new(),
+            generations: Vec::new(),
         };
         let enqueued = self.enqueue(
             records,
@@ -331,8 +357,9 @@ impl Topic {
         // Every ticket obtained is waited for, even after a failed enqueue, so
         // that no frame stays queued with nobody to write it.
         let mut first_error = enqueued.err();
-        for (p, end) in &plan.tickets {
-            if let Err(error) = self.partitions[*p as usize].wait(*end) {
+        for (p, ticket) in &plan.tickets {
+            let waited = self.partitions[*p as usize].wait(ticket.generation, ticket.end_offset);
+            if let Err(error) = waited {
                 first_error.get_or_insert(error);
             }
         }
@@ -347,7 +374,8 @@ impl Topic {
         }
         // A duplicate is answered only once its original is acknowledged.
         for result in plan.results.iter().flatten().filter(|r| r.duplicate) {
-            self.partitions[result.partition as usize].wait(result.offset + 1)?;
+            let p = result.partition as usize;
+            self.partitions[p].wait(plan.generations[p], result.offset + 1)?;
         }
         plan.results
             .into_iter()
@@ -379,6 +407,9 @@ impl Topic {
                 stored = self.dedup.lookup_stored(keys)?;
             }
             self.find_duplicates(memory, records, stored, &mut plan.results, &mut plan.copies);
+            // Under the lock a reopen takes to forget lost records' keys: a
+            // duplicate found now waits on the writer that took its original.
+            plan.generations = self.partitions.iter().map(|p| p.generation()).collect();
         }
         let mut skipped: Vec<bool> = plan.results.iter().map(Option::is_some).collect();
         for (copy, _) in &plan.copies {
@@ -412,7 +443,7 @@ impl Topic {
                     memory.insert(key, entry);
                 }
             }
-            plan.tickets.push((p, ticket.end_offset));
+            plan.tickets.push((p, ticket));
         }
         Ok(())
     }
@@ -425,8 +456,24 @@ struct Plan {
     results: Vec<Option<PublishResult>>,
     /// Records repeating an earlier record's key in the same batch: (index, index of the first).
     copies: Vec<(usize, usize)>,
-    /// Per partition enqueued: the end offset to wait for.
-    tickets: Vec<(u32, u64)>,
+    /// Per partition enqueued: the ticket to wait for.
+    tickets: Vec<(u32, Ticket)>,
+    /// Per partition, for batches with keys: the writer a duplicate's
+    /// original was taken by (see `Partition::wait`).
+    generations: Vec<u64>,
+}
+
+/// Writes `dir`'s settings file atomically and durably.
+fn write_settings(vfs: &dyn Vfs, dir: &Path, stored: &StoredTopic) -> Result<()> {
+    let file = TopicFile {
+        version: TOPIC_FILE_VERSION,
+        id: stored.id,
+        config: stored.config.clone(),
+    };
+    let bytes =
+        serde_json::to_vec_pretty(&file).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    write_file_atomic(vfs, &dir.join(TOPIC_FILE), &bytes)
+        .context(|| format!("writing the settings of {}", dir.display()))
 }
 
 fn encode(records: &[RecordInput], indexes: &[usize]) -> UnsealedBatch {

@@ -9,9 +9,23 @@ use tonic::{Code, Status};
 
 use crate::backend::Error;
 
-/// The status a client gets for `error`.
+/// The metadata key of gRPC's server pushback (the retry design's
+/// `grpc-retry-pushback-ms`): a negative value tells a client not to retry.
+pub const RETRY_PUSHBACK_KEY: &str = "grpc-retry-pushback-ms";
+
+/// The status a client gets for `error`. A refusal that no retry can cure
+/// until the operator acts (a full disk) carries a negative pushback, so
+/// that clients that honour it do not retry it blindly.
 pub fn status(error: Error) -> Status {
-    Status::new(code(&error), error.to_string())
+    let no_retry = matches!(error, Error::PartitionFull { .. });
+    let mut status = Status::new(code(&error), error.to_string());
+    if no_retry {
+        status.metadata_mut().insert(
+            RETRY_PUSHBACK_KEY,
+            tonic::metadata::MetadataValue::from_static("-1"),
+        );
+    }
+    status
 }
 
 fn code(error: &Error) -> Code {
@@ -19,14 +33,15 @@ fn code(error: &Error) -> Code {
         Error::InvalidName { .. } | Error::InvalidArgument(_) | Error::LimitExceeded { .. } => {
             Code::InvalidArgument
         }
-        Error::Busy { .. } => Code::ResourceExhausted,
+        Error::Busy { .. } | Error::PartitionFull { .. } => Code::ResourceExhausted,
         Error::TopicNotFound(_) | Error::PartitionNotFound { .. } => Code::NotFound,
         Error::TopicExists(_) => Code::AlreadyExists,
         Error::Fenced { .. } => Code::FailedPrecondition,
         Error::OffsetOutOfRange { .. } => Code::OutOfRange,
         Error::DataLoss { .. } => Code::DataLoss,
-        // A failed partition or a closing broker: another attempt (after a
-        // restart) can succeed, and idempotency keys make it safe.
+        // A failed partition (which the broker reopens by itself) or a
+        // closing broker: another attempt can succeed, and idempotency keys
+        // make it safe.
         Error::PartitionFailed { .. } | Error::ShuttingDown => Code::Unavailable,
         Error::Io { .. }
         | Error::Meta { .. }

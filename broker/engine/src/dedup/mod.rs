@@ -296,6 +296,28 @@ impl Dedup {
         self.write_checkpoint(offsets)
     }
 
+    /// Runs `reopen` (a failed partition reopened, yielding its new end) with
+    /// checkpoints and keyed appends held off, then forgets the keys of that
+    /// partition's records at or past the new end: they were lost with the
+    /// failure, so a retry must append again rather than be answered as a
+    /// duplicate of nothing, and no checkpoint under way can put them back.
+    pub fn reopen_partition(
+        &self,
+        partition: u32,
+        reopen: impl FnOnce() -> Result<Option<u64>>,
+    ) -> Result<Option<u64>> {
+        let _one_at_a_time = lock(&self.checkpointing);
+        let mut memory = self.lock()?;
+        let Some(end) = reopen()? else {
+            return Ok(None);
+        };
+        // No checkpoint is under way, so `moving` is empty.
+        memory
+            .recent
+            .retain(|_, e| e.partition != partition || e.offset < end);
+        Ok(Some(end))
+    }
+
     /// Panics on a thread of its own while holding the memory lock, for
     /// tests of the poison rule.
     #[cfg(test)]

@@ -26,7 +26,7 @@
 //!   [`Engine::close`] flushes everything first.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
@@ -43,7 +43,7 @@ use crate::names::{validate_group, validate_producer, validate_topic};
 use crate::storage::batch::{validate_batch, Record, RecordInput};
 use crate::storage::io::{create_dir_durable, RealFs, Vfs};
 use crate::sync::{lock, read, write};
-use crate::topic::{PublishResult, Topic, TopicInfo};
+use crate::topic::{PublishResult, Topic, TopicInfo, TOPIC_FILE};
 
 /// The dedup run store's directory in the data directory.
 const RUNS_DIR: &str = "dedup";
@@ -63,6 +63,7 @@ pub struct Engine {
 mod background;
 mod data_dir;
 mod fences;
+mod reopen;
 
 use data_dir::lock_data_dir;
 pub use data_dir::LOCK_FILE;
@@ -157,7 +158,8 @@ impl Engine {
         &self.inner.config
     }
 
-    /// Creates a topic. Fails if it exists or the settings are invalid.
+    /// Creates a topic. Fails if it exists or the settings are invalid. A
+    /// creation that fails is undone: nothing of it comes back at a restart.
     pub fn create_topic(&self, name: &str, config: TopicConfig) -> Result<TopicInfo> {
         validate_topic(name)?;
         config.validate()?;
@@ -174,19 +176,12 @@ impl Engine {
                 .remove_dir_all(&dir)
                 .context(|| format!("removing {}", dir.display()))?;
         }
-        let stored = Topic::create(&inner.vfs, &dir, &config)?;
-        inner
-            .vfs
-            .sync_dir(&inner.topics_dir)
-            .context(|| format!("syncing {}", inner.topics_dir.display()))?;
-        let topic = Arc::new(Topic::open(
-            inner.vfs.clone(),
-            inner.runs.clone(),
-            &inner.config,
-            name,
-            dir,
-            stored,
-        )?);
+        let topic = inner
+            .create_and_open(name, &dir, &config)
+            .inspect_err(|error| {
+                tracing::warn!(topic = name, %error, "creating the topic failed; undoing it");
+                inner.undo_creation(name, &dir);
+            })?;
         let info = topic.info();
         write(&inner.topics).insert(name.to_string(), topic);
         tracing::info!(
@@ -197,36 +192,23 @@ impl Engine {
         Ok(info)
     }
 
-    /// Deletes a topic, its files and its metadata.
+    /// Deletes a topic, its files and its metadata. Answers OK once the
+    /// deletion is durable; a deletion that fails before that leaves the
+    /// topic whole and usable. Leftovers of a deletion (files that could not
+    /// be removed) are logged and removed at the next open.
     pub fn delete_topic(&self, name: &str) -> Result<()> {
         validate_topic(name)?;
         let inner = &self.inner;
         let _admin = lock(&inner.admin);
-        let topic = write(&inner.topics)
-            .remove(name)
-            .ok_or_else(|| Error::TopicNotFound(name.to_string()))?;
-        // Waits for publishes and maintenance work in flight on this topic.
-        topic.mark_deleted();
-        let settings = topic.dir().join(crate::topic::TOPIC_FILE);
-        inner
-            .vfs
-            .remove_file(&settings)
-            .context(|| format!("removing {}", settings.display()))?;
-        inner
-            .vfs
-            .sync_dir(topic.dir())
-            .context(|| format!("syncing {}", topic.dir().display()))?;
-        inner.runs.delete_topic(topic.store_key())?;
-        inner.meta.delete_topic(topic.store_key())?;
-        inner.meta.sync()?;
-        inner
-            .vfs
-            .remove_dir_all(topic.dir())
-            .context(|| format!("removing {}", topic.dir().display()))?;
-        inner
-            .vfs
-            .sync_dir(&inner.topics_dir)
-            .context(|| format!("syncing {}", inner.topics_dir.display()))?;
+        let topic = inner.topic(name)?;
+        // Waits for publishes and maintenance work in flight on this topic;
+        // later ones wait for the outcome.
+        let mut deleted = topic.deletion_guard();
+        inner.remove_settings(&topic)?;
+        *deleted = true;
+        write(&inner.topics).remove(name);
+        drop(deleted);
+        inner.clean_up_deleted(&topic);
         tracing::info!(topic = name, "deleted topic");
         Ok(())
     }
@@ -377,6 +359,27 @@ impl Engine {
             .enforce_retention(self.inner.config.clock.now_ms())
     }
 
+    /// Probes and reopens every failed partition now (the maintenance thread
+    /// does it by itself, with backoff). Returns how many were reopened; the
+    /// first error, after trying them all.
+    pub fn reopen_failed_partitions(&self) -> Result<usize> {
+        let mut reopened = 0;
+        let mut first_error = None;
+        for topic in self.inner.all_topics() {
+            let Ok(_live) = topic.live() else { continue };
+            for id in 0..topic.config().partitions {
+                match topic.reopen_partition(id) {
+                    Ok(Some(_)) => reopened += 1,
+                    Ok(None) => {}
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+        }
+        first_error.map_or(Ok(reopened), Err)
+    }
+
     /// Checkpoints every topic's dedup keys now.
     pub fn checkpoint_dedup(&self) -> Result<()> {
         for topic in self.inner.all_topics() {
@@ -400,13 +403,19 @@ impl Engine {
     }
 
     /// Makes everything acknowledged so far durable: flushes `async`
-    /// partitions, checkpoints dedup keys and syncs the metadata store.
+    /// partitions, checkpoints dedup keys and syncs the metadata store. Fails
+    /// only when something acknowledged could not be made durable: a failed
+    /// partition all of whose acknowledged records are durable flushes
+    /// nothing, and a failed checkpoint loses nothing (the next open rebuilds
+    /// its keys from the log), so both are logged and passed over.
     pub fn flush(&self) -> Result<()> {
         for topic in self.inner.all_topics() {
             for partition in topic.partitions() {
                 partition.flush()?;
             }
-            topic.dedup().checkpoint(topic.partitions())?;
+            if let Err(error) = topic.dedup().checkpoint(topic.partitions()) {
+                tracing::warn!(topic = topic.name(), %error, "dedup checkpoint failed; the next open rebuilds its keys from the log");
+            }
         }
         self.inner.meta.sync()
     }
@@ -474,6 +483,90 @@ impl Inner {
             write(&self.topics).insert(name, Arc::new(topic));
         }
         Ok(())
+    }
+
+    /// Creates a topic's files and opens it; see [`Engine::create_topic`].
+    fn create_and_open(&self, name: &str, dir: &Path, config: &TopicConfig) -> Result<Arc<Topic>> {
+        let stored = Topic::create(&self.vfs, dir, config)?;
+        self.vfs
+            .sync_dir(&self.topics_dir)
+            .context(|| format!("syncing {}", self.topics_dir.display()))?;
+        let topic = Topic::open(
+            self.vfs.clone(),
+            self.runs.clone(),
+            &self.config,
+            name,
+            dir.to_path_buf(),
+            stored,
+        )?;
+        Ok(Arc::new(topic))
+    }
+
+    /// Undoes a failed creation. The settings file is what makes a directory
+    /// a topic at the next open: once its removal is durable the creation is
+    /// undone, whatever else of the directory is left (the next open or
+    /// creation removes it).
+    fn undo_creation(&self, name: &str, dir: &Path) {
+        let settings = dir.join(TOPIC_FILE);
+        let undone = match self.vfs.exists(&settings) {
+            true => self.vfs.remove_file(&settings),
+            false => Ok(()),
+        }
+        .and_then(|()| self.vfs.sync_dir(dir));
+        if let Err(error) = undone {
+            tracing::error!(topic = name, %error, "could not undo a failed topic creation: the topic may come back at the next restart");
+        }
+        if let Err(error) = self.vfs.remove_dir_all(dir) {
+            tracing::warn!(topic = name, %error, "could not remove a failed creation's directory; the next open removes it");
+        }
+    }
+
+    /// The deletion's commit point: the settings file removed, durably. On
+    /// failure the file is put back, so the topic stays whole.
+    fn remove_settings(&self, topic: &Topic) -> Result<()> {
+        let settings = topic.dir().join(TOPIC_FILE);
+        self.vfs
+            .remove_file(&settings)
+            .context(|| format!("removing {}", settings.display()))?;
+        let synced = self
+            .vfs
+            .sync_dir(topic.dir())
+            .context(|| format!("syncing {}", topic.dir().display()));
+        if synced.is_err() {
+            if let Err(error) = topic.restore_settings(self.vfs.as_ref()) {
+                tracing::error!(topic = topic.name(), %error, "could not restore the settings of a topic whose deletion failed: it stays usable until the broker restarts, and is gone after that");
+            }
+        }
+        synced
+    }
+
+    /// Removes what a durable deletion leaves: the topic's dedup runs, its
+    /// metadata and its directory. Failures are logged, not returned: the
+    /// topic is gone either way, its runs and metadata are keyed by an
+    /// incarnation no topic has again, and the next open removes the directory.
+    fn clean_up_deleted(&self, topic: &Topic) {
+        let name = topic.name();
+        let steps: [(&str, Result<()>); 2] = [
+            ("dedup runs", self.runs.delete_topic(topic.store_key())),
+            (
+                "metadata",
+                self.meta
+                    .delete_topic(topic.store_key())
+                    .and_then(|()| self.meta.sync()),
+            ),
+        ];
+        for (what, done) in steps {
+            if let Err(error) = done {
+                tracing::warn!(topic = name, %error, "removing a deleted topic's {what} failed; they are left unused");
+            }
+        }
+        let removed = self
+            .vfs
+            .remove_dir_all(topic.dir())
+            .and_then(|()| self.vfs.sync_dir(&self.topics_dir));
+        if let Err(error) = removed {
+            tracing::warn!(topic = name, %error, "removing a deleted topic's directory failed; the next open removes it");
+        }
     }
 
     fn enforce_retention(&self, now_ms: i64) -> Result<usize> {

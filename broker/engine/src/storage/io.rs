@@ -63,6 +63,9 @@ pub trait Vfs: Send + Sync + fmt::Debug {
     /// Makes a directory's entries durable (new, removed and renamed names).
     fn sync_dir(&self, path: &Path) -> io::Result<()>;
     fn exists(&self, path: &Path) -> bool;
+    /// Bytes an unprivileged writer could still allocate on the file system
+    /// holding `path` (`statvfs`'s available blocks).
+    fn free_bytes(&self, path: &Path) -> io::Result<u64>;
 }
 
 /// Reads exactly `buf.len()` bytes at `position`, or fails with `UnexpectedEof`.
@@ -252,6 +255,11 @@ impl Vfs for RealFs {
 
     fn exists(&self, path: &Path) -> bool {
         path.exists()
+    }
+
+    fn free_bytes(&self, path: &Path) -> io::Result<u64> {
+        let fs = rustix::fs::statvfs(path)?;
+        Ok(fs.f_bavail.saturating_mul(fs.f_frsize))
     }
 }
 

@@ -8,7 +8,9 @@
 //!   active (appended to), the others are sealed.
 //! - The visible end only moves forward, and only once the records below it
 //!   are acknowledged; watchers are told after it moved, so a woken reader
-//!   finds the records it was woken for.
+//!   finds the records it was woken for. One exception: a failed partition
+//!   reopened ([`SharedLog::reset`]) loses an `async` topic's unflushed
+//!   tail, as a crash would.
 
 use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -68,6 +70,16 @@ impl SharedLog {
     pub fn show(&self, end: u64) {
         self.write().visible_end = end;
         self.end_tx.send_replace(end);
+    }
+
+    /// Puts a recovered log in place of the current one (a failed partition
+    /// reopened); watchers stay subscribed.
+    pub fn reset(&self, segments: Vec<Segment>, visible_end: u64) {
+        *self.write() = LogState {
+            segments,
+            visible_end,
+        };
+        self.end_tx.send_replace(visible_end);
     }
 
     /// A receiver of the visible end: it changes when new records become

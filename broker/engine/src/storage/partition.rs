@@ -10,10 +10,14 @@
 //!   `sync` topics, the written end for `async` ones.
 //! - Only sealed segments are deleted by retention; the active segment stays,
 //!   so the earliest offset is always a segment base that exists.
+//! - A failed writer is never used again: [`Partition::reopen`] cuts the log
+//!   back to what that writer made durable, recovers it with new descriptors
+//!   and appends through a new writer. An append is acknowledged only by the
+//!   writer that took it (a [`Ticket`] names its writer).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
@@ -23,9 +27,14 @@ use super::io::{VFile, Vfs};
 use super::log_state::SharedLog;
 use super::recovery::{self, ScanStart};
 use super::segment::{self, Frame, FrameReader, Segment};
-pub use super::writer::WriterSettings;
-use super::writer::{create_segment, Ticket, Writer};
+use super::writer::{create_segment, Writer};
+pub use super::writer::{Failure, Ticket, WriterSettings};
 use crate::error::{Error, IoContext, Result};
+use crate::limits::REOPEN_PROBE_BYTES;
+use crate::sync::{read, write};
+
+/// The file a probe writes before a failed partition is reopened.
+const PROBE_FILE: &str = "reopen.probe";
 
 /// The settings a partition needs from its topic and the engine.
 #[derive(Debug, Clone)]
@@ -46,7 +55,12 @@ pub struct Partition {
     map_sealed_segments: bool,
     /// Segments and the visible end, shared with the writer.
     log: Arc<SharedLog>,
-    writer: Writer,
+    /// What a new writer is made with.
+    writer_settings: WriterSettings,
+    /// The writer; a failed one is replaced by [`Partition::reopen`].
+    /// Poisoned: goes on (see `crate::sync`): a swap of one `Arc` is never
+    /// left half done.
+    writer: RwLock<Arc<Writer>>,
 }
 
 /// A reader positioned in one segment, for `Partition::read`.
@@ -88,50 +102,18 @@ impl Partition {
         dir: PathBuf,
         settings: PartitionSettings,
     ) -> Result<Partition> {
-        let bases = list_segments(vfs.as_ref(), &dir)?;
-        let mut segments = Vec::with_capacity(bases.len());
-        let mut active_index = None;
-        for (i, base) in bases.iter().enumerate() {
-            let active = i + 1 == bases.len();
-            let (segment, index_file) = open_segment(
-                &vfs,
-                &dir,
-                *base,
-                active,
-                settings.writer.index_interval_bytes,
-            )?;
-            if active {
-                active_index = Some(index_file);
-            }
-            segments.push(segment);
-        }
-        let active_index = active_index.ok_or_else(|| Error::Corrupt {
-            what: "partition",
-            path: dir.clone(),
-            reason: "no segment files".into(),
-        })?;
-        check_continuity(&dir, &segments);
-        let active = segments.last().ok_or_else(|| Error::Corrupt {
-            what: "partition",
-            path: dir.clone(),
-            reason: "no segment files".into(),
-        })?;
-        // Whatever the page cache holds now is made durable, so that the durable
-        // end below is true even after a process crash that skipped an fsync.
-        active
-            .log
-            .sync_data()
-            .context(|| format!("syncing {}", active.log_path.display()))?;
-        let end = active.end_offset;
+        let (segments, active_index, end) =
+            recover_segments(&vfs, &dir, settings.writer.index_interval_bytes)?;
         let log = Arc::new(SharedLog::new(segments, end));
         let writer = Writer::new(
             Arc::clone(&topic),
             id,
             dir.clone(),
             Arc::clone(&vfs),
-            settings.writer,
+            settings.writer.clone(),
             Arc::clone(&log),
             active_index,
+            0,
         )?;
         Ok(Partition {
             topic,
@@ -140,35 +122,168 @@ impl Partition {
             vfs,
             map_sealed_segments: settings.map_sealed_segments,
             log,
-            writer,
+            writer_settings: settings.writer,
+            writer: RwLock::new(Arc::new(writer)),
         })
+    }
+
+    /// The writer appends go to now.
+    fn writer(&self) -> Arc<Writer> {
+        Arc::clone(&read(&self.writer))
+    }
+
+    /// Why the partition refuses appends, if it does.
+    pub fn failure(&self) -> Option<Failure> {
+        self.writer().failure()
+    }
+
+    /// Replaces a failed writer, once a [`Partition::probe`] showed the disk
+    /// takes writes and fsyncs again: the log is cut back to what the failed writer made
+    /// durable (what it wrote past that may be lost from the page cache with
+    /// the failure, so it is never trusted; for `async` topics that is as
+    /// much as a crash would lose), recovered with new descriptors (the
+    /// failed ones are never synced again), and a new writer appends at its
+    /// end. Returns the new end, or `None` when the writer had not failed.
+    /// Called by one thread at a time (the engine's maintenance).
+    /// Follows a successful [`Partition::probe`].
+    pub fn reopen(&self) -> Result<Option<u64>> {
+        let failed = self.writer();
+        if failed.failure().is_none() {
+            return Ok(None);
+        }
+        let durable_end = failed.durable_end();
+        self.cut_back(durable_end)?;
+        let (segments, active_index, end) = recover_segments(
+            &self.vfs,
+            &self.dir,
+            self.writer_settings.index_interval_bytes,
+        )?;
+        self.log.reset(segments, end);
+        let writer = Writer::new(
+            Arc::clone(&self.topic),
+            self.id,
+            self.dir.clone(),
+            Arc::clone(&self.vfs),
+            self.writer_settings.clone(),
+            Arc::clone(&self.log),
+            active_index,
+            failed.generation() + 1,
+        )?;
+        *write(&self.writer) = Arc::new(writer);
+        tracing::info!(topic = %self.topic, partition = self.id, end, "reopened a failed partition; appends go on");
+        Ok(Some(end))
+    }
+
+    /// Writes and fdatasyncs `REOPEN_PROBE_BYTES` in the partition's
+    /// directory, then removes them: proof that the disk takes writes (and
+    /// has room for a group's zero-fill) before a failed partition is
+    /// reopened on it.
+    pub fn probe(&self) -> Result<()> {
+        let path = self.dir.join(PROBE_FILE);
+        let written = self.vfs.open(&path, true).and_then(|file| {
+            let zeros = vec![0u8; REOPEN_PROBE_BYTES as usize];
+            file.write_all_at(&[&zeros], 0)?;
+            file.sync_data()
+        });
+        let removed = self.vfs.remove_file(&path);
+        written.and(removed).context(|| {
+            format!(
+                "probing {} with a write and an fdatasync",
+                self.dir.display()
+            )
+        })
+    }
+
+    /// Cuts the files back to `end`: segments that start past it are
+    /// deleted, the one holding it ends at the frame that starts at `end`.
+    /// Only the positions of frames below `end` are trusted, and those were
+    /// durable.
+    fn cut_back(&self, end: u64) -> Result<()> {
+        let (base, position) = {
+            let log = self.log.read();
+            let i = log
+                .segments
+                .partition_point(|s| s.base_offset <= end)
+                .saturating_sub(1);
+            let segment = &log.segments[i];
+            let start = segment
+                .index
+                .floor(end)
+                .map_or((0, segment.base_offset), |e| (e.position as u64, e.offset));
+            let position = frame_position(segment, start, end)?;
+            (segment.base_offset, position)
+        };
+        for later in list_segments(self.vfs.as_ref(), &self.dir)?
+            .into_iter()
+            .rev()
+            .filter(|b| *b > base)
+        {
+            let (log_path, index_path) = segment::segment_paths(&self.dir, later);
+            // The log goes first (an index without its log is removed at
+            // open); a roll that failed may not have made the index.
+            for path in [log_path, index_path] {
+                match self.vfs.remove_file(&path) {
+                    Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(Error::io(format!("deleting {}", path.display()), error));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let (log_path, _) = segment::segment_paths(&self.dir, base);
+        let log = self
+            .vfs
+            .open(&log_path, false)
+            .context(|| format!("opening {}", log_path.display()))?;
+        log.set_len(position)
+            .and_then(|()| log.sync_data())
+            .context(|| format!("cutting {} back to byte {position}", log_path.display()))?;
+        self.vfs
+            .sync_dir(&self.dir)
+            .context(|| format!("syncing {}", self.dir.display()))
     }
 
     /// Assigns offsets to a batch and queues it for the writer; follow with
     /// [`Partition::wait`]. See [`Writer::enqueue`].
     pub fn enqueue(&self, batch: UnsealedBatch) -> Result<Ticket> {
-        self.writer.enqueue(batch)
+        self.writer().enqueue(batch)
     }
 
-    /// Waits until every offset below `end_offset` is acknowledged. See
-    /// [`Writer::wait`].
-    pub fn wait(&self, end_offset: u64) -> Result<()> {
-        self.writer.wait(end_offset)
+    /// Waits until every offset below `end_offset` is acknowledged by the
+    /// writer of `generation` (a [`Ticket`]'s, or [`Partition::generation`]
+    /// read when the offset was learnt). See [`Writer::wait`]. Fails when
+    /// that writer has been replaced: it failed before acknowledging.
+    pub fn wait(&self, generation: u64, end_offset: u64) -> Result<()> {
+        let writer = self.writer();
+        if writer.generation() != generation {
+            return Err(Error::PartitionFailed {
+                topic: self.topic.to_string(),
+                partition: self.id,
+                cause: "the append was lost with a failed write (the partition has been reopened since); publish it again".into(),
+            });
+        }
+        writer.wait(end_offset)
+    }
+
+    /// Which writer appends go to now: it changes when the partition is
+    /// reopened after a failure.
+    pub fn generation(&self) -> u64 {
+        self.writer().generation()
     }
 
     /// Fdatasyncs what `async` appends wrote. See [`Writer::flush`].
     pub fn flush(&self) -> Result<()> {
-        self.writer.flush()
+        self.writer().flush()
     }
 
     /// Bytes enqueued and not yet acknowledged.
     pub fn in_flight_bytes(&self) -> u64 {
-        self.writer.in_flight_bytes()
+        self.writer().in_flight_bytes()
     }
 
     /// Offsets below this are on disk (fdatasync'ed).
     pub fn durable_end(&self) -> u64 {
-        self.writer.durable_end()
+        self.writer().durable_end()
     }
 
     pub fn id(&self) -> u32 {
@@ -469,6 +584,59 @@ impl Partition {
     }
 }
 
+/// Opens and recovers every segment of `dir`: the segments, the active
+/// one's index file and the log's end.
+fn recover_segments(
+    vfs: &Arc<dyn Vfs>,
+    dir: &Path,
+    index_interval_bytes: u32,
+) -> Result<(Vec<Segment>, Arc<dyn VFile>, u64)> {
+    let bases = list_segments(vfs.as_ref(), dir)?;
+    let mut segments = Vec::with_capacity(bases.len());
+    let mut active_index = None;
+    for (i, base) in bases.iter().enumerate() {
+        let active = i + 1 == bases.len();
+        let (segment, index_file) = open_segment(vfs, dir, *base, active, index_interval_bytes)?;
+        if active {
+            active_index = Some(index_file);
+        }
+        segments.push(segment);
+    }
+    check_continuity(dir, &segments);
+    let (Some(active), Some(active_index)) = (segments.last(), active_index) else {
+        return Err(Error::Corrupt {
+            what: "partition",
+            path: dir.to_path_buf(),
+            reason: "no segment files".into(),
+        });
+    };
+    // Whatever the page cache holds now is made durable, so that the durable
+    // end below is true even after a process crash that skipped an fsync.
+    active
+        .log
+        .sync_data()
+        .context(|| format!("syncing {}", active.log_path.display()))?;
+    let end = active.end_offset;
+    Ok((segments, active_index, end))
+}
+
+/// The byte position in `segment` of the frame that starts at offset `end`
+/// (its end of data when none does), scanning from `start` (position,
+/// offset) of a frame at or below `end`.
+fn frame_position(segment: &Segment, start: (u64, u64), end: u64) -> Result<u64> {
+    let mut reader = FrameReader::new(segment.log.clone(), start.0, segment.size_bytes);
+    loop {
+        let position = reader.position();
+        let frame = reader
+            .next_frame()
+            .context(|| format!("reading {}", segment.log_path.display()))?;
+        match frame {
+            Frame::Whole { header, .. } if header.base_offset < end => {}
+            Frame::Whole { .. } | Frame::End | Frame::Bad { .. } => return Ok(position),
+        }
+    }
+}
+
 /// Base offsets of the segments in `dir`, sorted; removes leftover files that
 /// belong to no segment (an index whose log is gone, temporary files).
 fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
@@ -483,6 +651,10 @@ fn list_segments(vfs: &dyn Vfs, dir: &Path) -> Result<Vec<u64>> {
                 logs.insert(base);
             }
             Some((base, false)) => indexes.push(base),
+            // A probe cut short by a crash: it never held data.
+            None if name == PROBE_FILE => vfs
+                .remove_file(&dir.join(name))
+                .context(|| format!("deleting {}", dir.join(name).display()))?,
             None => {
                 tracing::warn!(dir = %dir.display(), name, "ignoring an unknown file in a partition directory")
             }

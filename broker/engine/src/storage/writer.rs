@@ -86,6 +86,9 @@ pub struct Writer {
     /// Offsets below this are acknowledged (durable for `sync`, written for
     /// `async`): appenders check it without taking the state lock.
     acked_end: AtomicU64,
+    /// Which of the partition's writers this is: the next one, after this one
+    /// failed, has the next number.
+    generation: u64,
 }
 
 /// A frame waiting for the writer.
@@ -115,7 +118,7 @@ struct WriterState {
     /// Whether a leader is writing now.
     flushing: bool,
     /// Why the partition refuses appends, after a failed write or fsync.
-    failed: Option<String>,
+    failed: Option<Failure>,
     /// Appenders parked until their frame is acknowledged: (end offset, thread).
     waiters: Vec<(u64, std::thread::Thread)>,
     /// Frames in the last group written: how many appenders are likely to be
@@ -201,6 +204,8 @@ pub struct Ticket {
     pub base_offset: u64,
     pub end_offset: u64,
     pub timestamp_ms: i64,
+    /// The writer that took the append: only it can acknowledge it.
+    pub generation: u64,
 }
 
 /// Zero bytes to write after a group that ends the active log's data at
@@ -230,6 +235,31 @@ pub(super) struct NewSegment {
 /// recovery reads the disk again.
 const WRITER_PANICKED: &str = "a writer panicked mid-group";
 
+/// Why a writer refuses appends: latched once, kept until the partition is
+/// reopened with a new writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub cause: String,
+    /// The file system was full (ENOSPC or a quota): freeing space cures it.
+    pub no_space: bool,
+}
+
+impl Failure {
+    fn panicked() -> Failure {
+        Failure {
+            cause: WRITER_PANICKED.to_string(),
+            no_space: false,
+        }
+    }
+
+    fn of(error: &Error) -> Failure {
+        Failure {
+            cause: error.to_string(),
+            no_space: error.is_no_space(),
+        }
+    }
+}
+
 /// Creates a segment's files and makes their names durable.
 pub(super) fn create_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<NewSegment> {
     let (log_path, index_path) = segment::segment_paths(dir, base);
@@ -257,9 +287,7 @@ pub(super) fn create_segment(vfs: &dyn Vfs, dir: &Path, base: u64) -> Result<New
 /// wait's answer), with the partition latched failed.
 fn latch_poisoned<G: HoldsState>(poisoned: std::sync::PoisonError<G>) -> G {
     let mut held = poisoned.into_inner();
-    held.state()
-        .failed
-        .get_or_insert_with(|| WRITER_PANICKED.to_string());
+    held.state().failed.get_or_insert_with(Failure::panicked);
     held
 }
 
@@ -283,7 +311,8 @@ impl HoldsState for (MutexGuard<'_, WriterState>, std::sync::WaitTimeoutResult) 
 impl Writer {
     /// The writer of a partition whose log recovery just opened: appends go
     /// on at its end, in its active segment (`index_file` is that
-    /// segment's index).
+    /// segment's index). `generation` numbers the partition's writers.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         topic: Arc<str>,
         partition: u32,
@@ -292,6 +321,7 @@ impl Writer {
         settings: WriterSettings,
         log: Arc<SharedLog>,
         index_file: Arc<dyn VFile>,
+        generation: u64,
     ) -> Result<Writer> {
         let (io, end) = {
             let state = log.read();
@@ -322,7 +352,13 @@ impl Writer {
             io: Mutex::new(io),
             flushing: Mutex::new(()),
             acked_end: AtomicU64::new(end),
+            generation,
         })
+    }
+
+    /// Which of the partition's writers this is.
+    pub fn generation(&self) -> u64 {
+        self.generation
     }
 
     /// The writer state. A poisoned lock means a thread panicked while it
@@ -339,17 +375,35 @@ impl Writer {
         self.io.lock().map_err(|poisoned| {
             drop(poisoned);
             let mut w = self.state();
-            let cause = w.failed.get_or_insert_with(|| WRITER_PANICKED.to_string());
-            self.failed_error(cause)
+            let failure = w.failed.get_or_insert_with(Failure::panicked);
+            self.failed_error(failure)
         })
     }
 
-    fn failed_error(&self, cause: &str) -> Error {
-        Error::PartitionFailed {
-            topic: self.topic.to_string(),
-            partition: self.partition,
-            cause: cause.to_string(),
+    /// The refusal of an append to a failed partition. A full disk is told
+    /// apart (with the bytes free now), since freeing space cures it.
+    fn failed_error(&self, failure: &Failure) -> Error {
+        let topic = self.topic.to_string();
+        let partition = self.partition;
+        if failure.no_space {
+            // 0 when it cannot be told: the refusal stands either way.
+            let free_bytes = self.vfs.free_bytes(&self.dir).unwrap_or(0);
+            return Error::PartitionFull {
+                topic,
+                partition,
+                free_bytes,
+            };
         }
+        Error::PartitionFailed {
+            topic,
+            partition,
+            cause: failure.cause.clone(),
+        }
+    }
+
+    /// Why the partition refuses appends, if it does.
+    pub fn failure(&self) -> Option<Failure> {
+        self.state().failed.clone()
     }
 
     /// Assigns offsets to a batch and queues it. Waits while the partition has
@@ -363,8 +417,8 @@ impl Writer {
         {
             w = self.state_cv.wait(w).unwrap_or_else(latch_poisoned);
         }
-        if let Some(cause) = &w.failed {
-            return Err(self.failed_error(cause));
+        if let Some(failure) = &w.failed {
+            return Err(self.failed_error(failure));
         }
         let base_offset = w.next_offset;
         let timestamp_ms = self.settings.clock.now_ms().max(w.last_timestamp_ms);
@@ -386,6 +440,7 @@ impl Writer {
             base_offset,
             end_offset,
             timestamp_ms,
+            generation: self.generation,
         })
     }
 
@@ -405,8 +460,8 @@ impl Writer {
             if self.acked_end.load(Ordering::Acquire) >= end_offset {
                 return Ok(());
             }
-            if let Some(cause) = &w.failed {
-                return Err(self.failed_error(cause));
+            if let Some(failure) = &w.failed {
+                return Err(self.failed_error(failure));
             }
             if w.flushing || w.queue.is_empty() {
                 w.waiters.push((end_offset, std::thread::current()));
@@ -433,8 +488,8 @@ impl Writer {
             let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
                 self.write_group(group, sync, &mut releases)
             }))
-            .map(|written| written.map_err(|error| error.to_string()))
-            .unwrap_or_else(|_| Err(WRITER_PANICKED.to_string()));
+            .map(|written| written.map_err(|error| Failure::of(&error)))
+            .unwrap_or_else(|_| Err(Failure::panicked()));
             let mut w = self.state();
             w.flushing = false;
             w.in_flight_bytes -= group_bytes;
@@ -446,10 +501,10 @@ impl Writer {
                     }
                     self.publish_visible(end);
                 }
-                Err(cause) => {
-                    tracing::error!(topic = %self.topic, partition = self.partition, %cause,
-                        "write failed; the partition refuses appends until it is reopened");
-                    w.failed = Some(cause);
+                Err(failure) => {
+                    tracing::error!(topic = %self.topic, partition = self.partition, cause = %failure.cause,
+                        "write failed; the partition refuses appends until the broker reopens it");
+                    w.failed = Some(failure);
                 }
             }
             self.release_and_wake(w);
@@ -620,10 +675,11 @@ impl Writer {
             io.index_entries += entries.len();
         }
         let mut log = self.log.write();
-        let active = log
-            .segments
-            .last_mut()
-            .ok_or_else(|| self.failed_error("no active segment"))?;
+        let active = log.segments.last_mut().ok_or_else(|| Error::Corrupt {
+            what: "partition",
+            path: self.dir.clone(),
+            reason: "no active segment".into(),
+        })?;
         for entry in entries {
             active.index.push(*entry);
         }
@@ -697,10 +753,14 @@ impl Writer {
         let (log, log_path, end, position) = {
             let mut io = self.io()?;
             let w = self.state();
-            if let Some(cause) = &w.failed {
+            if let Some(failure) = &w.failed {
                 // Never retry an fsync: after a failure the kernel may have dropped
                 // the dirty pages, and a second fsync would "succeed" over lost data.
-                return Err(self.failed_error(cause));
+                // Nothing to flush when every acknowledged offset is durable.
+                if w.durable_end >= self.acked_end.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                return Err(self.failed_error(failure));
             }
             if !io.unsynced {
                 return Ok(());
@@ -715,7 +775,7 @@ impl Writer {
         if let Err(error) = log.sync_data() {
             let error = Error::io(format!("syncing {}", log_path.display()), error);
             let mut w = self.state();
-            w.failed = Some(error.to_string());
+            w.failed = Some(Failure::of(&error));
             self.release_and_wake(w);
             return Err(error);
         }

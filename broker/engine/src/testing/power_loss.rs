@@ -27,7 +27,7 @@ fn seeds_per_test() -> u64 {
         .map_or(SEEDS_PER_TEST_DEFAULT, |total| total.div_ceil(4))
 }
 
-fn engine_config() -> EngineConfig {
+pub(super) fn engine_config() -> EngineConfig {
     let mut config = EngineConfig::new("/data");
     // Small index spacing: many entries, so damaged and stale entries are common.
     config.index_interval_bytes = 256;
@@ -35,10 +35,13 @@ fn engine_config() -> EngineConfig {
     config.maintenance_interval_ms = 60_000;
     config.dedup_checkpoint_interval_ms = u64::MAX / 2;
     config.retention_check_interval_ms = u64::MAX / 2;
+    // Failed partitions stay failed until a test reopens them.
+    config.reopen_backoff_min_ms = crate::limits::REOPEN_BACKOFF_MS_MAX;
+    config.reopen_backoff_max_ms = crate::limits::REOPEN_BACKOFF_MS_MAX;
     config
 }
 
-fn topic_config(partitions: u32, durability: Durability) -> TopicConfig {
+pub(super) fn topic_config(partitions: u32, durability: Durability) -> TopicConfig {
     TopicConfig {
         partitions,
         durability,
@@ -48,13 +51,13 @@ fn topic_config(partitions: u32, durability: Durability) -> TopicConfig {
     }
 }
 
-fn open(fs: &SimFs, meta: &Arc<SimMeta>) -> Engine {
+pub(super) fn open(fs: &SimFs, meta: &Arc<SimMeta>) -> Engine {
     Engine::open_with(engine_config(), Arc::new(fs.clone()), meta.clone())
         .expect("engine opens after any crash")
 }
 
 /// A new simulated disk and metadata store, and an engine open on them.
-fn fresh() -> (SimFs, Arc<SimMeta>, Engine) {
+pub(super) fn fresh() -> (SimFs, Arc<SimMeta>, Engine) {
     let fs = SimFs::new();
     fs.create_dir_all(Path::new("/data")).expect("mkdir");
     fs.sync_dir(Path::new("/")).expect("sync");
@@ -127,7 +130,7 @@ fn publish(engine: &Engine, topic: &'static str, records: Vec<RecordInput>) -> O
     )
 }
 
-fn read_all(engine: &Engine, topic: &str, partition: u32) -> Vec<Record> {
+pub(super) fn read_all(engine: &Engine, topic: &str, partition: u32) -> Vec<Record> {
     let t = engine.topic(topic).expect("topic survives");
     let p = t.partition(partition).expect("partition");
     let mut out: Vec<Record> = Vec::new();
@@ -692,7 +695,7 @@ fn a_panic_holding_the_dedup_memory_refuses_keyed_appends_until_a_restart() {
 }
 
 /// A record with idempotency key `key`.
-fn keyed(key: &'static str) -> RecordInput {
+pub(super) fn keyed(key: &'static str) -> RecordInput {
     RecordInput {
         idempotency_key: Some(Bytes::from_static(key.as_bytes())),
         ..RecordInput::new("v")
@@ -700,7 +703,7 @@ fn keyed(key: &'static str) -> RecordInput {
 }
 
 /// A record pinned to a partition.
-fn on(partition: u32, payload: &'static str) -> RecordInput {
+pub(super) fn on(partition: u32, payload: &'static str) -> RecordInput {
     RecordInput {
         partition: Some(partition),
         ..RecordInput::new(payload)

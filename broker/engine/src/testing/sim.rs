@@ -9,7 +9,8 @@
 //! What was synced always survives.
 //!
 //! It also injects I/O errors on demand ([`SimFs::fail_next`]) to test that a
-//! failed write or fsync latches the partition, cuts the power part-way
+//! failed write or fsync latches the partition, fills the disk
+//! ([`SimFs::set_full`]: writes fail with ENOSPC part-way), cuts the power part-way
 //! through work ([`SimFs::cut_power_after`]: every later change fails, as on
 //! a machine that lost power mid-call), and holds syncs back on demand
 //! ([`SimFs::syncs`]) to test what goes on while one is under way.
@@ -69,9 +70,16 @@ struct State {
     files: HashMap<Inode, FileNode>,
     dirs: HashMap<PathBuf, DirNode>,
     next_inode: Inode,
-    fail_next: Option<FailOp>,
+    /// The operation to fail, after letting this many of its kind pass.
+    fail_next: Option<(FailOp, u32)>,
     power: Power,
+    /// Whether the disk is full: writes fail with ENOSPC after writing part
+    /// of their bytes, as a real one's can.
+    full: bool,
 }
+
+/// What [`Vfs::free_bytes`] reports of a simulated disk that is not full.
+pub const SIM_FREE_BYTES: u64 = 1 << 30;
 
 /// Whether the simulated machine still has power.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -184,7 +192,23 @@ impl SimFs {
 
     /// Makes the next write or sync fail with an I/O error.
     pub fn fail_next(&self, op: FailOp) {
-        self.lock().fail_next = Some(op);
+        self.fail_after(op, 0);
+    }
+
+    /// Lets `passing` operations of `op`'s kind through, then fails the next.
+    pub fn fail_after(&self, op: FailOp, passing: u32) {
+        self.lock().fail_next = Some((op, passing));
+    }
+
+    /// Whether a failure asked for has not happened yet; cancels it.
+    pub fn cancel_failure(&self) -> bool {
+        self.lock().fail_next.take().is_some()
+    }
+
+    /// Fills the disk (every later write fails with ENOSPC, part-way) or
+    /// frees it again.
+    pub fn set_full(&self, full: bool) {
+        self.lock().full = full;
     }
 
     /// The gate every `sync_data` passes before it makes anything durable.
@@ -333,11 +357,17 @@ impl State {
     }
 
     fn take_failure(&mut self, op: FailOp) -> io::Result<()> {
-        if self.fail_next == Some(op) {
-            self.fail_next = None;
-            return Err(io::Error::other(format!("injected {op:?} failure")));
+        match &mut self.fail_next {
+            Some((next, 0)) if *next == op => {
+                self.fail_next = None;
+                Err(io::Error::other(format!("injected {op:?} failure")))
+            }
+            Some((next, passing)) if *next == op => {
+                *passing -= 1;
+                Ok(())
+            }
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     fn lookup(&self, path: &Path) -> Option<Entry> {
@@ -393,6 +423,20 @@ impl VFile for SimFile {
         let panic = self.fs.lock().take_failure(FailOp::PanicOnWrite).is_err();
         assert!(!panic, "injected panic in a write");
         self.fs.lock().take_failure(FailOp::Write)?;
+        if self.fs.lock().full {
+            // Part of the first buffer lands, as a real write may before ENOSPC.
+            if let Some(first) = bufs.first() {
+                let part = &first[..first.len() / 2];
+                self.change(|node| {
+                    apply_write(&mut node.current, position, part);
+                    node.pending.push(Op::Write {
+                        position,
+                        data: part.to_vec(),
+                    });
+                })?;
+            }
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
         self.change(|node| {
             for buf in bufs {
                 apply_write(&mut node.current, position, buf);
@@ -524,6 +568,10 @@ impl Vfs for SimFs {
 
     fn exists(&self, path: &Path) -> bool {
         self.lock().lookup(path).is_some()
+    }
+
+    fn free_bytes(&self, _path: &Path) -> io::Result<u64> {
+        Ok(if self.lock().full { 0 } else { SIM_FREE_BYTES })
     }
 }
 
