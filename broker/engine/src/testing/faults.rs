@@ -234,3 +234,62 @@ fn a_group_that_rolls_a_segment_and_fails_at_any_of_its_syncs_is_cut_back() {
         assert_eq!(after[expected].payload, big(99).payload);
     }
 }
+
+#[test]
+fn a_topic_creation_that_fails_at_any_sync_leaves_nothing_that_comes_back() {
+    for passing in 0.. {
+        let (fs, meta, engine) = fresh();
+        fs.fail_after(FailOp::Sync, passing);
+        let created = engine.create_topic("t", topic_config(2, Durability::Sync));
+        if fs.cancel_failure() {
+            assert!(created.is_ok(), "every sync of a creation was failed once");
+            assert!(passing >= 4, "{passing} syncs");
+            break;
+        }
+        let listed = engine.list_topics().iter().any(|t| t.name == "t");
+        assert_eq!(listed, created.is_ok(), "sync {passing}: {created:?}");
+        drop(engine);
+        fs.crash(u64::from(passing));
+        meta.crash();
+        let engine = open(&fs, &meta);
+        let after_restart = engine.list_topics().iter().any(|t| t.name == "t");
+        if created.is_err() {
+            assert!(!after_restart, "sync {passing}: a failed creation came back");
+            engine
+                .create_topic("t", topic_config(2, Durability::Sync))
+                .expect("a retry creates the topic");
+        }
+        engine.publish("t", &[on(1, "x")]).expect("the topic works");
+    }
+}
+
+#[test]
+fn a_topic_deletion_that_fails_leaves_the_topic_whole_and_usable() {
+    for passing in 0.. {
+        let (fs, meta, engine) = fresh();
+        engine
+            .create_topic("t", topic_config(1, Durability::Sync))
+            .expect("create");
+        engine.publish("t", &[on(0, "kept")]).expect("publish");
+        fs.fail_after(FailOp::Sync, passing);
+        let deleted = engine.delete_topic("t");
+        if fs.cancel_failure() {
+            assert!(deleted.is_ok(), "every sync of a deletion was failed once");
+            break;
+        }
+        let listed = engine.list_topics().iter().any(|t| t.name == "t");
+        assert_eq!(listed, deleted.is_err(), "sync {passing}: {deleted:?}");
+        if deleted.is_err() {
+            engine.publish("t", &[on(0, "more")]).expect("still usable");
+        }
+        drop(engine);
+        fs.crash(u64::from(passing));
+        meta.crash();
+        let engine = open(&fs, &meta);
+        let after_restart = engine.list_topics().iter().any(|t| t.name == "t");
+        assert_eq!(after_restart, deleted.is_err(), "sync {passing}, after a restart");
+        if deleted.is_err() {
+            assert_eq!(read_all(&engine, "t", 0)[0].payload, Bytes::from("kept"));
+        }
+    }
+}
