@@ -3,7 +3,8 @@
 //! `postbox` CLI as a subprocess, a raw gRPC client, and a TCP proxy that can
 //! cut a connection at a chosen moment, the real `postbox-relay` process,
 //! PostgreSQL databases of a test's own, a small loop-mounted disk that
-//! fills up, and waiting for an event with a deadline.
+//! fills up, system calls failed on purpose by strace, and waiting for an
+//! event with a deadline.
 //!
 //! The binaries are found next to the test executable (`target/<profile>/`),
 //! where `cargo test --workspace` and `cargo nextest run --workspace` build
@@ -16,6 +17,7 @@ pub mod postgres;
 pub mod proxy;
 pub mod records;
 pub mod relay;
+pub mod strace;
 pub mod wait;
 
 use std::path::PathBuf;

@@ -59,27 +59,37 @@ pub async fn publish_until_error(
     loop {
         let keys: Vec<String> = (n..n + batch).map(|i| format!("{name}-{i}")).collect();
         n += batch;
-        let records = keys.iter().map(|k| keyed_record(k, bytes)).collect();
-        let request = pb::PublishRequest {
-            topic: topic.into(),
-            records,
-            fence: None,
-        };
-        match client.publish(request).await {
-            Ok(response) => {
-                let acks = response.into_inner().acks;
-                let mut journal = journal.lock().expect("the journal");
-                for (key, ack) in keys.into_iter().zip(acks) {
-                    journal.push(Acked {
-                        key,
-                        partition: ack.partition,
-                        offset: ack.offset,
-                    });
-                }
-            }
-            Err(status) => return status,
+        if let Err(status) = publish_keys(&mut client, topic, keys, bytes, &journal).await {
+            return status;
         }
     }
+}
+
+/// Publishes one batch, a record of `bytes` bytes per key, and journals its
+/// acknowledgments.
+pub async fn publish_keys(
+    client: &mut BrokerClient<Channel>,
+    topic: &str,
+    keys: Vec<String>,
+    bytes: usize,
+    journal: &Journal,
+) -> Result<(), tonic::Status> {
+    let records = keys.iter().map(|k| keyed_record(k, bytes)).collect();
+    let request = pb::PublishRequest {
+        topic: topic.into(),
+        records,
+        fence: None,
+    };
+    let acks = client.publish(request).await?.into_inner().acks;
+    let mut journal = journal.lock().expect("the journal");
+    for (key, ack) in keys.into_iter().zip(acks) {
+        journal.push(Acked {
+            key,
+            partition: ack.partition,
+            offset: ack.offset,
+        });
+    }
+    Ok(())
 }
 
 /// Every record of a topic as it is now, by (partition, offset), read with a

@@ -133,3 +133,18 @@ fn log_recovery(failures: &mut FailuresInARow, task: &str) {
         tracing::info!(task, failures_in_a_row = count, "works again");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::FailuresInARow;
+
+    #[test]
+    fn a_task_failing_in_a_row_logs_at_a_falling_rate_and_once_when_it_works() {
+        let mut failures = FailuresInARow::default();
+        let logged: Vec<u64> = (0..100).filter_map(|_| failures.failed("t")).collect();
+        assert_eq!(logged, [1, 2, 4, 8, 16, 32, 64]);
+        assert_eq!(failures.succeeded("t"), Some(100));
+        assert_eq!(failures.succeeded("t"), None);
+        assert_eq!(failures.failed("t"), Some(1), "a new run of failures");
+    }
+}

@@ -254,7 +254,10 @@ fn a_topic_creation_that_fails_at_any_sync_leaves_nothing_that_comes_back() {
         let engine = open(&fs, &meta);
         let after_restart = engine.list_topics().iter().any(|t| t.name == "t");
         if created.is_err() {
-            assert!(!after_restart, "sync {passing}: a failed creation came back");
+            assert!(
+                !after_restart,
+                "sync {passing}: a failed creation came back"
+            );
             engine
                 .create_topic("t", topic_config(2, Durability::Sync))
                 .expect("a retry creates the topic");
@@ -287,7 +290,11 @@ fn a_topic_deletion_that_fails_leaves_the_topic_whole_and_usable() {
         meta.crash();
         let engine = open(&fs, &meta);
         let after_restart = engine.list_topics().iter().any(|t| t.name == "t");
-        assert_eq!(after_restart, deleted.is_err(), "sync {passing}, after a restart");
+        assert_eq!(
+            after_restart,
+            deleted.is_err(),
+            "sync {passing}, after a restart"
+        );
         if deleted.is_err() {
             assert_eq!(read_all(&engine, "t", 0)[0].payload, Bytes::from("kept"));
         }

@@ -88,6 +88,15 @@ pub struct Settings {
     /// [default: 2000].
     #[arg(long, env = "POSTBOX_DEDUP_CHECKPOINT_INTERVAL_MS")]
     pub dedup_checkpoint_interval_ms: Option<u64>,
+    /// First pause before a failed partition (failed write or fsync, full
+    /// disk) is probed and reopened; doubles after each failed attempt
+    /// [default: 1000].
+    #[arg(long, env = "POSTBOX_REOPEN_BACKOFF_MIN_MS")]
+    pub reopen_backoff_min_ms: Option<u64>,
+    /// Longest pause between two attempts to reopen a failed partition
+    /// [default: 30000].
+    #[arg(long, env = "POSTBOX_REOPEN_BACKOFF_MAX_MS")]
+    pub reopen_backoff_max_ms: Option<u64>,
     /// Log line format [default: text].
     #[arg(long, env = "POSTBOX_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -132,6 +141,8 @@ impl Settings {
             dedup_checkpoint_interval_ms: self
                 .dedup_checkpoint_interval_ms
                 .or(other.dedup_checkpoint_interval_ms),
+            reopen_backoff_min_ms: self.reopen_backoff_min_ms.or(other.reopen_backoff_min_ms),
+            reopen_backoff_max_ms: self.reopen_backoff_max_ms.or(other.reopen_backoff_max_ms),
             log_format: self.log_format.or(other.log_format),
         }
     }
@@ -165,6 +176,8 @@ impl Settings {
             &mut c.dedup_checkpoint_interval_ms,
             self.dedup_checkpoint_interval_ms,
         );
+        set(&mut c.reopen_backoff_min_ms, self.reopen_backoff_min_ms);
+        set(&mut c.reopen_backoff_max_ms, self.reopen_backoff_max_ms);
         c
     }
 
