@@ -175,6 +175,9 @@ pub struct EngineConfig {
     pub reopen_backoff_min_ms: u64,
     /// Longest pause between two attempts to reopen a failed partition.
     pub reopen_backoff_max_ms: u64,
+    /// Most bytes of zeros written ahead of active segments' data, summed
+    /// over every partition (see `storage::zero_fill`); 0 turns the fill off.
+    pub zero_fill_bytes_max: u64,
 }
 
 impl EngineConfig {
@@ -193,6 +196,7 @@ impl EngineConfig {
             clock: Arc::new(SystemClock),
             reopen_backoff_min_ms: REOPEN_BACKOFF_MIN_MS_DEFAULT,
             reopen_backoff_max_ms: REOPEN_BACKOFF_MAX_MS_DEFAULT,
+            zero_fill_bytes_max: ZERO_FILL_BYTES_MAX_DEFAULT,
         }
     }
 

@@ -98,6 +98,12 @@ pub const GROUP_COMMIT_LINGER_MAX: std::time::Duration = std::time::Duration::fr
 /// same fdatasync as the group that triggers them.
 pub const PREALLOCATE_STEP_BYTES: u64 = 1024 * 1024;
 
+/// Default most bytes of zeros written ahead of active segments' data,
+/// summed over every partition (see `storage::zero_fill`): 64 busy
+/// partitions' worth of `PREALLOCATE_STEP_BYTES`, where an idle partition
+/// would otherwise cost a step of disk each.
+pub const ZERO_FILL_BYTES_MAX_DEFAULT: u64 = 64 * PREALLOCATE_STEP_BYTES;
+
 /// Largest group commit that zero-fills ahead of itself. Writing the zeros costs
 /// about as much disk time as a group of their size saves, so it pays only for
 /// groups much smaller than `PREALLOCATE_STEP_BYTES`; larger groups just grow

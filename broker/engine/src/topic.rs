@@ -33,6 +33,7 @@ use crate::storage::io::{read_small_file, write_file_atomic, Vfs};
 use crate::storage::partition::{
     Partition, PartitionInfo, PartitionSettings, Ticket, WriterSettings,
 };
+use crate::storage::zero_fill::ZeroFillBudget;
 use crate::sync::{read, write};
 
 /// Name of the settings file in a topic directory.
@@ -162,6 +163,7 @@ impl Topic {
     pub fn open(
         vfs: Arc<dyn Vfs>,
         runs: Arc<RunStore>,
+        zero_fill: Arc<ZeroFillBudget>,
         engine: &EngineConfig,
         name: &str,
         dir: PathBuf,
@@ -178,6 +180,7 @@ impl Topic {
                 in_flight_bytes_max: engine.in_flight_bytes_per_partition,
                 page_cache_window_bytes: engine.page_cache_window_bytes,
                 clock: engine.clock.clone(),
+                zero_fill,
             },
             map_sealed_segments: engine.map_sealed_segments,
         };

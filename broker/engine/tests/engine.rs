@@ -710,3 +710,60 @@ fn appends_past_the_in_flight_limit_wait_for_room_instead_of_failing() {
         "every batch appended whole, offsets dense"
     );
 }
+
+/// Bytes of every segment log file under `dir`, as the file system has them.
+fn log_file_bytes(dir: &std::path::Path) -> u64 {
+    let mut total = 0;
+    for entry in std::fs::read_dir(dir).expect("list").flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            total += log_file_bytes(&path);
+        } else if path.extension().is_some_and(|e| e == "log") {
+            total += entry.metadata().expect("metadata").len();
+        }
+    }
+    total
+}
+
+#[test]
+fn zeros_ahead_of_the_data_stay_within_the_engine_wide_budget() {
+    let broker = Broker::new();
+    let config = EngineConfig {
+        zero_fill_bytes_max: 4 * PREALLOCATE_STEP_BYTES,
+        ..EngineConfig::new(broker.dir.path())
+    };
+    let engine = Engine::open(config).expect("open");
+    let partitions = 32;
+    engine
+        .create_topic("t", TopicConfig::with_partitions(partitions))
+        .expect("create");
+    for p in 0..partitions {
+        let record = RecordInput {
+            partition: Some(p),
+            ..RecordInput::new("one small record")
+        };
+        engine.publish("t", &[record]).expect("publish");
+    }
+    let data_bytes: u64 = engine
+        .describe_topic("t")
+        .expect("describe")
+        .partitions
+        .iter()
+        .map(|p| p.size_bytes)
+        .sum();
+    let on_disk = log_file_bytes(broker.dir.path());
+    // The first four partitions written got their step of zeros; the rest none.
+    assert_eq!(
+        on_disk,
+        data_bytes + 4 * PREALLOCATE_STEP_BYTES,
+        "{on_disk} bytes of logs"
+    );
+    // Closed, the zeros are cut at the next open and the budget is free again.
+    engine.close().expect("close");
+    let engine = broker.open();
+    assert_eq!(log_file_bytes(broker.dir.path()), data_bytes);
+    engine
+        .publish("t", &[RecordInput::new("after")])
+        .expect("publish");
+    assert!(log_file_bytes(broker.dir.path()) > data_bytes + PREALLOCATE_STEP_BYTES / 2);
+}

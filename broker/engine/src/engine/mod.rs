@@ -42,6 +42,7 @@ use crate::meta::{MetaStore, SledMeta};
 use crate::names::{validate_group, validate_producer, validate_topic};
 use crate::storage::batch::{validate_batch, Record, RecordInput};
 use crate::storage::io::{create_dir_durable, RealFs, Vfs};
+use crate::storage::zero_fill::ZeroFillBudget;
 use crate::sync::{lock, read, write};
 use crate::topic::{PublishResult, Topic, TopicInfo, TOPIC_FILE};
 
@@ -77,6 +78,8 @@ struct Inner {
     meta: Arc<dyn MetaStore>,
     /// Every topic's checkpointed dedup keys.
     runs: Arc<RunStore>,
+    /// Zeros written ahead of data, shared by every partition's writer.
+    zero_fill: Arc<ZeroFillBudget>,
     topics_dir: PathBuf,
     /// Poisoned: goes on (see `crate::sync`): one insert or remove at a time.
     topics: RwLock<BTreeMap<String, Arc<Topic>>>,
@@ -123,11 +126,13 @@ impl Engine {
         create_dir_durable(vfs.as_ref(), &topics_dir)
             .context(|| format!("creating {}", topics_dir.display()))?;
         let runs = RunStore::open(vfs.clone(), config.data_dir.join(RUNS_DIR))?;
+        let zero_fill = Arc::new(ZeroFillBudget::new(config.zero_fill_bytes_max));
         let inner = Arc::new(Inner {
             config,
             vfs,
             meta: meta.clone(),
             runs: Arc::new(runs),
+            zero_fill,
             topics_dir,
             topics: RwLock::new(BTreeMap::new()),
             admin: Mutex::new(()),
@@ -474,6 +479,7 @@ impl Inner {
             let topic = Topic::open(
                 self.vfs.clone(),
                 self.runs.clone(),
+                self.zero_fill.clone(),
                 &self.config,
                 &name,
                 dir,
@@ -494,6 +500,7 @@ impl Inner {
         let topic = Topic::open(
             self.vfs.clone(),
             self.runs.clone(),
+            self.zero_fill.clone(),
             &self.config,
             name,
             dir.to_path_buf(),

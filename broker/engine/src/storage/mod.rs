@@ -6,7 +6,8 @@
 //! Modules, bottom up: `io` (file I/O trait), `batch` (the frame format),
 //! `index` (sparse offset/timestamp index), `segment` (files and frame reader),
 //! `recovery` (torn tail versus damage), `write_behind` (page cache released
-//! behind the head), `log_state` (what readers see of a partition's log),
+//! behind the head), `zero_fill` (the engine-wide budget of zeros written
+//! ahead of data), `log_state` (what readers see of a partition's log),
 //! `writer` (a partition's appends, with group commit), `partition` (open,
 //! recover, read, retention; appends go to its writer).
 
@@ -19,3 +20,4 @@ pub mod recovery;
 pub mod segment;
 pub mod write_behind;
 pub mod writer;
+pub mod zero_fill;

@@ -42,6 +42,7 @@ use crate::storage::index::{self, entry_position, IndexEntry, SparseIndex};
 use crate::storage::io::{VFile, Vfs};
 use crate::storage::segment::{self, Segment};
 use crate::storage::write_behind::{Releases, WriteBehind};
+use crate::storage::zero_fill::ZeroFillBudget;
 use crate::sync::lock;
 
 /// What zero-filled space ahead of the data is written from.
@@ -58,6 +59,8 @@ pub struct WriterSettings {
     pub page_cache_window_bytes: u64,
     /// Stamps each frame's append time.
     pub clock: Arc<dyn Clock>,
+    /// The engine-wide budget of zeros written ahead of data.
+    pub zero_fill: Arc<ZeroFillBudget>,
 }
 
 /// One partition's writer.
@@ -161,6 +164,8 @@ struct WriterIo {
     /// The active log's length: past `position` it holds zeros written ahead
     /// of the data (see `zeros_after`).
     file_bytes: u64,
+    /// Bytes of the engine's zero-fill budget this writer holds.
+    zeros_held_bytes: u64,
     /// One past the last offset written.
     end_offset: u64,
     /// Whether writes since the last fdatasync exist (`async` topics).
@@ -191,6 +196,7 @@ impl WriterIo {
             position: active.size_bytes,
             // Recovery cut the file to its last whole frame.
             file_bytes: active.size_bytes,
+            zeros_held_bytes: 0,
             end_offset: active.end_offset,
             unsynced: false,
             write_behind: WriteBehind::new(page_cache_window_bytes),
@@ -636,17 +642,22 @@ impl Writer {
         if frames.is_empty() {
             return Ok(());
         }
+        let zero_fill = &self.settings.zero_fill;
         // `async` topics sync large spans at once and would gain nothing.
-        let zeros = if self.settings.durability == Durability::Sync {
-            zeros_after(
+        let mut zeros = match self.settings.durability {
+            Durability::Sync => zeros_after(
                 io.position,
                 io.file_bytes,
                 io.position - start,
                 self.settings.segment_bytes,
-            )
-        } else {
-            0
+            ),
+            Durability::Async => 0,
         };
+        if zeros > 0 && zero_fill.try_take(zeros) {
+            io.zeros_held_bytes += zeros;
+        } else {
+            zeros = 0;
+        }
         let mut slices: Vec<&[u8]> = frames.iter().map(|f| f.as_ref()).collect();
         let mut left = zeros;
         while left > 0 {
@@ -658,6 +669,10 @@ impl Writer {
             .write_all_at(&slices, start)
             .context(|| format!("writing {}", io.log_path.display()))?;
         io.file_bytes = io.file_bytes.max(io.position + zeros);
+        // Zeros this write's data took the place of go back to the budget.
+        let held = io.file_bytes.saturating_sub(io.position);
+        zero_fill.give_back(io.zeros_held_bytes.saturating_sub(held));
+        io.zeros_held_bytes = io.zeros_held_bytes.min(held);
         if !entries.is_empty() {
             let base = io.base_offset;
             let mut bytes = Vec::with_capacity(entries.len() * index::INDEX_ENTRY_BYTES as usize);
@@ -700,6 +715,8 @@ impl Writer {
                 .context(|| format!("trimming {}", io.log_path.display()))?;
             io.file_bytes = io.position;
         }
+        self.settings.zero_fill.give_back(io.zeros_held_bytes);
+        io.zeros_held_bytes = 0;
         io.log
             .sync_data()
             .context(|| format!("syncing {}", io.log_path.display()))?;
@@ -724,6 +741,7 @@ impl Writer {
             index_interval_bytes: io.index_interval_bytes,
             position: 0,
             file_bytes: 0,
+            zeros_held_bytes: 0,
             end_offset: base,
             unsynced: false,
             write_behind,
@@ -804,5 +822,17 @@ impl Writer {
     /// Offsets below this are on disk (fdatasync'ed).
     pub fn durable_end(&self) -> u64 {
         self.state().durable_end
+    }
+}
+
+impl Drop for Writer {
+    /// The zeros ahead of this writer's data go back to the budget: the
+    /// next open cuts them (or a new writer, after a reopen, never had them).
+    fn drop(&mut self) {
+        let io = match self.io.get_mut() {
+            Ok(io) => io,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        self.settings.zero_fill.give_back(io.zeros_held_bytes);
     }
 }
