@@ -32,6 +32,7 @@ mod limits;
 mod producer;
 mod retry;
 mod types;
+mod wire;
 
 pub use admin::Admin;
 pub use batch::BatchBuilder;
@@ -59,3 +60,4 @@ pub use types::{
     Ack, Durability, Fence, Fetched, OutgoingRecord, PartitionInfo, Record, StartFrom, TopicInfo,
     TopicSettings,
 };
+pub use wire::RecordCost;
