@@ -15,7 +15,7 @@ use std::io;
 
 use tonic::Code;
 
-use crate::types::Ack;
+use crate::ack::Ack;
 
 /// Result with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;

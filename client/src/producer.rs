@@ -47,12 +47,13 @@ use postbox_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
+use crate::ack::Ack;
 use crate::batch::{self, BatchBuilder, BatchLimits};
 use crate::connection::{Connection, REQUEST_TIMEOUT_MS_DEFAULT};
 use crate::error::{Error, Result};
 use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, RECORD_BYTES_MAX};
 use crate::retry::RetryPolicy;
-use crate::types::{Ack, Fence, OutgoingRecord};
+use crate::types::{Fence, OutgoingRecord};
 use crate::wire::{self, RecordCost};
 
 /// Default records per batch: amortises a round trip and an fsync over many

@@ -250,20 +250,6 @@ impl Fence {
     }
 }
 
-/// The broker's acknowledgment of one published record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ack {
-    /// The partition the record is stored in.
-    pub partition: u32,
-    /// Its offset there.
-    pub offset: u64,
-    /// True when the idempotency key was seen before: nothing was appended,
-    /// and `partition` and `offset` are the first record's.
-    pub duplicate: bool,
-    /// The idempotency key the record was published with.
-    pub idempotency_key: Bytes,
-}
-
 /// When a publish is acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -378,6 +378,25 @@ fn a_wrong_broker_address_is_one_clear_line() {
 }
 
 #[test]
+fn a_linger_over_its_limit_is_refused_before_anything_is_published() {
+    let (_dir, broker) = broker();
+    let url = broker.url();
+    postbox_json(&url, &["topics", "create", "lingering"], b"");
+    let over = postbox(
+        &url,
+        &["publish", "lingering", "--linger-ms", "60001"],
+        b"a\nb\n",
+    );
+    fails_cleanly(&over, &["linger_ms is 60001", "between 0 and 60000"]);
+    assert!(over.stdout.is_empty(), "nothing acknowledged");
+    let described = postbox_json(&url, &["topics", "describe", "lingering"], b"");
+    assert_eq!(described[0]["partition_info"][0]["end_offset"], 0);
+    // At the limit: the end of stdin, not the linger, sends the batch.
+    let at_limit = ["publish", "lingering", "--linger-ms", "60000"];
+    assert_eq!(postbox_json(&url, &at_limit, b"a\nb\n").len(), 2);
+}
+
+#[test]
 fn a_replay_past_the_end_is_a_clear_error_and_a_range_beyond_it_stops_at_the_end() {
     let (_dir, broker) = broker();
     let url = broker.url();

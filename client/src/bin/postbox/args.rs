@@ -335,6 +335,32 @@ mod tests {
         assert!(parse_header("=value").is_err());
     }
 
+    fn publish_args(args: &[&str]) -> PublishArgs {
+        match parse(args) {
+            Ok(Cli {
+                command: Command::Publish(args),
+                ..
+            }) => args,
+            other => panic!("publish did not parse: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn publish_pacing_defaults_to_the_producers() {
+        let defaults = publish_args(&["publish", "t"]);
+        assert_eq!(defaults.linger_ms, LINGER_MS_DEFAULT);
+        assert_eq!(defaults.retry_elapsed_max_ms, RETRY_ELAPSED_MAX_MS);
+        let set = publish_args(&[
+            "publish",
+            "t",
+            "--linger-ms",
+            "100",
+            "--retry-elapsed-max-ms",
+            "0",
+        ]);
+        assert_eq!((set.linger_ms, set.retry_elapsed_max_ms), (100, 0));
+    }
+
     #[test]
     fn repeated_headers_are_kept_in_order() {
         let cli = parse(&["publish", "t", "--header", "a=1", "--header", "b=2", "v"]);
