@@ -1,47 +1,76 @@
-//! Cutting a sequence of records into batches bounded by a record count and a
-//! byte size, in order.
+//! Cutting a sequence of records into batches, each one publish, in order.
 //!
 //! Invariants: items leave in the order they came; no batch holds more than
-//! `max_records` items; no batch exceeds `max_bytes` unless it is a single
-//! item larger than that on its own (it goes alone, and the broker judges
-//! it). The producer's background batcher, `Producer::send_batch` and the
-//! CLI's line reader all batch through this one type.
+//! `max_records` items, nor more than `max_wire_bytes` of encoded request
+//! (its own fields included) or `max_log_bytes` of records as the broker
+//! counts them, unless it is a single item over a limit on its own (it goes
+//! alone, and the broker judges it). Items are measured by
+//! [`RecordCost`](crate::wire::RecordCost), both sizes at once. The
+//! producer's background batcher, `Producer::send_batch` and the CLI's line
+//! reader all batch through this one type, built by
+//! `ProducerConfig::batch_builder`.
+
+use crate::wire::RecordCost;
+
+/// The bounds of one publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct BatchLimits {
+    /// Most records.
+    pub(crate) max_records: usize,
+    /// Most bytes of the encoded request, its topic and fence included.
+    pub(crate) max_wire_bytes: usize,
+    /// Most bytes of records as the broker counts them.
+    pub(crate) max_log_bytes: usize,
+}
 
 /// Accumulates items into a batch until the next one would not fit.
 #[derive(Debug)]
 pub struct BatchBuilder<T> {
-    max_records: usize,
-    max_bytes: usize,
+    limits: BatchLimits,
+    /// Bytes of the request without records: where `wire_bytes` starts.
+    request_bytes: usize,
     items: Vec<T>,
-    bytes: usize,
+    wire_bytes: usize,
+    log_bytes: usize,
 }
 
 impl<T> BatchBuilder<T> {
-    /// A builder of batches of at most `max_records` items and `max_bytes`
-    /// bytes (both at least 1).
-    pub fn new(max_records: usize, max_bytes: usize) -> Self {
+    /// A builder of batches within `limits` (each at least 1), for requests
+    /// whose own fields take `request_bytes`.
+    pub(crate) fn new(limits: BatchLimits, request_bytes: usize) -> Self {
         BatchBuilder {
-            max_records: max_records.max(1),
-            max_bytes: max_bytes.max(1),
+            limits: BatchLimits {
+                max_records: limits.max_records.max(1),
+                max_wire_bytes: limits.max_wire_bytes.max(1),
+                max_log_bytes: limits.max_log_bytes.max(1),
+            },
+            request_bytes,
             items: Vec::new(),
-            bytes: 0,
+            wire_bytes: request_bytes,
+            log_bytes: 0,
         }
     }
 
-    /// Adds an item of `size_bytes`. When it does not fit in the current
+    /// Adds an item that costs `cost`. When it does not fit in the current
     /// batch, returns that batch, complete, and starts the next with the item.
-    pub fn push(&mut self, item: T, size_bytes: usize) -> Option<Vec<T>> {
+    pub fn push(&mut self, item: T, cost: RecordCost) -> Option<Vec<T>> {
+        let limits = &self.limits;
         let fits = self.items.is_empty()
-            || (self.items.len() < self.max_records && self.bytes + size_bytes <= self.max_bytes);
+            || (self.items.len() < limits.max_records
+                && self.wire_bytes + cost.wire_bytes <= limits.max_wire_bytes
+                && self.log_bytes + cost.log_bytes <= limits.max_log_bytes);
         let complete = if fits { None } else { Some(self.take()) };
         self.items.push(item);
-        self.bytes += size_bytes;
+        self.wire_bytes += cost.wire_bytes;
+        self.log_bytes += cost.log_bytes;
         complete
     }
 
     /// Whether the current batch is at a limit: nothing more would fit.
     pub fn is_full(&self) -> bool {
-        self.items.len() >= self.max_records || self.bytes >= self.max_bytes
+        self.items.len() >= self.limits.max_records
+            || self.wire_bytes >= self.limits.max_wire_bytes
+            || self.log_bytes >= self.limits.max_log_bytes
     }
 
     /// Whether the current batch is empty.
@@ -51,23 +80,23 @@ impl<T> BatchBuilder<T> {
 
     /// Takes the current batch, leaving the builder empty.
     pub fn take(&mut self) -> Vec<T> {
-        self.bytes = 0;
+        self.wire_bytes = self.request_bytes;
+        self.log_bytes = 0;
         std::mem::take(&mut self.items)
     }
 }
 
-/// Splits `items` into batches, each item's size given by `size_bytes`.
+/// Splits `items` into the batches `builder` cuts, each item's cost given by
+/// `cost`.
 pub(crate) fn split<T>(
+    mut builder: BatchBuilder<T>,
     items: Vec<T>,
-    max_records: usize,
-    max_bytes: usize,
-    size_bytes: impl Fn(&T) -> usize,
+    cost: impl Fn(&T) -> RecordCost,
 ) -> Vec<Vec<T>> {
-    let mut builder = BatchBuilder::new(max_records, max_bytes);
     let mut batches = Vec::new();
     for item in items {
-        let size = size_bytes(&item);
-        batches.extend(builder.push(item, size));
+        let item_cost = cost(&item);
+        batches.extend(builder.push(item, item_cost));
     }
     if !builder.is_empty() {
         batches.push(builder.take());
@@ -79,13 +108,32 @@ pub(crate) fn split<T>(
 mod tests {
     use super::*;
 
+    /// A builder of at most `max_records` items and `max_bytes` of either
+    /// measure, for requests of `request_bytes` of their own.
+    fn builder(max_records: usize, max_bytes: usize, request_bytes: usize) -> BatchBuilder<usize> {
+        let limits = BatchLimits {
+            max_records,
+            max_wire_bytes: max_bytes,
+            max_log_bytes: max_bytes,
+        };
+        BatchBuilder::new(limits, request_bytes)
+    }
+
+    /// Items whose value is their size in both measures.
+    fn same(size: &usize) -> RecordCost {
+        RecordCost {
+            wire_bytes: *size,
+            log_bytes: *size,
+        }
+    }
+
     fn lengths(batches: &[Vec<usize>]) -> Vec<usize> {
         batches.iter().map(Vec::len).collect()
     }
 
     #[test]
     fn splits_by_record_count() {
-        let batches = split((0..7).collect(), 3, 1_000, |_| 1);
+        let batches = split(builder(3, 1_000, 0), (0..7).collect(), |_| same(&1));
         assert_eq!(lengths(&batches), vec![3, 3, 1]);
         assert_eq!(batches.concat(), (0..7).collect::<Vec<_>>());
     }
@@ -93,37 +141,67 @@ mod tests {
     #[test]
     fn splits_by_bytes() {
         // Sizes 4, 4, 4, 4: two fit in 10 bytes, a third would not.
-        let batches = split(vec![4, 4, 4, 4], 100, 10, |&size| size);
+        let batches = split(builder(100, 10, 0), vec![4, 4, 4, 4], same);
         assert_eq!(batches, vec![vec![4, 4], vec![4, 4]]);
     }
 
     #[test]
     fn batch_exactly_at_the_byte_limit_is_kept_whole() {
-        let batches = split(vec![5, 5, 1], 100, 10, |&size| size);
+        let batches = split(builder(100, 10, 0), vec![5, 5, 1], same);
         assert_eq!(batches, vec![vec![5, 5], vec![1]]);
     }
 
     #[test]
+    fn the_requests_own_bytes_count_in_every_batch() {
+        // 2 bytes of topic: 4 + 4 fill 10 bytes; the second batch too.
+        let batches = split(builder(100, 10, 2), vec![4, 4, 4, 4, 4], same);
+        assert_eq!(batches, vec![vec![4, 4], vec![4, 4], vec![4]]);
+    }
+
+    #[test]
+    fn either_measure_cuts_a_batch() {
+        let limits = BatchLimits {
+            max_records: 100,
+            max_wire_bytes: 10,
+            max_log_bytes: 20,
+        };
+        // Wire 4 each, log 8 each: the log limit cuts after two.
+        let log_heavy = split(BatchBuilder::new(limits, 0), vec![1, 2, 3], |_| {
+            RecordCost {
+                wire_bytes: 4,
+                log_bytes: 8,
+            }
+        });
+        assert_eq!(log_heavy, vec![vec![1, 2], vec![3]]);
+        // Wire 6 each, log 1 each: the wire limit cuts after one.
+        let wire_heavy = split(BatchBuilder::new(limits, 0), vec![1, 2], |_| RecordCost {
+            wire_bytes: 6,
+            log_bytes: 1,
+        });
+        assert_eq!(wire_heavy, vec![vec![1], vec![2]]);
+    }
+
+    #[test]
     fn oversized_item_goes_alone() {
-        let batches = split(vec![1, 50, 1], 100, 10, |&size| size);
+        let batches = split(builder(100, 10, 0), vec![1, 50, 1], same);
         assert_eq!(batches, vec![vec![1], vec![50], vec![1]]);
     }
 
     #[test]
     fn empty_input_gives_no_batches() {
-        assert!(split(Vec::<usize>::new(), 3, 10, |_| 1).is_empty());
+        assert!(split(builder(3, 10, 0), Vec::new(), same).is_empty());
     }
 
     #[test]
     fn is_full_at_either_limit() {
-        let mut by_count = BatchBuilder::new(2, 100);
-        assert!(by_count.push(1, 1).is_none());
+        let mut by_count = builder(2, 100, 0);
+        assert!(by_count.push(1, same(&1)).is_none());
         assert!(!by_count.is_full());
-        assert!(by_count.push(2, 1).is_none());
+        assert!(by_count.push(2, same(&1)).is_none());
         assert!(by_count.is_full());
 
-        let mut by_bytes = BatchBuilder::new(100, 10);
-        assert!(by_bytes.push(1, 10).is_none());
+        let mut by_bytes = builder(100, 10, 0);
+        assert!(by_bytes.push(1, same(&10)).is_none());
         assert!(by_bytes.is_full());
         assert_eq!(by_bytes.take(), vec![1]);
         assert!(by_bytes.is_empty() && !by_bytes.is_full());

@@ -6,11 +6,16 @@
 //! so that a cause chain joined with ": " says each thing once.
 //! [`Error::is_retryable`] is the single answer to "may this be tried again?",
 //! used by the producer, the consumer and the admin client alike.
+//! [`Error::PartlyPublished`] is the one error that carries results: a
+//! `Producer::send_batch` that fails after some of its records were
+//! acknowledged hands those acknowledgments back, never drops them.
 
 use std::error::Error as StdError;
 use std::io;
 
 use tonic::Code;
+
+use crate::ack::Ack;
 
 /// Result with the client's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -51,6 +56,31 @@ pub enum Error {
     /// The producer was closed, or its background task is gone.
     #[error("the producer is closed")]
     Closed,
+    /// `Producer::send_batch` published its records in several requests and
+    /// one failed after the ones before it were acknowledged: the first
+    /// `acks.len()` records are stored where `acks` says, the
+    /// `unacknowledged` records after them are not acknowledged. Calling
+    /// again with every record would publish the acknowledged ones twice
+    /// (unless each has an idempotency key of the caller's own): send only
+    /// the records from index `acks.len()` on. [`Error::code`] and
+    /// [`Error::is_retryable`] answer for `cause`.
+    #[error(
+        "{unacknowledged} of {} records not acknowledged, from record {} on (the {} before \
+         it were): {cause}",
+        acks.len() + unacknowledged,
+        acks.len(),
+        acks.len()
+    )]
+    PartlyPublished {
+        /// The acknowledgments of the records before the failed publish, in
+        /// input order.
+        acks: Vec<Ack>,
+        /// How many records, all after those, were not acknowledged.
+        unacknowledged: usize,
+        /// Why the first publish that was not acknowledged failed. Shown in
+        /// this error's own line, so it is no `source`.
+        cause: Box<Error>,
+    },
 }
 
 impl Error {
@@ -76,14 +106,31 @@ impl Error {
                     | Code::Cancelled
             ),
             Error::Refused { .. } | Error::InvalidArgument(_) | Error::Closed => false,
+            Error::PartlyPublished { cause, .. } => cause.is_retryable(),
         }
     }
 
-    /// The gRPC status code, for broker errors.
+    /// The gRPC status code, for broker errors (for
+    /// [`Error::PartlyPublished`], its cause's).
     pub fn code(&self) -> Option<Code> {
         match self {
             Error::Status { code, .. } | Error::Refused { code, .. } => Some(*code),
+            Error::PartlyPublished { cause, .. } => cause.code(),
             _ => None,
+        }
+    }
+
+    /// The error of a split publish that failed with `cause` after `acks`
+    /// were acknowledged, with `unacknowledged` records left: `cause` itself
+    /// when nothing was acknowledged.
+    pub(crate) fn after_acks(acks: Vec<Ack>, unacknowledged: usize, cause: Error) -> Error {
+        if acks.is_empty() {
+            return cause;
+        }
+        Error::PartlyPublished {
+            acks,
+            unacknowledged,
+            cause: Box::new(cause),
         }
     }
 
@@ -272,6 +319,31 @@ mod tests {
         assert_eq!(refused.code(), Some(Code::ResourceExhausted));
         assert!(with_pushback("250").is_retryable());
         assert!(Error::from(tonic::Status::resource_exhausted("busy")).is_retryable());
+    }
+
+    #[test]
+    fn a_partly_published_batch_names_both_parts_and_answers_for_its_cause() {
+        let ack = |offset| Ack {
+            partition: 0,
+            offset,
+            duplicate: false,
+            idempotency_key: bytes::Bytes::from("k"),
+        };
+        let cause = Error::from(tonic::Status::unavailable("partition 0 failed a write"));
+        let error = Error::after_acks(vec![ack(7), ack(8)], 3, cause.clone());
+        assert_eq!(
+            error.to_string(),
+            "3 of 5 records not acknowledged, from record 2 on (the 2 before it were): \
+             partition 0 failed a write (UNAVAILABLE)"
+        );
+        assert_eq!(error.code(), Some(Code::Unavailable));
+        assert!(error.is_retryable());
+        assert!(
+            std::error::Error::source(&error).is_none(),
+            "the cause is said once"
+        );
+        // Nothing acknowledged: the cause alone.
+        assert_eq!(Error::after_acks(Vec::new(), 5, cause.clone()), cause);
     }
 
     #[derive(Debug, thiserror::Error)]

@@ -23,6 +23,7 @@
 //! client's copies of the broker's limits ([`RECORD_BYTES_MAX`] and the
 //! others), which never refuse what the broker accepts.
 
+mod ack;
 mod admin;
 mod batch;
 mod connection;
@@ -32,7 +33,9 @@ mod limits;
 mod producer;
 mod retry;
 mod types;
+mod wire;
 
+pub use ack::Ack;
 pub use admin::Admin;
 pub use batch::BatchBuilder;
 pub use connection::{
@@ -56,6 +59,7 @@ pub use retry::{
 };
 pub use tonic::Code;
 pub use types::{
-    Ack, Durability, Fence, Fetched, OutgoingRecord, PartitionInfo, Record, StartFrom, TopicInfo,
+    Durability, Fence, Fetched, OutgoingRecord, PartitionInfo, Record, StartFrom, TopicInfo,
     TopicSettings,
 };
+pub use wire::RecordCost;

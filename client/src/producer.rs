@@ -21,9 +21,18 @@
 //!   per-record limit) fails at once with INVALID_ARGUMENT: it never waits
 //!   for room it cannot use, and never joins a batch whose other records the
 //!   broker would then refuse with it.
-//! - Batches are cut by the sizes the broker counts (records with their
-//!   length fields, plus its batch header), so no batch exceeds
-//!   `BATCH_BYTES_MAX` whatever `max_batch_bytes` allows.
+//! - Batches are cut by everything a publish carries, measured by
+//!   [`crate::wire`]: `max_batch_bytes` bounds the encoded request (topic,
+//!   fence, every record's fields and protobuf framing, generated
+//!   idempotency keys included), and the broker's count of the records plus
+//!   its batch header stays within `BATCH_BYTES_MAX` whatever
+//!   `max_batch_bytes` allows. The background batcher, `send_batch` and any
+//!   caller of [`ProducerConfig::batch_builder`] cut the same batches, so a
+//!   batch built there is exactly one publish.
+//! - No acknowledgment is lost: a `send_batch` split into several publishes
+//!   that fails after some were acknowledged returns those acknowledgments
+//!   in [`Error::PartlyPublished`]. A background batch is one publish, all
+//!   acknowledged or all failed.
 //! - With `max_in_flight_batches = 1` (the default) batches are published one
 //!   after the other, so records with the same key keep their order even
 //!   across retries. Above 1, concurrent publishes may be appended in either
@@ -38,18 +47,20 @@ use postbox_proto::v1 as pb;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tokio::time::Instant;
 
-use crate::batch::{self, BatchBuilder};
+use crate::ack::Ack;
+use crate::batch::{self, BatchBuilder, BatchLimits};
 use crate::connection::{Connection, REQUEST_TIMEOUT_MS_DEFAULT};
 use crate::error::{Error, Result};
 use crate::limits::{BATCH_BYTES_MAX, BATCH_HEADER_BYTES, BATCH_RECORDS_MAX, RECORD_BYTES_MAX};
 use crate::retry::RetryPolicy;
-use crate::types::{Ack, Fence, OutgoingRecord};
+use crate::types::{Fence, OutgoingRecord};
+use crate::wire::{self, RecordCost};
 
 /// Default records per batch: amortises a round trip and an fsync over many
 /// records while keeping a batch's latency low.
 pub const MAX_BATCH_RECORDS_DEFAULT: usize = 1_000;
 
-/// Default bytes per batch.
+/// Default bytes of encoded request per batch.
 pub const MAX_BATCH_BYTES_DEFAULT: usize = 1024 * 1024;
 
 /// Default time a batch waits for more records before it is sent.
@@ -82,10 +93,13 @@ const _: () = assert!(RECORD_BYTES_MAX + RECORD_OVERHEAD_BYTES <= MAX_QUEUED_BYT
 pub struct ProducerConfig {
     /// Most records in one publish (1 to `BATCH_RECORDS_MAX`).
     pub max_batch_records: usize,
-    /// Most bytes of records in one publish, counted as the broker counts
-    /// them ([`OutgoingRecord::encoded_bytes`]), 1 to `BATCH_BYTES_MAX`; a
-    /// single larger record goes alone. Batches also leave room for the
-    /// broker's `BATCH_HEADER_BYTES` within `BATCH_BYTES_MAX`.
+    /// Most bytes of one publish request as it goes on the wire (topic,
+    /// fence, and every record with all its fields, its generated
+    /// idempotency key and its protobuf framing: see
+    /// [`ProducerConfig::record_cost`]), 1 to `BATCH_BYTES_MAX`; a single
+    /// larger record goes alone. Batches also keep the broker's count of
+    /// their records ([`OutgoingRecord::encoded_bytes`]) plus its
+    /// `BATCH_HEADER_BYTES` within `BATCH_BYTES_MAX`.
     pub max_batch_bytes: usize,
     /// How long a batch of [`Producer::send`] records waits for more before
     /// it is sent, unless it fills first.
@@ -161,11 +175,38 @@ impl ProducerConfig {
         self.retry.validate()
     }
 
-    /// The bytes of records a batch may hold: `max_batch_bytes`, less the
-    /// broker's batch header when it would push a batch past `BATCH_BYTES_MAX`.
-    fn batch_record_bytes_max(&self) -> usize {
-        self.max_batch_bytes
-            .min(BATCH_BYTES_MAX - BATCH_HEADER_BYTES)
+    /// What `record` adds to a publish of this producer, on the wire and in
+    /// the broker's count, with the idempotency key the producer generates
+    /// for it if it has none (and `generate_idempotency_keys` holds).
+    pub fn record_cost(&self, record: &OutgoingRecord) -> RecordCost {
+        RecordCost::of(record, self.generate_idempotency_keys)
+    }
+
+    /// An empty batch for one publish to `topic` within this producer's
+    /// limits: `max_batch_records`, `max_batch_bytes` of encoded request
+    /// (this topic and the fence included) and the broker's
+    /// `BATCH_BYTES_MAX`. Push each record with its
+    /// [`ProducerConfig::record_cost`]: a batch it completes is exactly one
+    /// publish of [`Producer::send_batch`], which cuts batches with it too.
+    pub fn batch_builder<T>(&self, topic: &str) -> BatchBuilder<T> {
+        let limits = BatchLimits {
+            max_records: self.max_batch_records,
+            max_wire_bytes: self.max_batch_bytes,
+            max_log_bytes: BATCH_BYTES_MAX - BATCH_HEADER_BYTES,
+        };
+        BatchBuilder::new(limits, wire::request_bytes(topic, self.fence.as_ref()))
+    }
+
+    /// The publishes [`Producer::send_batch`] makes of `records` to `topic`,
+    /// in order: the batches of [`ProducerConfig::batch_builder`].
+    pub fn split_batch(
+        &self,
+        topic: &str,
+        records: Vec<OutgoingRecord>,
+    ) -> Vec<Vec<OutgoingRecord>> {
+        batch::split(self.batch_builder(topic), records, |record| {
+            self.record_cost(record)
+        })
     }
 }
 
@@ -228,14 +269,14 @@ impl Producer {
         record: OutgoingRecord,
     ) -> impl Future<Output = Result<Ack>> + Send + 'static {
         let record = self.keyed(record);
-        let encoded_bytes = record.encoded_bytes();
+        let cost = self.shared.config.record_cost(&record);
         let (reply, ack) = oneshot::channel();
         let queued = record.validate().and_then(|()| {
             let room = self.reserve(record.size_bytes())?;
             let command = Command::Send {
                 topic: topic.to_owned(),
                 record: record.into_proto(),
-                encoded_bytes,
+                cost,
                 reply: Reply {
                     sender: reply,
                     _room: room,
@@ -284,13 +325,22 @@ impl Producer {
 
     /// Publishes `records` now, bypassing the batcher: one publish call, or
     /// several in order when the records exceed `max_batch_records` or
-    /// `max_batch_bytes`. Acknowledgments come back in input order.
+    /// `max_batch_bytes` (the publishes of [`ProducerConfig::split_batch`];
+    /// a batch built with [`ProducerConfig::batch_builder`] is one).
+    /// Acknowledgments come back in input order.
+    ///
+    /// # Errors
     ///
     /// A record the broker would refuse (see [`OutgoingRecord::validate`])
-    /// fails the call with INVALID_ARGUMENT before anything is published. On
-    /// any other error, chunks before the failed one stay published. Generated
+    /// fails the call with INVALID_ARGUMENT before anything is published.
+    /// When the first publish fails, nothing was acknowledged and its error
+    /// comes back as it is. When a later one fails, the records before it
+    /// are stored: the call fails with [`Error::PartlyPublished`], which
+    /// holds their acknowledgments, how many records after them were not
+    /// acknowledged, and the cause; publish only those again. Generated
     /// idempotency keys do not survive the call, so a caller that wants to
-    /// re-send a failed batch without duplicates gives each record its own.
+    /// re-send unacknowledged records without risking duplicates (a publish
+    /// that timed out may still have been stored) gives each record its own.
     pub async fn send_batch(&self, topic: &str, records: Vec<OutgoingRecord>) -> Result<Vec<Ack>> {
         if self.commands.is_closed() {
             return Err(Error::Closed);
@@ -306,16 +356,16 @@ impl Producer {
                 Error::InvalidArgument(format!("record {index} of {record_count}: {error}"))
             })?;
         }
-        let chunks = batch::split(
-            records,
-            config.max_batch_records,
-            config.batch_record_bytes_max(),
-            OutgoingRecord::encoded_bytes,
-        );
         let mut acks = Vec::with_capacity(record_count);
-        for chunk in chunks {
+        for chunk in config.split_batch(topic, records) {
             let records = chunk.into_iter().map(OutgoingRecord::into_proto).collect();
-            acks.extend(self.shared.publish(topic, records).await?);
+            match self.shared.publish(topic, records).await {
+                Ok(chunk_acks) => acks.extend(chunk_acks),
+                Err(cause) => {
+                    let unacknowledged = record_count - acks.len();
+                    return Err(Error::after_acks(acks, unacknowledged, cause));
+                }
+            }
         }
         Ok(acks)
     }
@@ -430,8 +480,8 @@ enum Command {
     Send {
         topic: String,
         record: pb::PublishRecord,
-        /// What the record counts towards its batch's bytes.
-        encoded_bytes: usize,
+        /// What the record counts towards its batch's limits.
+        cost: RecordCost,
         reply: Reply,
     },
     /// Send every open batch, wait for all publishes, then answer.
@@ -495,8 +545,8 @@ impl Batcher {
                 biased;
                 permit = due_with_slot(deadline, in_flight) => self.send_due(permit).await,
                 command = self.commands.recv() => match command {
-                    Some(Command::Send { topic, record, encoded_bytes, reply }) => {
-                        self.add(topic, Pending { record, reply }, encoded_bytes).await;
+                    Some(Command::Send { topic, record, cost, reply }) => {
+                        self.add(topic, Pending { record, reply }, cost).await;
                     }
                     Some(Command::Flush(done)) => {
                         self.drain().await;
@@ -518,14 +568,14 @@ impl Batcher {
         }
     }
 
-    async fn add(&mut self, topic: String, pending: Pending, encoded_bytes: usize) {
+    async fn add(&mut self, topic: String, pending: Pending, cost: RecordCost) {
         let linger = Duration::from_millis(self.shared.config.linger_ms);
         let config = &self.shared.config;
         let open = self.open.entry(topic.clone()).or_insert_with(|| OpenBatch {
-            builder: BatchBuilder::new(config.max_batch_records, config.batch_record_bytes_max()),
+            builder: config.batch_builder(&topic),
             deadline: Instant::now() + linger,
         });
-        let complete = open.builder.push(pending, encoded_bytes);
+        let complete = open.builder.push(pending, cost);
         if complete.is_some() {
             // The record did not fit and starts a new batch: a new linger.
             open.deadline = Instant::now() + linger;
@@ -664,34 +714,103 @@ mod tests {
             max_batch_bytes: BATCH_BYTES_MAX,
             ..ProducerConfig::default()
         };
-        assert_eq!(
-            config.batch_record_bytes_max(),
-            BATCH_BYTES_MAX - BATCH_HEADER_BYTES
-        );
-        assert_eq!(
-            ProducerConfig::default().batch_record_bytes_max(),
-            MAX_BATCH_BYTES_DEFAULT
-        );
         // Sixteen records of RECORD_BYTES_MAX each (length fields included):
         // exactly BATCH_BYTES_MAX of records, so one batch would be the
-        // broker's header over its limit.
+        // broker's header over its limit, although the request (whose
+        // protobuf framing is smaller than the broker's length fields) is
+        // within max_batch_bytes.
         let payload = Bytes::from(vec![0u8; RECORD_BYTES_MAX - RECORD_FRAMING_BYTES - 1]);
         let records: Vec<OutgoingRecord> = (0..BATCH_BYTES_MAX / RECORD_BYTES_MAX)
             .map(|_| OutgoingRecord::new(payload.clone()).idempotency_key("k"))
             .collect();
         assert!(records
             .iter()
-            .all(|r| r.encoded_bytes() == RECORD_BYTES_MAX));
-        let batches = batch::split(
-            records,
-            config.max_batch_records,
-            config.batch_record_bytes_max(),
-            OutgoingRecord::encoded_bytes,
-        );
+            .all(|r| config.record_cost(r).log_bytes() == RECORD_BYTES_MAX));
+        let wire_bytes: usize = records
+            .iter()
+            .map(|r| config.record_cost(r).wire_bytes())
+            .sum();
+        assert!(wire_bytes < BATCH_BYTES_MAX);
+        let batches = config.split_batch("t", records);
         assert_eq!(batches.len(), 2);
         for batch in &batches {
             let bytes: usize = batch.iter().map(OutgoingRecord::encoded_bytes).sum();
             assert!(BATCH_HEADER_BYTES + bytes <= BATCH_BYTES_MAX);
+        }
+    }
+
+    /// Records as the CLI makes them of stdin lines: no idempotency key of
+    /// their own, lines of 1,000 to 1,600 bytes (so that bytes, not
+    /// max_batch_records, fill a default batch).
+    fn line_records(count: usize) -> Vec<OutgoingRecord> {
+        (0..count)
+            .map(|i| OutgoingRecord::new(vec![b'x'; 1_000 + (i * 37) % 600]).key("batch-7"))
+            .collect()
+    }
+
+    #[test]
+    fn a_full_batch_of_lines_is_one_publish_with_its_generated_keys() {
+        // The CLI built 1 MiB batches of lines without counting the keys
+        // send_batch then generated; send_batch cut each in two publishes,
+        // and lost the first one's acknowledgments when the second failed.
+        let config = ProducerConfig::default();
+        let topic = "orders.created";
+        let mut builder = config.batch_builder(topic);
+        let mut lines = line_records(2_000).into_iter();
+        let full = loop {
+            let Some(line) = lines.next() else {
+                panic!("2,000 lines did not fill a batch");
+            };
+            let cost = config.record_cost(&line);
+            if let Some(full) = builder.push(line, cost) {
+                break full;
+            }
+        };
+        let line_bytes: usize = full.iter().map(|line| line.payload().len()).sum();
+        assert!(
+            line_bytes > MAX_BATCH_BYTES_DEFAULT * 3 / 4,
+            "a full batch: {} lines, {line_bytes} bytes",
+            full.len()
+        );
+        // As send_batch does: every record gets its key, then the batch is cut.
+        let keyed: Vec<OutgoingRecord> = full
+            .iter()
+            .cloned()
+            .map(OutgoingRecord::with_idempotency_key)
+            .collect();
+        let sent: usize = keyed
+            .iter()
+            .map(|r| config.record_cost(r).wire_bytes())
+            .sum();
+        assert!(
+            wire::request_bytes(topic, None) + sent <= MAX_BATCH_BYTES_DEFAULT,
+            "within max_batch_bytes as sent"
+        );
+        let publishes = config.split_batch(topic, keyed.clone());
+        assert_eq!(publishes, vec![keyed], "one batch, one publish");
+    }
+
+    #[test]
+    fn split_batches_are_the_batch_builders_at_every_size() {
+        let config = ProducerConfig {
+            max_batch_bytes: 64 * 1024,
+            fence: Some(Fence {
+                producer: "relay".into(),
+                epoch: 3,
+            }),
+            ..ProducerConfig::default()
+        };
+        let records = line_records(1_000);
+        let publishes = config.split_batch("t", records.clone());
+        assert!(publishes.len() > 10, "{} publishes", publishes.len());
+        assert_eq!(publishes.concat(), records, "in order, none lost");
+        for publish in &publishes {
+            let keyed: Vec<OutgoingRecord> = publish
+                .iter()
+                .cloned()
+                .map(OutgoingRecord::with_idempotency_key)
+                .collect();
+            assert_eq!(config.split_batch("t", keyed).len(), 1);
         }
     }
 

@@ -59,12 +59,17 @@ impl Record {
 /// `OutgoingRecord::new("body").key("order-42").header("type", "created")`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutgoingRecord {
-    key: Option<Bytes>,
-    idempotency_key: Option<Bytes>,
-    headers: Vec<(String, Bytes)>,
-    payload: Bytes,
-    partition: Option<u32>,
+    // Read by `wire`, which sizes records on the wire.
+    pub(crate) key: Option<Bytes>,
+    pub(crate) idempotency_key: Option<Bytes>,
+    pub(crate) headers: Vec<(String, Bytes)>,
+    pub(crate) payload: Bytes,
+    pub(crate) partition: Option<u32>,
 }
+
+/// Bytes of the idempotency key the producer generates for a record without
+/// one: a UUID v7 in its hyphenated text form.
+pub(crate) const GENERATED_IDEMPOTENCY_KEY_BYTES: usize = uuid::fmt::Hyphenated::LENGTH;
 
 impl OutgoingRecord {
     /// A record with this payload, no key and no headers.
@@ -144,7 +149,7 @@ impl OutgoingRecord {
     pub fn validate(&self) -> Result<(), Error> {
         let generated_key_bytes = match self.idempotency_key {
             Some(_) => 0,
-            None => uuid::fmt::Hyphenated::LENGTH,
+            None => GENERATED_IDEMPOTENCY_KEY_BYTES,
         };
         check_limit(
             "record size in bytes (length fields included)",
@@ -243,20 +248,6 @@ impl Fence {
             epoch: self.epoch,
         }
     }
-}
-
-/// The broker's acknowledgment of one published record.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Ack {
-    /// The partition the record is stored in.
-    pub partition: u32,
-    /// Its offset there.
-    pub offset: u64,
-    /// True when the idempotency key was seen before: nothing was appended,
-    /// and `partition` and `offset` are the first record's.
-    pub duplicate: bool,
-    /// The idempotency key the record was published with.
-    pub idempotency_key: Bytes,
 }
 
 /// When a publish is acknowledged.

@@ -14,11 +14,21 @@ pub fn postbox(broker: &str, args: &[&str], stdin: &[u8]) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting postbox");
-    if let Some(mut input) = child.stdin.take() {
-        // The command may exit before reading its input (a bad argument).
-        let _ = input.write_all(stdin);
-    }
-    child.wait_with_output().expect("waiting for postbox")
+    let input = child.stdin.take();
+    // The input goes from a thread of its own while the output is read: a
+    // command that prints as it reads (an ack line per batch) would fill its
+    // stdout pipe while a large input was still being written, and both
+    // sides would wait for ever.
+    std::thread::scope(|scope| {
+        if let Some(mut input) = input {
+            // The command may exit before reading its input (a bad argument
+            // or a failed publish): dropping `input` then closes the pipe.
+            scope.spawn(move || {
+                let _ = input.write_all(stdin);
+            });
+        }
+        child.wait_with_output().expect("waiting for postbox")
+    })
 }
 
 /// `postbox ARGS`, which must succeed; returns its stdout as JSON lines.

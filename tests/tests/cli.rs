@@ -1,12 +1,16 @@
 //! The `postbox` CLI as a user meets it, against the real broker: the quick
 //! start (create, publish from stdin, replay), following, groups, duplicates,
-//! every command's `--help`, a wrong broker address, a range past the end.
+//! every command's `--help`, a wrong broker address, a range past the end,
+//! and stdin batches that are one publish each.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use postbox_client::{OutgoingRecord, ProducerConfig, MAX_BATCH_BYTES_DEFAULT};
+use postbox_engine::storage::batch::{parse_header, HEADER_BYTES};
 use postbox_tests::broker::BrokerProcess;
 use postbox_tests::cli::{postbox, postbox_json};
 use serde_json::{json, Value};
@@ -133,6 +137,78 @@ fn binary_payloads_print_as_base64() {
     let records = postbox_json(&url, &["replay", "bin", "--from-offset", "0"], b"");
     assert_eq!(records[0]["payload_base64"], "//4A");
     assert!(records[0].get("payload").is_none());
+}
+
+/// The record count of every batch frame stored in a partition's directory,
+/// in log order: one frame per partition per Publish call
+/// (`docs/format.md`), so the frames count the publishes. Zeros after the
+/// last frame (space the writer preallocated) end a log.
+fn stored_batches(partition_dir: &Path) -> Vec<u32> {
+    let mut logs: Vec<_> = std::fs::read_dir(partition_dir)
+        .expect("the partition directory")
+        .map(|entry| entry.expect("a directory entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "log"))
+        .collect();
+    logs.sort();
+    let mut batches = Vec::new();
+    for log in logs {
+        let bytes = std::fs::read(&log).expect("a log file");
+        let mut position = 0;
+        while let Some(header) = bytes.get(position..position + HEADER_BYTES) {
+            let header: &[u8; HEADER_BYTES] = header.try_into().expect("a header's bytes");
+            let Ok(header) = parse_header(header) else {
+                assert!(
+                    bytes[position..].iter().all(|&b| b == 0),
+                    "only zeros after the last frame of {}",
+                    log.display()
+                );
+                break;
+            };
+            batches.push(header.record_count);
+            position += header.frame_bytes as usize;
+        }
+    }
+    batches
+}
+
+#[test]
+fn n_full_batches_of_stdin_lines_are_n_publishes() {
+    // Each batch once cost two publishes (and two fsyncs): the CLI filled
+    // 1 MiB without the idempotency keys send_batch then generated, and
+    // send_batch cut every batch in two.
+    const BATCHES: usize = 5;
+    const LINE_BYTES: usize = 2_000;
+    let (dir, broker) = broker();
+    let url = broker.url();
+    postbox_json(&url, &["topics", "create", "batches"], b"");
+    let line = |i: usize| format!("{i:06}-{}", "x".repeat(LINE_BYTES - 7));
+    // How many such lines one publish holds, as the client sizes it.
+    let config = ProducerConfig::default();
+    let mut builder = config.batch_builder("batches");
+    let per_batch = (0..)
+        .position(|i| {
+            let record = OutgoingRecord::new(line(i));
+            let cost = config.record_cost(&record);
+            builder.push(record, cost).is_some()
+        })
+        .expect("a batch fills");
+    assert!(
+        per_batch * LINE_BYTES <= MAX_BATCH_BYTES_DEFAULT
+            && (per_batch + 1) * LINE_BYTES > MAX_BATCH_BYTES_DEFAULT * 9 / 10,
+        "bytes, not the record count, fill a batch: {per_batch} lines"
+    );
+    let input: String = (0..BATCHES * per_batch).map(|i| line(i) + "\n").collect();
+    // A linger longer than any pause of a loaded machine: only a full
+    // batch, or the end of stdin, sends one.
+    let args = ["publish", "batches", "--linger-ms", "60000"];
+    let acks = postbox_json(&url, &args, input.as_bytes());
+    assert_eq!(acks.len(), BATCHES * per_batch, "every line acknowledged");
+    let partition = dir.path().join("data/topics/batches/0");
+    assert_eq!(
+        stored_batches(&partition),
+        vec![per_batch as u32; BATCHES],
+        "one stored batch, one publish, per batch of lines"
+    );
 }
 
 #[test]
@@ -299,6 +375,25 @@ fn a_wrong_broker_address_is_one_clear_line() {
         out.stdout.is_empty(),
         "nothing acknowledged, nothing printed"
     );
+}
+
+#[test]
+fn a_linger_over_its_limit_is_refused_before_anything_is_published() {
+    let (_dir, broker) = broker();
+    let url = broker.url();
+    postbox_json(&url, &["topics", "create", "lingering"], b"");
+    let over = postbox(
+        &url,
+        &["publish", "lingering", "--linger-ms", "60001"],
+        b"a\nb\n",
+    );
+    fails_cleanly(&over, &["linger_ms is 60001", "between 0 and 60000"]);
+    assert!(over.stdout.is_empty(), "nothing acknowledged");
+    let described = postbox_json(&url, &["topics", "describe", "lingering"], b"");
+    assert_eq!(described[0]["partition_info"][0]["end_offset"], 0);
+    // At the limit: the end of stdin, not the linger, sends the batch.
+    let at_limit = ["publish", "lingering", "--linger-ms", "60000"];
+    assert_eq!(postbox_json(&url, &at_limit, b"a\nb\n").len(), 2);
 }
 
 #[test]

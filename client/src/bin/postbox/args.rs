@@ -6,7 +6,9 @@
 //! may be added, none renamed.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use postbox_client::{Durability, StartFrom, DEFAULT_BROKER};
+use postbox_client::{
+    Durability, StartFrom, DEFAULT_BROKER, LINGER_MS_DEFAULT, RETRY_ELAPSED_MAX_MS,
+};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -64,6 +66,13 @@ pub enum Command {
     /// A record that could not be acknowledged prints no line; the exit status
     /// is then 1 and stderr says why. Records without --idempotency-key get a
     /// UUID v7, so retries after a lost answer never append twice.
+    ///
+    /// When a publish of stdin lines fails, publishing stops: the ack lines
+    /// are those of lines 1 to K of stdin, exactly, and the error reads
+    /// "N record(s) not acknowledged, lines K+1 to END of stdin (...)",
+    /// counted after reading stdin to its end without publishing it. To
+    /// publish only those: `tail -n +FIRST FILE | postbox publish TOPIC`,
+    /// FIRST being the first line the error names (K+1).
     Publish(PublishArgs),
     /// Print records as they are stored, then exit at the end, or keep
     /// following with --follow.
@@ -174,6 +183,14 @@ pub struct PublishArgs {
     /// Publish to this partition, whatever the key.
     #[arg(long)]
     pub partition: Option<u32>,
+    /// How long a partial batch of stdin lines waits for more lines before
+    /// it is published, 0 to 60000 (LINGER_MS_MAX).
+    #[arg(long, value_name = "MS", default_value_t = LINGER_MS_DEFAULT)]
+    pub linger_ms: u64,
+    /// How long a failed publish is retried (transient errors only) before
+    /// the command gives up; 0: never retried.
+    #[arg(long, value_name = "MS", default_value_t = RETRY_ELAPSED_MAX_MS)]
+    pub retry_elapsed_max_ms: u64,
     /// The payload; without it, each line of stdin is one record.
     pub value: Option<String>,
 }
@@ -316,6 +333,32 @@ mod tests {
         assert_eq!(parse_header("empty="), Ok(("empty".into(), String::new())));
         assert!(parse_header("novalue").is_err());
         assert!(parse_header("=value").is_err());
+    }
+
+    fn publish_args(args: &[&str]) -> PublishArgs {
+        match parse(args) {
+            Ok(Cli {
+                command: Command::Publish(args),
+                ..
+            }) => args,
+            other => panic!("publish did not parse: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn publish_pacing_defaults_to_the_producers() {
+        let defaults = publish_args(&["publish", "t"]);
+        assert_eq!(defaults.linger_ms, LINGER_MS_DEFAULT);
+        assert_eq!(defaults.retry_elapsed_max_ms, RETRY_ELAPSED_MAX_MS);
+        let set = publish_args(&[
+            "publish",
+            "t",
+            "--linger-ms",
+            "100",
+            "--retry-elapsed-max-ms",
+            "0",
+        ]);
+        assert_eq!((set.linger_ms, set.retry_elapsed_max_ms), (100, 0));
     }
 
     #[test]
