@@ -110,6 +110,18 @@ impl Error {
         }
     }
 
+    /// Whether the broker refuses until its operator acts (a full disk):
+    /// not retried, and not the request's fault either, so a caller that
+    /// sets refused records aside (the outbox relay's dead letters) waits
+    /// instead.
+    pub fn waits_for_operator(&self) -> bool {
+        match self {
+            Error::Refused { .. } => true,
+            Error::PartlyPublished { cause, .. } => cause.waits_for_operator(),
+            _ => false,
+        }
+    }
+
     /// The gRPC status code, for broker errors (for
     /// [`Error::PartlyPublished`], its cause's).
     pub fn code(&self) -> Option<Code> {
@@ -316,7 +328,15 @@ mod tests {
         let refused = with_pushback("-1");
         assert!(matches!(refused, Error::Refused { .. }), "{refused:?}");
         assert!(!refused.is_retryable());
+        assert!(refused.waits_for_operator());
         assert_eq!(refused.code(), Some(Code::ResourceExhausted));
+        let partly = Error::PartlyPublished {
+            acks: Vec::new(),
+            unacknowledged: 1,
+            cause: Box::new(refused),
+        };
+        assert!(partly.waits_for_operator());
+        assert!(!Error::InvalidArgument("bad".into()).waits_for_operator());
         assert!(with_pushback("250").is_retryable());
         assert!(Error::from(tonic::Status::resource_exhausted("busy")).is_retryable());
     }

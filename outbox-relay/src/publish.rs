@@ -215,9 +215,13 @@ fn refuse_all(rows: &[OutboxRow], indexes: Vec<usize>, reason: &str) -> Outcome 
 }
 
 /// The reason of a refusal that would repeat, or the batch's [`Failure`].
+/// A broker that refuses until its operator acts (a full disk) refuses no
+/// row for good: the batch waits and is claimed again.
 fn refused_for_good(error: ClientError) -> Result<String, Failure> {
     match classify(error) {
-        Failure::Transient(error) if !error.is_retryable() => Ok(error.to_string()),
+        Failure::Transient(error) if !error.is_retryable() && !error.waits_for_operator() => {
+            Ok(error.to_string())
+        }
         failure => Err(failure),
     }
 }
@@ -315,6 +319,23 @@ mod tests {
         assert_eq!(
             record.idempotency_key_bytes().map(|k| k.len()),
             Some("0193e7a2-0000-7000-8000-000000000001".len())
+        );
+    }
+
+    #[test]
+    fn a_full_disk_dead_letters_nothing() {
+        let full = ClientError::Refused {
+            code: Code::ResourceExhausted,
+            message: "partition orders/0 is out of disk space".into(),
+        };
+        assert!(matches!(refused_for_good(full), Err(Failure::Transient(_))));
+        let invalid = ClientError::Status {
+            code: Code::InvalidArgument,
+            message: "record too large".into(),
+        };
+        assert!(
+            refused_for_good(invalid).is_ok(),
+            "a bad record is refused for good"
         );
     }
 
