@@ -89,6 +89,7 @@ pub struct Http2Peer {
     calls: h2::client::SendRequest<Bytes>,
     authority: String,
     frozen: Arc<AtomicBool>,
+    goaway: Arc<AtomicBool>,
     closed: oneshot::Receiver<Closed>,
 }
 
@@ -118,11 +119,12 @@ impl Http2Peer {
             .await
             .expect("the HTTP/2 handshake");
         let (tx, closed) = oneshot::channel();
+        let goaway_seen = Arc::clone(&goaway);
         tokio::spawn(async move {
             let result = connection.await;
             let _ = tx.send(Closed {
                 at: Instant::now(),
-                goaway: goaway.load(Ordering::SeqCst),
+                goaway: goaway_seen.load(Ordering::SeqCst),
                 result,
             });
         });
@@ -130,6 +132,7 @@ impl Http2Peer {
             calls,
             authority: addr.to_string(),
             frozen,
+            goaway,
             closed,
         }
     }
@@ -197,6 +200,11 @@ impl Http2Peer {
             Ok(Err(_)) => panic!("the connection's task ended without a word"),
             Err(_) => panic!("the broker kept the connection open for {timeout:?}"),
         }
+    }
+
+    /// Whether the broker has sent GOAWAY by now.
+    pub fn goaway_received(&self) -> bool {
+        self.goaway.load(Ordering::SeqCst)
     }
 
     /// Whether the broker has ended the connection by now.

@@ -167,6 +167,8 @@ async fn idle_connections_are_closed_and_a_connection_with_a_subscription_is_not
         .await
         .expect("subscribing")
         .into_inner();
+    let mut watching = Http2Peer::connect(broker.addr()).await;
+    let _watch = watching.open_watch().await;
 
     let mut idle = Http2Peer::connect(broker.addr()).await;
     idle.check_health().await.expect("a health check");
@@ -182,9 +184,14 @@ async fn idle_connections_are_closed_and_a_connection_with_a_subscription_is_not
         "an idle connection ends with GOAWAY, gracefully: {closed:?}"
     );
 
-    // The subscription has been open longer than the idle timeout, with
-    // nothing to read: its connection still delivers. The admin client's
-    // connection was idle as long, and closed: its channel reconnects.
+    // Streaming calls have been open longer than the idle timeout, with
+    // nothing to read: their connections are left alone, and a
+    // subscription still delivers. The admin client's connection was idle
+    // as long, and closed: its channel reconnects.
+    assert!(
+        !watching.goaway_received() && !watching.is_closed(),
+        "a connection with a call in flight was closed as idle"
+    );
     admin
         .publish(pb::PublishRequest {
             topic: TOPIC.into(),

@@ -15,6 +15,10 @@
 //! - A dead peer is found by HTTP/2 keepalive: a ping every
 //!   `keepalive_interval_ms` of silence, the connection closed when one goes
 //!   unanswered as long.
+//!
+//! Not here: the `grpc-timeout` header (tonic's server enforced it; the
+//! broker's clients do not send it, and a client past its deadline resets
+//! the call, which drops the work).
 
 use std::sync::Arc;
 use std::time::Duration;

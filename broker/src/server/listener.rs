@@ -14,9 +14,8 @@
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -26,6 +25,9 @@ use super::refusal::REFUSING_CONNECTIONS_MAX;
 /// Pause after a failed accept (out of file descriptors, say) so that the
 /// listener does not spin while the cause lasts.
 const ACCEPT_RETRY_MS: u64 = 100;
+/// Least time between two warnings that the connection limit turned
+/// clients away (each says how many).
+const LIMIT_WARNING_INTERVAL_MS: u64 = 10_000;
 
 /// Listens on `addr` with a queue of `backlog` connections not yet accepted.
 /// Must run inside the async runtime.
@@ -56,9 +58,15 @@ pub(super) struct Gate {
     served: Arc<Semaphore>,
     refusing: Arc<Semaphore>,
     max_connections: usize,
-    /// Whether the last connection was turned away: the limit is logged
-    /// once when it is reached, not once per refused client.
-    at_limit: AtomicBool,
+    /// Refusals since the last warning, and when that was: a broker at its
+    /// limit refuses clients all the time, and says so now and then.
+    refusals: Mutex<Refusals>,
+}
+
+#[derive(Debug, Default)]
+struct Refusals {
+    since_warning: u64,
+    warned: Option<Instant>,
 }
 
 impl Gate {
@@ -67,26 +75,37 @@ impl Gate {
             served: Arc::new(Semaphore::new(max_connections)),
             refusing: Arc::new(Semaphore::new(REFUSING_CONNECTIONS_MAX)),
             max_connections,
-            at_limit: AtomicBool::new(false),
+            refusals: Mutex::new(Refusals::default()),
         }
     }
 
     /// A slot for a new connection: served, refused, or `None` (close it now).
     fn admit(&self) -> Option<Admission> {
         if let Ok(permit) = self.served.clone().try_acquire_owned() {
-            if self.at_limit.swap(false, Ordering::Relaxed) {
-                tracing::info!("below the connection limit again; serving new connections");
-            }
             return Some(Admission::Serve(permit));
         }
-        if !self.at_limit.swap(true, Ordering::Relaxed) {
-            tracing::warn!(
-                max_connections = self.max_connections,
-                "connection limit reached; refusing new connections until some close"
-            );
-        }
+        self.note_refusal();
         let refusal = self.refusing.clone().try_acquire_owned().ok()?;
         Some(Admission::Refuse(refusal))
+    }
+
+    fn note_refusal(&self) {
+        // Only the accept loop takes the lock; a poisoned one still counts.
+        let mut refusals = self.refusals.lock().unwrap_or_else(PoisonError::into_inner);
+        refusals.since_warning += 1;
+        let interval = Duration::from_millis(LIMIT_WARNING_INTERVAL_MS);
+        if refusals.warned.is_some_and(|at| at.elapsed() < interval) {
+            return;
+        }
+        tracing::warn!(
+            max_connections = self.max_connections,
+            refused = refusals.since_warning,
+            "connection limit reached; refusing new connections until some close"
+        );
+        *refusals = Refusals {
+            since_warning: 0,
+            warned: Some(Instant::now()),
+        };
     }
 
     /// Completes once every served connection has closed.

@@ -21,6 +21,7 @@ use std::path::Path;
 
 use crate::dedup::runs::DEDUP_RUNS_MAX;
 use crate::error::{IoContext, Result};
+use crate::names::validate_topic;
 use crate::storage::io::{RealFs, Vfs};
 use crate::storage::segment::parse_file_name;
 
@@ -59,6 +60,10 @@ impl DataDirFiles {
         }
         for topic in list(&topics_dir)? {
             let topic_dir = topics_dir.join(&topic);
+            // What the engine skips at open, so does the count.
+            if validate_topic(&topic).is_err() || !topic_dir.is_dir() {
+                continue;
+            }
             files.topics += 1;
             for partition in list(&topic_dir)? {
                 let partition_dir = topic_dir.join(&partition);
