@@ -35,8 +35,8 @@ pub fn check(data_dir: &Path, server: &ServerConfig) -> anyhow::Result<()> {
     let in_use = files.descriptors_in_use() + connections + PROCESS_DESCRIPTORS_SPARE;
     if allowed < needed {
         anyhow::bail!(
-            "too few file descriptors: the broker needs {needed} ({} for {} segments of {} partitions, \
-             {connections} for connections, {PROCESS_DESCRIPTORS_SPARE} spare) but may open {allowed} \
+            "too few file descriptors: the broker needs {needed} ({} for the data directory, {} segments \
+             of {} partitions; {connections} for connections; {PROCESS_DESCRIPTORS_SPARE} spare) but may open {allowed} \
              (hard limit {}); raise the limit to at least {needed} (`ulimit -n {needed}` in the shell \
              that starts it, `LimitNOFILE={needed}` in its systemd unit) or lower --max-connections",
             files.descriptors_at_open(),
