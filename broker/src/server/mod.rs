@@ -37,6 +37,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::body::Body;
 use tonic::service::Routes;
+use tonic_health::pb::health_server::{Health, HealthServer};
 
 use crate::backend::limits::GRPC_MESSAGE_BYTES_MAX;
 use crate::backend::Backend;
@@ -182,6 +183,9 @@ impl ServerConfig {
 /// Every service the broker serves, behind the one rewrite of responses.
 type Services = tower::util::MapResponse<Routes, fn(http::Response<Body>) -> http::Response<Body>>;
 
+/// The broker's gRPC service as tonic serves it.
+type BrokerServer<B> = pb::broker_server::BrokerServer<BrokerService<B>>;
+
 /// Serves `backend` on `listener` until `stop` completes, then shuts down
 /// gracefully. Does not shut the backend down.
 pub async fn serve<B: Backend>(
@@ -193,33 +197,14 @@ pub async fn serve<B: Backend>(
     config.validate()?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let (health, health_service) = tonic_health::server::health_reporter();
-    type Service<B> = pb::broker_server::BrokerServer<BrokerService<B>>;
-    health.set_serving::<Service<B>>().await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()
-        .map_err(Error::Reflection)?;
-    let broker = pb::broker_server::BrokerServer::new(BrokerService::new(
-        backend,
-        config.max_subscriptions,
-        shutdown_rx.clone(),
-    ))
-    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
-    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
-    let routes = Routes::new(health_service)
-        .add_service(reflection)
-        .add_service(broker)
-        .prepare();
-    let services: Services =
-        tower::util::MapResponse::new(routes, status::refused_requests_are_invalid as fn(_) -> _);
-
+    health.set_serving::<BrokerServer<B>>().await;
+    let services = services(backend, config, health_service, shutdown_rx.clone())?;
     let signal = async move {
         stop.await;
         tracing::info!(
             "shutting down: no new connections; subscriptions end; in-flight calls finish"
         );
-        health.set_not_serving::<Service<B>>().await;
+        health.set_not_serving::<BrokerServer<B>>().await;
         // "" is the server as a whole, what most load balancers ask about.
         health
             .set_service_status("", tonic_health::ServingStatus::NotServing)
@@ -235,18 +220,18 @@ pub async fn serve<B: Backend>(
         &gate,
         signal,
         |stream, admission| match admission {
-            Admission::Serve(permit) => {
+            Admission::Serve(slot) => {
                 tokio::spawn(connection::serve(
                     stream,
                     services.clone(),
                     http2.clone(),
                     deadlines,
                     shutdown_rx.clone(),
-                    permit,
+                    slot,
                 ));
             }
-            Admission::Refuse(permit) => {
-                tokio::spawn(refusal.clone().refuse(stream, http2.clone(), permit));
+            Admission::Refuse(slot) => {
+                tokio::spawn(refusal.clone().refuse(stream, http2.clone(), slot));
             }
         },
     )
@@ -260,6 +245,36 @@ pub async fn serve<B: Backend>(
         );
     }
     Ok(())
+}
+
+/// The broker service over `backend`, health and reflection, with their
+/// message limits and the rewrite of refused requests' codes.
+fn services<B: Backend>(
+    backend: Arc<B>,
+    config: &ServerConfig,
+    health: HealthServer<impl Health>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Services> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(Error::Reflection)?;
+    let broker = BrokerServer::new(BrokerService::new(
+        backend,
+        config.max_subscriptions,
+        shutdown,
+    ))
+    .max_decoding_message_size(GRPC_MESSAGE_BYTES_MAX)
+    .max_encoding_message_size(GRPC_MESSAGE_BYTES_MAX);
+    let routes = Routes::new(health)
+        .add_service(reflection)
+        .add_service(broker)
+        .prepare();
+    Ok(tower::util::MapResponse::new(
+        routes,
+        status::refused_requests_are_invalid as fn(_) -> _,
+    ))
 }
 
 #[cfg(test)]
