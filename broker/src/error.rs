@@ -14,9 +14,6 @@ pub enum Error {
     /// The reflection service could not be built from the descriptors.
     #[error("building the reflection service")]
     Reflection(#[source] tonic_reflection::server::Error),
-    /// The gRPC transport failed while serving.
-    #[error("serving gRPC")]
-    Transport(#[source] tonic::transport::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

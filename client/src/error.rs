@@ -85,7 +85,11 @@ pub enum Error {
 
 impl Error {
     /// Whether trying again may succeed: the broker was unreachable, busy or
-    /// restarting, or the call was cut or timed out. Errors about the request
+    /// restarting, or the call was cut or timed out. Busy is
+    /// RESOURCE_EXHAUSTED, a capacity limit that frees up as others finish:
+    /// subscriptions, dedup memory, or connections ("connection limit
+    /// reached: max_connections N", retried on a fresh connection, with
+    /// backoff, within the retry policy's bounds). Errors about the request
     /// itself (bad argument, unknown topic, offset out of range, data loss)
     /// fail the same way every time and are not retryable.
     ///
@@ -173,13 +177,21 @@ impl Error {
 
 impl From<tonic::Status> for Error {
     fn from(status: tonic::Status) -> Self {
-        let message = if status.message().is_empty() {
+        let mut message = if status.message().is_empty() {
             // Transport failures sometimes carry no message; the code alone
             // still tells the reader what kind of failure it was.
             status.code().description().to_owned()
         } else {
             status.message().to_owned()
         };
+        // A failure in transit keeps its cause ("transport error" alone says
+        // little: a broker that closed the connection, say); said once.
+        if let Some(source) = StdError::source(&status) {
+            let cause = innermost_reason(source);
+            if !message.to_lowercase().contains(&cause.to_lowercase()) {
+                message = format!("{message}: {cause}");
+            }
+        }
         let pushback = status.metadata().get(RETRY_PUSHBACK_KEY);
         // gRPC's retry design: a pushback that is not a non-negative number
         // of milliseconds means "do not retry".
@@ -369,6 +381,24 @@ mod tests {
     #[derive(Debug, thiserror::Error)]
     #[error("tcp connect error")]
     struct Wrapper(#[source] io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("transport error")]
+    struct Transport(#[source] io::Error);
+
+    #[test]
+    fn a_failure_in_transit_says_its_cause_once() {
+        let cut = tonic::Status::from_error(Box::new(Transport(io::Error::from_raw_os_error(104))));
+        assert_eq!(
+            Error::from(cut).to_string(),
+            "transport error: connection reset by peer (UNKNOWN)"
+        );
+        let bare = tonic::Status::from_error(Box::new(io::Error::from_raw_os_error(104)));
+        assert_eq!(
+            Error::from(bare).to_string(),
+            "Connection reset by peer (os error 104) (UNKNOWN)"
+        );
+    }
 
     #[test]
     fn reason_is_the_io_error_without_its_os_number() {

@@ -34,17 +34,25 @@ impl BrokerProcess {
     /// Starts a broker listening on `listen` (a restart on the address a
     /// killed broker had, so that its clients find it again).
     pub fn start_at(data_dir: &Path, listen: &str, extra_args: &[&str]) -> BrokerProcess {
+        BrokerProcess::start_under(&[], data_dir, listen, extra_args)
+    }
+
+    /// Starts a broker run by `wrapper`, a command that execs the rest of
+    /// its arguments (`prlimit --nofile=N:M`), so that the process is the
+    /// broker's.
+    pub fn start_under(
+        wrapper: &[&str],
+        data_dir: &Path,
+        listen: &str,
+        extra_args: &[&str],
+    ) -> BrokerProcess {
         let log = data_dir.with_extension("broker.log");
         let log_file = File::options()
             .create(true)
             .append(true)
             .open(&log)
             .expect("opening the broker's log file");
-        let mut child = Command::new(crate::bin("postbox-broker"))
-            .args(["--listen", listen, "--data-dir"])
-            .arg(data_dir)
-            .args(extra_args)
-            .env("POSTBOX_LOG", "info")
+        let mut child = command(wrapper, data_dir, listen, extra_args)
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()
@@ -74,6 +82,34 @@ impl BrokerProcess {
             data_dir: data_dir.to_path_buf(),
             log,
         }
+    }
+
+    /// Runs a broker that must fail to start, under `wrapper` as in
+    /// [`BrokerProcess::start_under`]: its exit status and what it wrote on
+    /// stderr. Panics if it is still running after `START_TIMEOUT`.
+    pub fn start_failing(
+        wrapper: &[&str],
+        data_dir: &Path,
+        extra_args: &[&str],
+    ) -> (ExitStatus, String) {
+        let mut child = command(wrapper, data_dir, "127.0.0.1:0", extra_args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting postbox-broker");
+        let deadline = Instant::now() + START_TIMEOUT;
+        while child.try_wait().expect("waiting for the broker").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("the broker started, or hung, instead of failing");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let output = child.wait_with_output().expect("the broker's output");
+        (
+            output.status,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -154,6 +190,25 @@ impl BrokerProcess {
             .map(|kb| kb * 1024)
             .expect("RssAnon in /proc status")
     }
+}
+
+/// `postbox-broker` on `data_dir`, listening on `listen`, run by `wrapper`.
+fn command(wrapper: &[&str], data_dir: &Path, listen: &str, extra_args: &[&str]) -> Command {
+    let broker = crate::bin("postbox-broker");
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(broker);
+            command
+        }
+        None => Command::new(broker),
+    };
+    command
+        .args(["--listen", listen, "--data-dir"])
+        .arg(data_dir)
+        .args(extra_args)
+        .env("POSTBOX_LOG", "info");
+    command
 }
 
 impl Drop for BrokerProcess {

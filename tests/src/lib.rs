@@ -1,9 +1,10 @@
 //! The harness of Postbox's integration tests: the real `postbox-broker`
 //! process on an ephemeral port with a temporary data directory, the real
 //! `postbox` CLI as a subprocess, a raw gRPC client, and a TCP proxy that can
-//! cut a connection at a chosen moment, the real `postbox-relay` process,
-//! PostgreSQL databases of a test's own, a small loop-mounted disk that
-//! fills up, system calls failed on purpose by strace, and waiting for an
+//! cut a connection at a chosen moment, peers that hold a connection without
+//! using it, the real `postbox-relay` process, PostgreSQL databases of a
+//! test's own, a small loop-mounted disk that fills up, system calls failed
+//! on purpose by strace, and waiting for an
 //! event with a deadline.
 //!
 //! The binaries are found next to the test executable (`target/<profile>/`),
@@ -13,6 +14,7 @@
 pub mod broker;
 pub mod cli;
 pub mod disk;
+pub mod peer;
 pub mod postgres;
 pub mod proxy;
 pub mod records;

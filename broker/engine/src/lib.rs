@@ -24,7 +24,7 @@ mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use config::{Durability, EngineConfig, TopicConfig};
-pub use engine::{CommittedOffset, Engine, Fence};
+pub use engine::{CommittedOffset, DataDirFiles, Engine, Fence};
 pub use error::{Error, Result};
 pub use storage::batch::{Header, Record, RecordInput};
 pub use storage::partition::PartitionInfo;

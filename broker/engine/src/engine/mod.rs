@@ -48,6 +48,8 @@ use crate::topic::{PublishResult, Topic, TopicInfo, TOPIC_FILE};
 
 /// The dedup run store's directory in the data directory.
 const RUNS_DIR: &str = "dedup";
+/// The topics' directory in the data directory.
+const TOPICS_DIR: &str = "topics";
 
 /// The storage engine.
 #[derive(Debug)]
@@ -63,11 +65,13 @@ pub struct Engine {
 
 mod background;
 mod data_dir;
+mod descriptors;
 mod fences;
 mod reopen;
 
 use data_dir::lock_data_dir;
 pub use data_dir::LOCK_FILE;
+pub use descriptors::DataDirFiles;
 pub use fences::Fence;
 use fences::Fences;
 
@@ -122,7 +126,7 @@ impl Engine {
         meta: Arc<dyn MetaStore>,
     ) -> Result<Engine> {
         config.validate()?;
-        let topics_dir = config.data_dir.join("topics");
+        let topics_dir = config.data_dir.join(TOPICS_DIR);
         create_dir_durable(vfs.as_ref(), &topics_dir)
             .context(|| format!("creating {}", topics_dir.display()))?;
         let runs = RunStore::open(vfs.clone(), config.data_dir.join(RUNS_DIR))?;

@@ -1,12 +1,14 @@
-//! `postbox-broker`: opens the data directory (recovering it if needed),
-//! serves gRPC until SIGINT or SIGTERM, then shuts down gracefully: stops
-//! accepting, ends subscriptions, lets in-flight publishes answer, flushes,
-//! and exits 0.
+//! `postbox-broker`: checks its file descriptor limit, opens the data
+//! directory (recovering it if needed), serves gRPC until SIGINT or SIGTERM,
+//! then shuts down gracefully: stops accepting, ends subscriptions, lets
+//! in-flight publishes answer, flushes, and exits 0.
 //!
 //! Once it listens it prints one line on stdout,
 //! `postbox-broker listening on ADDR`, so that scripts (and tests) starting it
-//! on port 0 learn the address. Logs go to stderr.
+//! on port 0 learn the address. Logs go to stderr; an error that stops it is
+//! one line there, `postbox-broker: error: ...`, and nothing else.
 
+mod descriptors;
 mod settings;
 
 use std::io::{IsTerminal, Write};
@@ -20,7 +22,6 @@ use postbox_broker::backend::Backend;
 use postbox_broker::server;
 use postbox_engine::Engine;
 use settings::{LogFormat, Settings};
-use tokio::net::TcpListener;
 
 fn main() -> ExitCode {
     let settings = match Settings::load() {
@@ -42,8 +43,9 @@ fn main() -> ExitCode {
     }
 }
 
+/// Reports the error that stops the broker, once: not also as a log line,
+/// which goes to the same stderr.
 fn fail(e: &anyhow::Error) -> ExitCode {
-    tracing::error!("{e:#}");
     eprintln!("postbox-broker: error: {e:#}");
     ExitCode::FAILURE
 }
@@ -69,6 +71,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
     server_config.validate()?;
     let listen = settings.listen()?;
     let data_dir = engine_config.data_dir.clone();
+    descriptors::check(&data_dir, &server_config)?;
     tracing::info!(data_dir = %data_dir.display(), "opening the data directory");
     let started = Instant::now();
     let engine = tokio::task::spawn_blocking(move || Engine::open(engine_config))
@@ -81,8 +84,7 @@ async fn run(settings: Settings) -> anyhow::Result<()> {
         elapsed_ms = started.elapsed().as_millis() as u64,
         "data directory open"
     );
-    let listener = TcpListener::bind(listen)
-        .await
+    let listener = server::bind(listen, server_config.accept_backlog)
         .with_context(|| format!("listening on {listen}"))?;
     let addr = listener
         .local_addr()

@@ -47,7 +47,8 @@ pub struct Settings {
     /// Where the broker keeps everything [default: ./postbox-data].
     #[arg(long, env = "POSTBOX_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
-    /// Most open client connections; more wait to be accepted [default: 1024].
+    /// Most open client connections; more are refused with
+    /// RESOURCE_EXHAUSTED, naming the limit [default: 1024].
     #[arg(long, env = "POSTBOX_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
     /// Most concurrent calls per connection [default: 256].
@@ -63,6 +64,18 @@ pub struct Settings {
     /// HTTP/2 keepalive ping interval (and timeout) [default: 30000].
     #[arg(long, env = "POSTBOX_KEEPALIVE_INTERVAL_MS")]
     pub keepalive_interval_ms: Option<u64>,
+    /// Time a new connection has to start its first call before it is
+    /// closed [default: 10000].
+    #[arg(long, env = "POSTBOX_HANDSHAKE_TIMEOUT_MS")]
+    pub handshake_timeout_ms: Option<u64>,
+    /// Time a connection may have no call in flight before it is closed
+    /// (GOAWAY); an open subscription is a call [default: 300000].
+    #[arg(long, env = "POSTBOX_IDLE_TIMEOUT_MS")]
+    pub idle_timeout_ms: Option<u64>,
+    /// Connections the kernel queues before the broker accepts them (at
+    /// most net.core.somaxconn) [default: 1024].
+    #[arg(long, env = "POSTBOX_ACCEPT_BACKLOG")]
+    pub accept_backlog: Option<u32>,
     /// Bytes per partition written but not yet acknowledged before publishes
     /// wait [default: 67108864].
     #[arg(long, env = "POSTBOX_IN_FLIGHT_BYTES_PER_PARTITION")]
@@ -126,6 +139,9 @@ impl Settings {
             max_subscriptions: self.max_subscriptions.or(other.max_subscriptions),
             shutdown_grace_ms: self.shutdown_grace_ms.or(other.shutdown_grace_ms),
             keepalive_interval_ms: self.keepalive_interval_ms.or(other.keepalive_interval_ms),
+            handshake_timeout_ms: self.handshake_timeout_ms.or(other.handshake_timeout_ms),
+            idle_timeout_ms: self.idle_timeout_ms.or(other.idle_timeout_ms),
+            accept_backlog: self.accept_backlog.or(other.accept_backlog),
             in_flight_bytes_per_partition: self
                 .in_flight_bytes_per_partition
                 .or(other.in_flight_bytes_per_partition),
@@ -191,6 +207,9 @@ impl Settings {
         set(&mut c.max_subscriptions, self.max_subscriptions);
         set(&mut c.shutdown_grace_ms, self.shutdown_grace_ms);
         set(&mut c.keepalive_interval_ms, self.keepalive_interval_ms);
+        set(&mut c.handshake_timeout_ms, self.handshake_timeout_ms);
+        set(&mut c.idle_timeout_ms, self.idle_timeout_ms);
+        set(&mut c.accept_backlog, self.accept_backlog);
         c
     }
 }
