@@ -37,11 +37,11 @@ pub struct SilentSocket {
 impl SilentSocket {
     /// Connects and says nothing.
     pub async fn open(addr: SocketAddr) -> SilentSocket {
+        // Taken before the connect: the broker accepts (and starts its
+        // deadline) after it began, however late this task runs after it.
+        let opened = Instant::now();
         let stream = TcpStream::connect(addr).await.expect("connecting");
-        SilentSocket {
-            stream,
-            opened: Instant::now(),
-        }
+        SilentSocket { stream, opened }
     }
 
     /// Connects, sends the HTTP/2 preface, and says nothing more.
