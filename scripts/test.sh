@@ -17,6 +17,10 @@ fi
 # password): start or install one if none answers.
 ./scripts/postgres.sh
 
+# The fault tests fail system calls with strace, fill a loop-mounted ext4 and
+# run the broker under prlimit: install those tools where they are missing.
+./scripts/tools.sh
+
 # postbox-bench's test runs every peer broker that answers (NATS, Redis,
 # RabbitMQ streams) and reports the others as not measured; this readies them
 # where they are installed (RabbitMQ's stream plugin is off by default).
