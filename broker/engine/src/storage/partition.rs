@@ -138,14 +138,13 @@ impl Partition {
     }
 
     /// Replaces a failed writer, once a [`Partition::probe`] showed the disk
-    /// takes writes and fsyncs again: the log is cut back to what the failed writer made
-    /// durable (what it wrote past that may be lost from the page cache with
+    /// takes writes and fsyncs again: the log is cut back to what the failed
+    /// writer made durable (what it wrote past that may be lost from the page cache with
     /// the failure, so it is never trusted; for `async` topics that is as
     /// much as a crash would lose), recovered with new descriptors (the
     /// failed ones are never synced again), and a new writer appends at its
     /// end. Returns the new end, or `None` when the writer had not failed.
     /// Called by one thread at a time (the engine's maintenance).
-    /// Follows a successful [`Partition::probe`].
     pub fn reopen(&self) -> Result<Option<u64>> {
         let failed = self.writer();
         if failed.failure().is_none() {
